@@ -1,0 +1,83 @@
+"""Event-file formats: one small module per format, chosen by a registry.
+
+Each format module provides ``NAME``, ``sniff(path, head) -> bool``, ``read(path, profile, info)``,
+``write(sample, path) -> list[Path]`` and ``describe(path) -> dict``. A new format is one new
+module added to :data:`FORMATS`; nothing else changes (as pyserial's URL handlers).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+
+from ..exceptions import InputFileError, UnknownFormatError
+from ..profiles import Profile
+from ..sample import Sample, SampleInfo
+from . import csv_format, fcs_format, sysmex_xn
+
+#: Order matters: the most specific sniffers first.
+FORMATS: dict[str, ModuleType] = {m.NAME: m for m in (sysmex_xn, fcs_format, csv_format)}
+
+
+def format_for(path: str | os.PathLike, fmt: str | None = None) -> ModuleType:
+    """The format module for ``path``: named explicitly, or recognised from name and first bytes."""
+    path = Path(path)
+    if fmt is not None:
+        try:
+            return FORMATS[fmt]
+        except KeyError:
+            raise UnknownFormatError(path, f"unknown format {fmt!r} (known: {', '.join(FORMATS)})") from None
+    if path.is_dir():
+        raise InputFileError(path, "is a directory, not an event file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except FileNotFoundError:
+        raise InputFileError(path, "no such file") from None
+    except OSError as exc:
+        raise InputFileError(path, f"cannot read: {exc.strerror}") from None
+    for module in FORMATS.values():
+        if module.sniff(path, head):
+            return module
+    raise UnknownFormatError(
+        path, f"unrecognised file type {path.suffix or '(no extension)'}: expected .csv, .fcs or a Sysmex XN .116.csv"
+    )
+
+
+def read_sample(
+    path: str | os.PathLike,
+    profile: Profile | str | None = None,
+    info: SampleInfo | None = None,
+    fmt: str | None = None,
+) -> Sample:
+    """Read one sample from any supported file. ``info`` fields override what the file says."""
+    path = Path(path)
+    return format_for(path, fmt).read(path, profile=profile, info=info)
+
+
+def write_sample(sample: Sample, path: str | os.PathLike, fmt: str | None = None) -> list[Path]:
+    """Write a sample; the format follows ``fmt`` or the file name. Returns every file written."""
+    path = Path(path)
+    if fmt is None:
+        if sysmex_xn.sniff(path, b""):
+            fmt = sysmex_xn.NAME
+        elif path.suffix.lower() in fcs_format.EXTENSIONS:
+            fmt = fcs_format.NAME
+        else:
+            fmt = csv_format.NAME
+    module = FORMATS.get(fmt)
+    if module is None:
+        raise UnknownFormatError(path, f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    return module.write(sample, path)
+
+
+def describe_file(path: str | os.PathLike, fmt: str | None = None) -> dict:
+    """What a file holds: format, version, events, channels, metadata, matching profile (or why none)."""
+    path = Path(path)
+    out = format_for(path, fmt).describe(path)
+    out["path"] = str(path)
+    return out
+
+
+__all__ = ["FORMATS", "describe_file", "format_for", "read_sample", "write_sample"]

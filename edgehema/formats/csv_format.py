@@ -1,0 +1,135 @@
+"""Plain CSV: one file is one sample, as in the reference paper.
+
+Layout: a header naming the profile's features (any order, case-insensitive, comma, semicolon
+or tab separated), one event per row. Sample metadata lives in an optional sidecar JSON next to
+the file, ``NAME.meta.json`` for ``NAME.csv``, with the keys of :class:`~edgehema.sample.SampleInfo`;
+command-line options override it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..exceptions import InputFileError, ProfileMismatchError
+from ..profiles import Profile, builtin_profiles, get_profile
+from ..sample import Sample, SampleInfo
+from ._table import check_events, format_rows, load_numeric_table, read_header
+
+NAME = "csv"
+EXTENSIONS = (".csv", ".tsv", ".txt")
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".meta.json")
+
+
+def sniff(path: Path, head: bytes) -> bool:
+    if head.startswith(b"FCS"):
+        return False
+    return path.suffix.lower() in EXTENSIONS
+
+
+def read_sidecar(path: Path) -> SampleInfo | None:
+    side = sidecar_path(path)
+    if not side.exists():
+        return None
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("top level is not an object")
+        return SampleInfo.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise InputFileError(side, f"invalid sample metadata JSON: {exc}") from None
+
+
+def match_profile(columns: list[str], path: Path, profile: Profile | str | None) -> Profile:
+    """The profile whose columns the header carries: the given one, or the one that fits exactly."""
+    if profile is not None:
+        prof = get_profile(profile)
+        missing, extra = prof.match_columns(columns)
+        if missing or extra:
+            raise ProfileMismatchError(f"{path}: header does not fit profile {prof.name}: " + _diff(missing, extra))
+        return prof
+    candidates = []
+    for prof in builtin_profiles().values():
+        missing, extra = prof.match_columns(columns)
+        if not missing and not extra:
+            return prof
+        candidates.append((len(missing) + len(extra), prof, missing, extra))
+    _, best, missing, extra = min(candidates, key=lambda c: c[0])
+    raise ProfileMismatchError(
+        f"{path}: header matches no instrument profile; closest is {best.name}: " + _diff(missing, extra)
+    )
+
+
+def _diff(missing: list[str], extra: list[str]) -> str:
+    parts = []
+    if missing:
+        parts.append("missing column(s) " + ", ".join(missing))
+    if extra:
+        parts.append("unexpected column(s) " + ", ".join(extra))
+    return "; ".join(parts)
+
+
+def read_table(path: Path, profile: Profile | str | None) -> tuple[Profile, np.ndarray, dict[str, np.ndarray]]:
+    """Read one delimited table: (profile, float32 events in profile order, auxiliary columns)."""
+    names, delimiter = read_header(path)
+    prof = match_profile(names, path, profile)
+    table = load_numeric_table(path, names, delimiter)
+    lower = [n.lower() for n in names]
+    order = [lower.index(n.lower()) for n in prof.feature_names]
+    events = np.ascontiguousarray(table[:, order], dtype=np.float32)
+    # Check in float64 before the cast so an overflow to inf is not blamed on the file.
+    check_events(table[:, order], prof, path)
+    aux = {a: table[:, lower.index(a.lower())].astype(np.int64) for a in prof.auxiliary if a.lower() in lower}
+    return prof, events, aux
+
+
+def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | None = None) -> Sample:
+    prof, events, aux = read_table(path, profile)
+    base = read_sidecar(path) or SampleInfo()
+    if not base.sample_id:
+        base = base.merged(sample_id=path.stem)
+    base = base.merged(source=str(path))
+    if info is not None:
+        base = base.merged(**info.to_dict())
+    return Sample(events=events, profile=prof, info=base, auxiliary=aux)
+
+
+def feature_formats(profile: Profile) -> list[str]:
+    # %.9g round-trips float32 exactly and prints whole ADC counts without a decimal point.
+    return ["%.9g"] * profile.n_features
+
+
+def write(sample: Sample, path: Path, metadata: bool = True) -> list[Path]:
+    path = Path(path)
+    header = ",".join(sample.feature_names) + "\n"
+    text = header + format_rows(sample.events, feature_formats(sample.profile))
+    path.write_text(text, encoding="utf-8")
+    written = [path]
+    if metadata:
+        side = sidecar_path(path)
+        side.write_text(json.dumps(sample.info.to_dict() | {"profile": sample.profile.name}, indent=2) + "\n")
+        written.append(side)
+    return written
+
+
+def describe(path: Path) -> dict:
+    names, delimiter = read_header(path)
+    info: dict = {"format": "csv", "version": None, "columns": names}
+    try:
+        prof = match_profile(names, path, None)
+        info["profile"] = prof.name
+    except ProfileMismatchError as exc:
+        info["profile"] = None
+        info["profile_mismatch"] = str(exc).split(": ", 1)[1]
+    table = load_numeric_table(path, names, delimiter)
+    info["events"] = int(table.shape[0])
+    info["channels"] = names
+    side = read_sidecar(path)
+    info["metadata"] = side.to_dict() if side else {}
+    info["first_event"] = dict(zip(names, (float(v) for v in table[0])))
+    return info

@@ -1,0 +1,272 @@
+"""FCS 2.0 / 3.0 / 3.1 through flowio.
+
+Reading: the HEADER is checked first, so a truncated or corrupt file gets an error naming the
+byte offset; then flowio parses it. Real-world quirks are handled with flowio's own options and
+reported (``quirks``) rather than hidden: a data offset that is off by one
+(``ignore_offset_error``), HEADER and TEXT offsets that disagree (``ignore_offset_discrepancy``),
+and files holding several data sets (``read_multiple_data_sets``; the first is used unless
+another is asked for).
+
+Channels map to profile features by ``$PnN`` first, then ``$PnS`` (case-insensitive).
+edgehema writes float32 list-mode files with ``$PnN`` = feature name, ``$PnS`` = description,
+sample metadata in ``$SMNO`` (sample id), ``$SRC`` (species), ``$VOL`` (FCS 3.1, nanolitres),
+``$CYT`` (instrument id), ``$BTIM``/``$ETIM``/``$DATE`` and ``EDGEHEMA_*`` keywords.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import flowio
+import numpy as np
+from flowio.exceptions import DataOffsetDiscrepancyError, FCSParsingError, MultipleDataSetsError
+
+from ..exceptions import InputFileError, ProfileMismatchError
+from ..profiles import Profile, builtin_profiles, get_profile
+from ..sample import Sample, SampleInfo
+from ._table import check_events
+
+NAME = "fcs"
+EXTENSIONS = (".fcs", ".lmd")
+_HEADER_FIELDS = ("TEXT start", "TEXT end", "DATA start", "DATA end", "ANALYSIS start", "ANALYSIS end")
+
+
+def sniff(path: Path, head: bytes) -> bool:
+    return head.startswith(b"FCS") or path.suffix.lower() in EXTENSIONS
+
+
+def check_header(path: Path) -> str:
+    """Validate the 58-byte HEADER against the file size; return the FCS version."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(58)
+    except FileNotFoundError:
+        raise InputFileError(path, "no such file") from None
+    except OSError as exc:
+        raise InputFileError(path, f"cannot read: {exc.strerror}") from None
+    if size == 0:
+        raise InputFileError(path, "empty file")
+    if not head.startswith(b"FCS"):
+        raise InputFileError(path, f"not an FCS file: it starts with {head[:6]!r}, not 'FCS'", "byte 0")
+    if len(head) < 58:
+        raise InputFileError(path, f"truncated FCS HEADER: {size} bytes, the HEADER alone needs 58", f"byte {size}")
+    version = head[3:6].decode("ascii", "replace")
+    if version not in ("2.0", "3.0", "3.1", "3.2"):
+        raise InputFileError(path, f"unsupported FCS version {head[:6]!r}", "byte 0")
+    offsets = []
+    for i, name in enumerate(_HEADER_FIELDS):
+        raw = head[10 + 8 * i : 18 + 8 * i]
+        text = raw.strip()
+        if not text:
+            offsets.append(0)
+            continue
+        if not text.isdigit():
+            raise InputFileError(path, f"HEADER field '{name}' is not a number: {raw!r}", f"byte {10 + 8 * i}")
+        offsets.append(int(text))
+    t0, t1, d0, d1 = offsets[:4]
+    if t0 < 58 or t1 < t0:
+        raise InputFileError(path, f"HEADER gives an impossible TEXT segment {t0}-{t1}", "byte 10")
+    if t1 >= size:
+        raise InputFileError(
+            path, f"truncated: TEXT segment ends at byte {t1} but the file has {size} bytes", f"byte {size}"
+        )
+    if d1 and d1 >= size:
+        raise InputFileError(
+            path,
+            f"truncated: DATA segment runs to byte {d1} but the file has only {size} bytes "
+            f"({d1 - size + 1} bytes missing)",
+            f"byte {size}",
+        )
+    return version
+
+
+@dataclass
+class _Parsed:
+    flow: "flowio.FlowData"
+    quirks: list[str] = field(default_factory=list)
+    n_datasets: int = 1
+
+
+def parse(path: Path, dataset: int = 0) -> _Parsed:
+    """Parse with flowio, retrying with its quirk options and recording which were needed."""
+    check_header(path)
+    quirks: list[str] = []
+    options: dict = {}
+    for _attempt in range(4):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # quirks are reported through ``quirks``
+                flow = flowio.FlowData(str(path), **options)
+            return _Parsed(flow, quirks)
+        except MultipleDataSetsError:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sets = flowio.read_multiple_data_sets(str(path), **options)
+            if not 0 <= dataset < len(sets):
+                raise InputFileError(path, f"has {len(sets)} data sets; data set {dataset + 1} does not exist") from None
+            quirks.append(f"file holds {len(sets)} data sets; read data set {dataset + 1}")
+            return _Parsed(sets[dataset], quirks, len(sets))
+        except DataOffsetDiscrepancyError:
+            if options.get("ignore_offset_discrepancy"):
+                raise InputFileError(path, "HEADER and TEXT disagree on the data offsets") from None
+            options["ignore_offset_discrepancy"] = True
+            quirks.append("HEADER and TEXT data offsets disagree; used the TEXT offsets")
+        except FCSParsingError as exc:
+            msg = str(exc).replace(str(path), path.name).replace(path.name, "").strip()
+            if "off by" in msg and not options.get("ignore_offset_error"):
+                options["ignore_offset_error"] = True
+                quirks.append("data offset is off by one; read with flowio's ignore_offset_error")
+                continue
+            raise InputFileError(path, f"corrupt FCS file: {msg[:200]}") from None
+        except (ValueError, KeyError, IndexError, UnicodeDecodeError, OSError) as exc:
+            raise InputFileError(path, f"corrupt FCS file: {type(exc).__name__}: {str(exc)[:200]}") from None
+    raise InputFileError(path, "corrupt FCS file: could not be parsed with any reader option")
+
+
+def _channels(flow) -> list[tuple[str, str]]:
+    """(PnN, PnS) per channel in file order."""
+    out = []
+    for idx in sorted(flow.channels, key=int):
+        ch = flow.channels[idx]
+        out.append((str(ch.get("pnn", "")).strip(), str(ch.get("pns", "") or "").strip()))
+    return out
+
+
+def map_channels(channels: list[tuple[str, str]], profile: Profile) -> tuple[list[int] | None, list[str]]:
+    """Column index per profile feature (by $PnN, then $PnS), and the features not found."""
+    pnn = [c[0].lower() for c in channels]
+    pns = [c[1].lower() for c in channels]
+    order, missing = [], []
+    for name in profile.feature_names:
+        key = name.lower()
+        if key in pnn:
+            order.append(pnn.index(key))
+        elif key and key in pns:
+            order.append(pns.index(key))
+        else:
+            missing.append(name)
+    return (None if missing else order), missing
+
+
+def _best_profile(channels, profile) -> tuple[Profile | None, list[int] | None, str]:
+    if profile is not None:
+        prof = get_profile(profile)
+        order, missing = map_channels(channels, prof)
+        return prof, order, ("" if order else f"profile {prof.name} needs channel(s) missing here: {', '.join(missing)}")
+    best = None
+    for prof in builtin_profiles().values():
+        order, missing = map_channels(channels, prof)
+        if order is not None:
+            return prof, order, ""
+        if best is None or len(missing) < len(best[1]):
+            best = (prof, missing)
+    prof, missing = best
+    if len(missing) == prof.n_features:
+        return None, None, (
+            f"no instrument profile matches its channels: none of them is a feature of "
+            f"{', '.join(sorted(builtin_profiles()))} (use a custom profile, --profile FILE.toml)"
+        )
+    return None, None, (
+        f"no instrument profile matches its channels; closest is {prof.name}, "
+        f"missing {len(missing)} of {prof.n_features}: {', '.join(missing[:6])}{'...' if len(missing) > 6 else ''}"
+    )
+
+
+def _info_from_text(text: dict, path: Path) -> SampleInfo:
+    t = {str(k).lower().lstrip("$"): v for k, v in text.items()}
+
+    def num(key):
+        try:
+            return float(t[key]) if key in t and str(t[key]).strip() else None
+        except ValueError:
+            return None
+
+    vol_nl = num("vol")
+    return SampleInfo(
+        sample_id=str(t.get("smno") or t.get("edgehema_sample_id") or path.stem),
+        species=t.get("edgehema_species") or t.get("src") or None,
+        dilution=num("edgehema_dilution"),
+        volume_ul=(vol_nl / 1000.0) if vol_nl is not None else num("edgehema_volume_ul"),
+        instrument_id=t.get("cyt") or None,
+        started_at=t.get("edgehema_started_at") or None,
+        ended_at=t.get("edgehema_ended_at") or None,
+        source=str(path),
+    )
+
+
+def _event_array(flow, path: Path, preprocess: bool) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(flow.as_array(preprocess=preprocess), dtype=np.float64)
+    except (ValueError, IndexError) as exc:
+        raise InputFileError(path, f"corrupt FCS DATA segment: {str(exc)[:200]}") from None
+
+
+def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | None = None, dataset: int = 0) -> Sample:
+    parsed = parse(path, dataset)
+    prof, order, why = _best_profile(_channels(parsed.flow), profile)
+    if order is None:
+        raise ProfileMismatchError(f"{path}: {why}")
+    data = _event_array(parsed.flow, path, preprocess=True)
+    if data.shape[0] == 0:
+        raise InputFileError(path, "no events: $TOT is 0")
+    events = data[:, order]
+    check_events(events, prof, path, locate="event", first_index=1)
+    meta = _info_from_text(parsed.flow.text, path)
+    if info is not None:
+        meta = meta.merged(**info.to_dict())
+    return Sample(events=events.astype(np.float32), profile=prof, info=meta)
+
+
+def write(sample: Sample, path: Path) -> list[Path]:
+    path = Path(path)
+    info = sample.info
+    meta: dict[str, str] = {"CYT": info.instrument_id or "edgehema", "EDGEHEMA_PROFILE": sample.profile.name}
+    if info.sample_id:
+        meta["SMNO"] = info.sample_id
+    if info.species:
+        meta["SRC"] = info.species
+        meta["EDGEHEMA_SPECIES"] = info.species
+    if info.dilution is not None:
+        meta["EDGEHEMA_DILUTION"] = repr(float(info.dilution))
+    if info.volume_ul is not None:
+        meta["VOL"] = repr(float(info.volume_ul) * 1000.0)
+        meta["EDGEHEMA_VOLUME_UL"] = repr(float(info.volume_ul))
+    for key, value in (("EDGEHEMA_STARTED_AT", info.started_at), ("EDGEHEMA_ENDED_AT", info.ended_at)):
+        if value:
+            meta[key] = value
+    names = list(sample.feature_names)
+    descriptions = [f.description[:60] or f.name for f in sample.profile.features]
+    with open(path, "wb") as fh:
+        flowio.create_fcs(fh, sample.events.ravel().tolist(), names, opt_channel_names=descriptions, metadata_dict=meta)
+    return [path]
+
+
+def describe(path: Path, dataset: int = 0) -> dict:
+    parsed = parse(path, dataset)
+    flow = parsed.flow
+    channels = _channels(flow)
+    prof, order, why = _best_profile(channels, None)
+    raw = _event_array(flow, path, preprocess=False)
+    out = {
+        "format": "fcs",
+        "version": str(flow.version),
+        "events": int(flow.event_count),
+        "channels": [c[0] for c in channels],
+        "channel_labels": [c[1] for c in channels],
+        "profile": prof.name if prof else None,
+        "metadata": _info_from_text(flow.text, path).to_dict(),
+        "quirks": parsed.quirks,
+        "data_sets": parsed.n_datasets,
+    }
+    if raw.shape[0] != out["events"]:
+        out["quirks"].append(f"$TOT says {out['events']} events, DATA holds {raw.shape[0]}")
+    if raw.shape[0]:
+        out["first_event"] = dict(zip(out["channels"], (float(v) for v in raw[0])))
+    if why:
+        out["profile_mismatch"] = why
+    return out
