@@ -72,10 +72,10 @@ def write_sample(sample: Sample, path: str | os.PathLike, fmt: str | None = None
     return module.write(sample, path)
 
 
-def describe_file(path: str | os.PathLike, fmt: str | None = None) -> dict:
+def describe_file(path: str | os.PathLike, fmt: str | None = None, profile: Profile | str | None = None) -> dict:
     """What a file holds: format, version, events, channels, metadata, matching profile (or why none)."""
     path = Path(path)
-    out = format_for(path, fmt).describe(path)
+    out = format_for(path, fmt).describe(path, profile=profile)
     out["path"] = str(path)
     return out
 

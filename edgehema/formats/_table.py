@@ -50,7 +50,9 @@ def _locate_bad_cell(path: Path, delimiter: str, names: Sequence[str]) -> InputF
     with open(path, "r", encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         next(reader, None)
+        rows = 0
         for lineno, row in enumerate(reader, start=2):
+            rows += 1
             if not row or all(not c.strip() for c in row):
                 return InputFileError(path, "blank line inside the event table", f"line {lineno}")
             if len(row) != len(names):
@@ -64,6 +66,8 @@ def _locate_bad_cell(path: Path, delimiter: str, names: Sequence[str]) -> InputF
                     return InputFileError(
                         path, f"non-numeric value {cell.strip()[:40]!r} in column {name}", f"line {lineno}"
                     )
+    if rows == 0:
+        return InputFileError(path, "no events: the file has a header but no data rows")
     return InputFileError(path, "the event table could not be parsed")
 
 

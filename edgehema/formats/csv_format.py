@@ -117,11 +117,11 @@ def write(sample: Sample, path: Path, metadata: bool = True) -> list[Path]:
     return written
 
 
-def describe(path: Path) -> dict:
+def describe(path: Path, profile: Profile | str | None = None) -> dict:
     names, delimiter = read_header(path)
-    info: dict = {"format": "csv", "version": None, "columns": names}
+    info: dict = {"format": "csv", "version": None}
     try:
-        prof = match_profile(names, path, None)
+        prof = match_profile(names, path, profile)
         info["profile"] = prof.name
     except ProfileMismatchError as exc:
         info["profile"] = None

@@ -187,7 +187,8 @@ def _info_from_text(text: dict, path: Path) -> SampleInfo:
     vol_nl = num("vol")
     return SampleInfo(
         sample_id=str(t.get("smno") or t.get("edgehema_sample_id") or path.stem),
-        species=t.get("edgehema_species") or t.get("src") or None,
+        # $SRC is free text ("Specimen_001" in most cytometers), so species only from our own keyword.
+        species=t.get("edgehema_species") or None,
         dilution=num("edgehema_dilution"),
         volume_ul=(vol_nl / 1000.0) if vol_nl is not None else num("edgehema_volume_ul"),
         instrument_id=t.get("cyt") or None,
@@ -246,11 +247,13 @@ def write(sample: Sample, path: Path) -> list[Path]:
     return [path]
 
 
-def describe(path: Path, dataset: int = 0) -> dict:
+def describe(path: Path, profile: Profile | str | None = None, dataset: int = 0) -> dict:
     parsed = parse(path, dataset)
     flow = parsed.flow
     channels = _channels(flow)
-    prof, order, why = _best_profile(channels, None)
+    prof, order, why = _best_profile(channels, profile)
+    if order is None:
+        prof = None
     raw = _event_array(flow, path, preprocess=False)
     out = {
         "format": "fcs",

@@ -105,9 +105,9 @@ def write(sample: Sample, path: Path) -> list[Path]:
     return written
 
 
-def describe(path: Path) -> dict:
+def describe(path: Path, profile: Profile | str | None = None) -> dict:
     files = parts(path)
-    sample = read(path)
+    sample = read(path, profile)
     names, _ = read_header(files[0])
     return {
         "format": "sysmex-xn",

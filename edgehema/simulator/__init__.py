@@ -1,0 +1,16 @@
+"""Synthetic blood samples with per-event ground truth (see docs/simulator.md)."""
+
+from .generator import InstrumentSettings, SampleSimulator, SimulatedSample
+from .presets import PATHOLOGIES, SPECIES, SampleParameters, SpeciesPreset, draw_parameters, species_preset
+
+__all__ = [
+    "InstrumentSettings",
+    "PATHOLOGIES",
+    "SPECIES",
+    "SampleParameters",
+    "SampleSimulator",
+    "SimulatedSample",
+    "SpeciesPreset",
+    "draw_parameters",
+    "species_preset",
+]

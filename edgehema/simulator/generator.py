@@ -1,0 +1,486 @@
+"""The sample generator: particles through the flow cell, pulses, trigger, features, truth.
+
+Physics, in the order it happens (docs/simulator.md has the numbers and their sources):
+
+1. *Arrivals.* Blood diluted ``dilution`` times flows through the sensing zone at
+   ``sample_flow_ul_per_s``. Units (a single cell, an aggregate, a debris particle) arrive as a
+   Poisson process whose rate follows from the sample's concentrations.
+2. *Coincidence.* Two arrivals closer than the instrument's resolving window ``coincidence_window_us``
+   are one event (the pulse of the second starts before the first has ended). This is exactly
+   the Poisson occupancy model: a unit is alone with probability ``exp(-rate * window)``.
+   Aggregates (cat RBC doublets, platelet clumps) are cells stuck together: their members pass
+   within a fraction of a microsecond and always form one event.
+3. *Optics.* Each cell is a sphere (isovolumetric sphering); its scatter and extinction come from
+   the Mie table (:mod:`.optics`), its fluorescence from its RNA content (reticulocytes, graded by
+   maturity; platelets take up some dye). Each particle gives a Gaussian pulse in time whose
+   width is the transit time ``(beam height + diameter) / velocity``.
+4. *Electronics.* Overlapping pulses add; the event's peak is the maximum of the summed pulse
+   (sub-additive), its area the sum of areas, its width the time above half maximum. Detector
+   gain (with optional drift), multiplicative and baseline noise, a 16-bit ADC that saturates,
+   and a trigger threshold on low-angle forward scatter below which nothing is recorded.
+   Electronic noise adds spurious triggers just above the threshold.
+
+The generator returns arrays and truth; writers and the instrument emulator consume them, so
+the same sample can be saved to a file or streamed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+from .. import classes
+from ..exceptions import SimulationError
+from ..profiles import Profile, get_profile
+from ..sample import Sample, SampleInfo
+from .optics import diameter_um, load_table, relative_index_from_hc
+from .presets import SampleParameters, draw_parameters
+
+# Particle kinds (internal).
+DEBRIS, MATURE, RETIC, PLATELET = 0, 1, 2, 3
+_CH = ("fsc_lo", "fsc_hi", "ssc", "fl", "ext")
+_FSC_LO, _FSC_HI, _SSC, _FL, _EXT = range(5)
+ADC_MAX = 65535.0
+
+
+@dataclass(frozen=True)
+class InstrumentSettings:
+    """The simulated analyzer's fluidics, optics and electronics."""
+
+    instrument_id: str = "edgehema-sim-01"
+    dilution: float = 625.0
+    sample_flow_ul_per_s: float = 0.5
+    coincidence_window_us: float = 5.0
+    beam_height_um: float = 10.0
+    velocity_um_per_us: float = 5.0
+    velocity_cv: float = 0.03
+    #: ADC counts per um^2 of cross-section (scatter/extinction channels) and per RNA unit (fl).
+    gain_fsc_lo: float = 620.0
+    gain_fsc_hi: float = 1000.0
+    gain_ssc: float = 110000.0
+    gain_fl: float = 1.0
+    gain_ext: float = 250.0
+    #: Static calibration factor on every channel, and linear drift over the sample (0.1 = +10 % by the end).
+    gain: float = 1.0
+    gain_drift: float = 0.0
+    #: per-event illumination variation (position of the cell in the beam), common to all channels.
+    illumination_cv: float = 0.03
+    detector_cv: float = 0.02
+    baseline_noise_adc: float = 6.0
+    trigger_threshold_adc: float = 60.0
+    electronic_noise_per_s: float = 4.0
+    debris_per_ul: float = 40.0  # in the diluted suspension
+    #: platelet dye uptake and RBC autofluorescence, ADC counts at median
+    plt_fl_median: float = 600.0
+    immature_platelet_fraction: float = 0.03
+    rbc_autofluorescence: float = 150.0
+    retic_rna_max: float = 25000.0
+    retic_rna_min: float = 400.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SimulatedSample:
+    """A generated sample: events in a profile, per-event truth, and the sample's truth summary."""
+
+    sample: Sample
+    labels: np.ndarray  # uint8 event class (classes.EVENT_CLASSES)
+    n_rbc: np.ndarray  # red cells in each event (reticulocytes included)
+    n_retic: np.ndarray
+    n_plt: np.ndarray
+    time_us: np.ndarray  # event time from the start of acquisition
+    truth: dict = field(default_factory=dict)
+    parameters: SampleParameters | None = None
+
+
+class SampleSimulator:
+    """Generates samples of one species (and optional pathology) on one simulated instrument."""
+
+    def __init__(
+        self,
+        species: str = "human",
+        pathology: str | None = None,
+        instrument: InstrumentSettings | None = None,
+        profile: Profile | str | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        self.species = species
+        self.pathology = pathology
+        self.instrument = instrument or InstrumentSettings()
+        self.profile = get_profile(profile)
+        missing = [f.name for f in self.profile.features if f.channel is None or f.measure is None]
+        if missing:
+            raise SimulationError(
+                f"profile {self.profile.name} does not say which optical channel feeds "
+                f"{', '.join(missing)}: it cannot be simulated"
+            )
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._table = load_table()
+        self._count = 0
+        # Validate species and pathology now, not at the first sample.
+        draw_parameters(species, np.random.default_rng(0), pathology)
+
+    # ------------------------------------------------------------------ public
+    def generate(
+        self, n_events: int, sample_id: str | None = None, parameters: SampleParameters | None = None
+    ) -> SimulatedSample:
+        """One sample of exactly ``n_events`` recorded events."""
+        if n_events < 1:
+            raise SimulationError(f"a sample needs at least 1 event, not {n_events}")
+        rng = self._rng
+        self._count += 1
+        params = parameters or draw_parameters(self.species, rng, self.pathology)
+        sample_id = sample_id or f"{params.species}-{self.seed}-{self._count:04d}"
+        ins = self.instrument
+        rates = self._unit_rates(params)
+        rate_total = sum(rates.values())
+        # Expected recorded events per us: units, less those merged into coincidences.
+        cells_per_us = rate_total * math.exp(-rate_total * ins.coincidence_window_us)
+        duration = 1.08 * n_events / max(cells_per_us, 1e-12) + 50.0
+        # Gain drift is linear in time and reaches ``gain_drift`` at the sample's expected end.
+        self._drift_span_us = n_events / max(cells_per_us, 1e-12)
+        parts = None
+        for _attempt in range(20):
+            parts = self._arrivals(params, rates, duration, parts)
+            ev = self._events(parts, params)
+            if len(ev["label"]) >= n_events:
+                break
+            duration *= 1.25
+        else:  # pragma: no cover - only with absurd settings
+            raise SimulationError("could not reach the requested event count (trigger threshold too high?)")
+        keep = slice(0, n_events)
+        elapsed_us = float(ev["t_end"][n_events - 1]) + ins.coincidence_window_us
+        return self._finish(ev, keep, n_events, params, sample_id, elapsed_us, rates, parts)
+
+    def iter_samples(self, n_samples: int, n_events: int):
+        for _ in range(n_samples):
+            yield self.generate(n_events)
+
+    # ------------------------------------------------------------ arrivals
+    def _unit_rates(self, p: SampleParameters) -> dict[str, float]:
+        """Arrival rate per microsecond of each kind of unit in the diluted stream."""
+        ins = self.instrument
+        ul_per_us = ins.sample_flow_ul_per_s * 1e-6
+        rbc_cells = p.rbc_per_ul / ins.dilution * ul_per_us
+        plt_cells = p.plt_per_ul / ins.dilution * ul_per_us
+        agg_size_rbc = 2.3  # mean size of RBC aggregates (doublets 70 %, triplets 30 %)
+        agg_size_plt = _CLUMP_MEAN
+        rbc_agg_units = rbc_cells * p.rbc_aggregate_fraction / agg_size_rbc
+        plt_clump_units = plt_cells * p.plt_clump_fraction / agg_size_plt
+        return {
+            "rbc": rbc_cells * (1 - p.rbc_aggregate_fraction),
+            "rbc_aggregate": rbc_agg_units,
+            "plt": plt_cells * (1 - p.plt_clump_fraction),
+            "plt_clump": plt_clump_units,
+            "debris": ins.debris_per_ul * ul_per_us,
+        }
+
+    def _arrivals(self, p: SampleParameters, rates: dict[str, float], duration: float, previous):
+        """Particles (time-sorted) of every unit arriving in [0, duration) us; extends ``previous``."""
+        start = 0.0 if previous is None else previous["horizon"]
+        span = duration - start
+        chunks = [] if previous is None else [previous]
+        if span > 0:
+            chunks.append(self._draw_units(p, rates, start, span))
+        merged = {k: np.concatenate([c[k] for c in chunks]) for k in ("t", "kind", "volume", "hc", "fl", "unit", "maturity")}
+        order = np.argsort(merged["t"], kind="stable")
+        out = {k: v[order] for k, v in merged.items()}
+        out["horizon"] = max(duration, start)
+        out["n_units"] = (0 if previous is None else previous["n_units"]) + (
+            chunks[-1]["n_units"] if span > 0 else 0
+        )
+        return out
+
+    def _draw_units(self, p: SampleParameters, rates: dict[str, float], start: float, span: float) -> dict:
+        rng = self._rng
+        ins = self.instrument
+        counts = {k: int(rng.poisson(r * span)) for k, r in rates.items()}
+        n_agg = counts["rbc_aggregate"]
+        n_clump = counts["plt_clump"]
+        agg_sizes = np.where(rng.random(n_agg) < 0.7, 2, 3)
+        clump_sizes = np.minimum(3 + rng.geometric(1.0 / (_CLUMP_MEAN - 2), n_clump) - 1, 12)
+        n_red = counts["rbc"] + int(agg_sizes.sum())
+        n_plt = counts["plt"] + int(clump_sizes.sum())
+        n_deb = counts["debris"]
+        n_units = counts["rbc"] + n_agg + counts["plt"] + n_clump + n_deb
+        unit_t = start + rng.random(n_units) * span
+        # Expand units into particles: singles first, then aggregate members, then clumps, then debris.
+        sizes = np.concatenate(
+            [np.ones(counts["rbc"], np.int64), agg_sizes, np.ones(counts["plt"], np.int64), clump_sizes,
+             np.ones(n_deb, np.int64)]
+        )
+        unit_id = np.repeat(np.arange(n_units), sizes)
+        first = np.r_[0, np.cumsum(sizes)[:-1]]
+        member = np.arange(len(unit_id)) - np.repeat(first, sizes)
+        kind = np.concatenate([np.full(n_red, MATURE), np.full(n_plt, PLATELET), np.full(n_deb, DEBRIS)])
+        # Particle order above is rbc singles, rbc aggregates, plt singles, plt clumps, debris:
+        # the same block order as ``sizes`` because rbc rows come first in both.
+        volume = np.empty(len(kind))
+        hc = np.empty(len(kind))
+        fl = np.empty(len(kind))
+        red = kind == MATURE
+        plt = kind == PLATELET
+        deb = kind == DEBRIS
+        # Red cells: lognormal volume with CV = RDW, haemoglobin concentration normal (HDW).
+        s = math.sqrt(math.log1p(p.rdw_cv**2))
+        volume[red] = p.mcv_fl * np.exp(rng.normal(-0.5 * s * s, s, n_red))
+        hc[red] = rng.normal(p.mchc_g_dl, p.hdw_g_dl, n_red)
+        fl[red] = ins.rbc_autofluorescence * np.exp(rng.normal(0.0, 0.35, n_red))
+        retic = red & (rng.random(len(kind)) < p.retic_fraction)
+        n_ret = int(retic.sum())
+        if n_ret:
+            # Maturity u in [0, 1): time spent of the reticulocyte's ~1 day in blood; RNA decays
+            # exponentially, so it is log-uniform for healthy blood; stress shifts u towards 0.
+            u = rng.beta(1.0 / p.retic_immaturity, 1.0, n_ret)
+            kind[retic] = RETIC
+            fl[retic] = ins.retic_rna_max * (ins.retic_rna_min / ins.retic_rna_max) ** u * np.exp(
+                rng.normal(0.0, 0.15, n_ret)
+            )
+            volume[retic] *= 1.0 + 0.20 * (1.0 - u)  # young reticulocytes are ~20 % larger
+            hc[retic] -= 3.0 * (1.0 - u)  # and less haemoglobin-dense
+            maturity = np.full(len(kind), np.nan)
+            maturity[retic] = u
+        else:
+            maturity = np.full(len(kind), np.nan)
+        # Platelets: lognormal volumes with a macro/giant subpopulation.
+        sp = p.plt_volume_sigma
+        vol_plt = p.mpv_fl * np.exp(rng.normal(-0.5 * sp * sp, sp, n_plt))
+        macro = rng.random(n_plt) < p.macroplatelet_fraction
+        vol_plt[macro] *= p.macroplatelet_factor * np.exp(rng.normal(0.0, 0.25, int(macro.sum())))
+        volume[plt] = vol_plt
+        hc[plt] = rng.normal(24.0, 2.0, n_plt)  # n ~1.38: platelet refractive index
+        ipf = rng.random(n_plt) < ins.immature_platelet_fraction
+        fl[plt] = ins.plt_fl_median * (vol_plt / p.mpv_fl) * np.exp(rng.normal(0.0, 0.45, n_plt)) * np.where(ipf, 4.0, 1.0)
+        # Debris: small particles of the diluent and cell fragments.
+        volume[deb] = np.exp(rng.uniform(math.log(0.05), math.log(3.0), n_deb))
+        hc[deb] = rng.uniform(10.0, 40.0, n_deb)
+        fl[deb] = ins.rbc_autofluorescence * 0.3 * np.exp(rng.normal(0.0, 0.5, n_deb))
+        # Aggregate members pass nearly together: offsets of a fraction of a cell length.
+        d = diameter_um(volume)
+        offset = np.where(member > 0, d / ins.velocity_um_per_us * rng.uniform(0.3, 0.9, len(kind)), 0.0)
+        offset = _cumsum_within(offset, sizes)
+        t = unit_t[unit_id] + offset
+        return {
+            "t": t, "kind": kind.astype(np.int8), "volume": volume, "hc": hc, "fl": fl,
+            "unit": unit_id + (0 if start == 0 else 10**12 + int(start * 1000)),
+            "maturity": maturity, "n_units": n_units,
+        }
+
+    # -------------------------------------------------------------- events
+    def _events(self, parts: dict, p: SampleParameters) -> dict:
+        """Cluster particles into events, build pulses, add noise, apply the trigger."""
+        ins = self.instrument
+        rng = np.random.default_rng(self._rng.integers(2**63))
+        t = parts["t"]
+        n = len(t)
+        new_event = np.ones(n, dtype=bool)
+        new_event[1:] = np.diff(t) >= ins.coincidence_window_us
+        event_of = np.cumsum(new_event) - 1
+        n_ev = int(event_of[-1]) + 1 if n else 0
+        size = np.bincount(event_of, minlength=n_ev)
+
+        # Per-particle pulse amplitudes and widths.
+        kind = parts["kind"]
+        d = diameter_um(parts["volume"])
+        m = relative_index_from_hc(parts["hc"])
+        xs = self._table.lookup(d, m)  # (n, 4): fsc_lo, fsc_hi, ssc, ext cross-sections
+        amp = np.empty((n, 5), dtype=np.float64)
+        amp[:, _FSC_LO] = ins.gain_fsc_lo * xs[:, 0]
+        amp[:, _FSC_HI] = ins.gain_fsc_hi * xs[:, 1]
+        amp[:, _SSC] = ins.gain_ssc * xs[:, 2]
+        amp[:, _EXT] = ins.gain_ext * xs[:, 3]
+        amp[:, _FL] = ins.gain_fl * parts["fl"]
+        # Platelet granules add side scatter beyond a homogeneous sphere's.
+        is_plt = kind == PLATELET
+        amp[is_plt, _SSC] += 900.0 * parts["volume"][is_plt] / 10.0
+        amp *= np.exp(rng.normal(0.0, ins.illumination_cv, n))[:, None]
+        velocity = ins.velocity_um_per_us * np.exp(rng.normal(0.0, ins.velocity_cv, n))
+        sigma = (ins.beam_height_um + d) / velocity / 2.3548  # FWHM = transit time
+
+        peak = np.zeros((n_ev, 5))
+        area = np.zeros((n_ev, 5))
+        width = np.zeros((n_ev, 5))
+        single_ev = size == 1
+        single_part = single_ev[event_of]
+        ev_s = event_of[single_part]
+        peak[ev_s] = amp[single_part]
+        area[ev_s] = amp[single_part] * (sigma[single_part] * math.sqrt(2 * math.pi))[:, None]
+        width[ev_s] = (2.3548 * sigma[single_part])[:, None]
+        multi_part = ~single_part
+        if multi_part.any():
+            pk, ar, wd, ev_m = _merged_pulses(event_of[multi_part], t[multi_part], amp[multi_part], sigma[multi_part])
+            peak[ev_m], area[ev_m], width[ev_m] = pk, ar, wd
+
+        # Composition and timing of each event.
+        red = (kind == MATURE) | (kind == RETIC)
+        n_rbc = np.bincount(event_of, weights=red, minlength=n_ev).astype(np.int32)
+        n_retic = np.bincount(event_of, weights=kind == RETIC, minlength=n_ev).astype(np.int32)
+        n_plt = np.bincount(event_of, weights=is_plt, minlength=n_ev).astype(np.int32)
+        unit_change = np.ones(n, dtype=bool)
+        unit_change[1:] = (parts["unit"][1:] != parts["unit"][:-1]) | new_event[1:]
+        n_units = np.bincount(event_of, weights=unit_change, minlength=n_ev).astype(np.int32)
+        first_idx = np.flatnonzero(new_event)
+        last_idx = np.r_[first_idx[1:] - 1, n - 1] if n else first_idx
+        t_start = t[first_idx]
+        t_end = t[last_idx]
+        ev_maturity = np.full(n_ev, np.nan)
+        single_retic = single_part & (kind == RETIC)
+        ev_maturity[event_of[single_retic]] = parts["maturity"][single_retic] if "maturity" in parts else np.nan
+
+        # Spurious triggers from electronic noise: no particle, just above threshold.
+        horizon = parts["horizon"]
+        n_noise = int(rng.poisson(ins.electronic_noise_per_s * 1e-6 * horizon))
+        if n_noise:
+            tn = np.sort(rng.random(n_noise) * horizon)
+            npk = np.zeros((n_noise, 5))
+            npk[:, _FSC_LO] = ins.trigger_threshold_adc * (1.0 + rng.exponential(0.3, n_noise))
+            nsig = np.full(n_noise, 0.4)
+            peak = np.vstack([peak, npk])
+            area = np.vstack([area, npk * (nsig * math.sqrt(2 * math.pi))[:, None]])
+            width = np.vstack([width, np.repeat((2.3548 * nsig)[:, None], 5, axis=1)])
+            t_start = np.r_[t_start, tn]
+            t_end = np.r_[t_end, tn]
+            z = np.zeros(n_noise, np.int32)
+            n_rbc, n_retic, n_plt, n_units = np.r_[n_rbc, z], np.r_[n_retic, z], np.r_[n_plt, z], np.r_[n_units, z]
+            size = np.r_[size, z]
+            ev_maturity = np.r_[ev_maturity, np.full(n_noise, np.nan)]
+
+        # Detector noise, gain, ADC.
+        m_ev = len(t_start)
+        frac = t_start / self._drift_span_us
+        g = ins.gain * (1.0 + ins.gain_drift * frac)
+        det = lambda: rng.normal(0.0, ins.detector_cv, (m_ev, 5))  # noqa: E731
+        peak = peak * g[:, None] * (1.0 + det()) + rng.normal(0.0, ins.baseline_noise_adc, (m_ev, 5))
+        area = area * g[:, None] * (1.0 + det()) + rng.normal(0.0, ins.baseline_noise_adc, (m_ev, 5)) * width
+        width = width * (1.0 + 0.5 * det()) + rng.normal(0.0, 0.03, (m_ev, 5))
+        peak = np.clip(np.rint(peak), 0.0, ADC_MAX)
+        area = np.clip(np.rint(area), 0.0, None)
+        width = np.clip(np.round(width, 2), 0.0, None)
+
+        detected = peak[:, _FSC_LO] >= ins.trigger_threshold_adc
+        order = np.argsort(t_start[detected], kind="stable")
+        sel = np.flatnonzero(detected)[order]
+        cells = n_rbc[sel] + n_plt[sel]
+        label = np.full(len(sel), classes.NOISE, dtype=np.uint8)
+        label[(cells == 1) & (n_rbc[sel] == 1)] = classes.RBC
+        label[(cells == 1) & (n_retic[sel] == 1)] = classes.RETIC
+        label[(cells == 1) & (n_plt[sel] == 1)] = classes.PLT
+        label[cells >= 2] = classes.COINCIDENCE
+        return {
+            "peak": peak[sel], "area": area[sel], "width": width[sel], "label": label,
+            "n_rbc": n_rbc[sel], "n_retic": n_retic[sel], "n_plt": n_plt[sel], "n_units": n_units[sel],
+            "t_start": t_start[sel], "t_end": t_end[sel], "maturity": ev_maturity[sel],
+            "clusters_total": n_ev, "clusters_single": int(np.sum(size == 1)),
+        }
+
+    # -------------------------------------------------------------- output
+    def features(self, ev: dict, keep: slice) -> np.ndarray:
+        """The profile's feature matrix from per-channel pulse measures."""
+        cols = []
+        for f in self.profile.features:
+            ch = _CH.index(f.channel)
+            col = ev[f.measure][keep, ch] * f.scale
+            if f.scale != 1.0:
+                col = np.rint(col) if f.measure != "width" or f.scale >= 10 else np.round(col, 2)
+            lo, hi = f.range
+            cols.append(np.clip(col, lo, hi))
+        return np.column_stack(cols).astype(np.float32)
+
+    def _finish(self, ev, keep, n_events, params, sample_id, elapsed_us, rates, parts) -> SimulatedSample:
+        ins = self.instrument
+        labels = ev["label"][keep]
+        n_rbc, n_retic, n_plt = ev["n_rbc"][keep], ev["n_retic"][keep], ev["n_plt"][keep]
+        volume_ul = ins.sample_flow_ul_per_s * elapsed_us * 1e-6
+        started = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(hours=self._count)
+        info = SampleInfo(
+            sample_id=sample_id, species=params.species, dilution=ins.dilution, volume_ul=round(volume_ul, 6),
+            instrument_id=ins.instrument_id, started_at=started.isoformat(),
+            ended_at=(started + timedelta(microseconds=elapsed_us)).isoformat(), source="edgehema simulate",
+        )
+        sample = Sample(events=self.features(ev, keep), profile=self.profile, info=info)
+        counts = classes.event_counts(labels)
+        cells = {"rbc": int(n_rbc.sum()), "retic": int(n_retic.sum()), "plt": int(n_plt.sum())}
+        rate_units = sum(rates.values())
+        occupancy = rate_units * ins.coincidence_window_us
+        multi = labels == classes.COINCIDENCE
+        by_size = np.bincount((n_rbc + n_plt)[multi], minlength=4)
+        agg = int(np.sum(multi & (ev["n_units"][keep] == 1)))
+        mat = ev["maturity"][keep][labels == classes.RETIC]
+        lfr, mfr, hfr = int(np.sum(mat >= 0.2)), int(np.sum((mat >= 0.05) & (mat < 0.2))), int(np.sum(mat < 0.05))
+        truth = {
+            "sample_id": sample_id,
+            "species": params.species,
+            "pathology": params.pathology,
+            "seed": self.seed,
+            "profile": self.profile.name,
+            "events": counts,
+            "cells": cells,
+            "concentration": {
+                "rbc_per_uL": round(params.rbc_per_ul, 1),
+                "plt_per_uL": round(params.plt_per_ul, 1),
+                "retic_per_uL": round(params.rbc_per_ul * params.retic_fraction, 1),
+            },
+            "retic_percent": round(100.0 * cells["retic"] / cells["rbc"], 4) if cells["rbc"] else 0.0,
+            "dilution": ins.dilution,
+            "volume_ul": info.volume_ul,
+            "elapsed_s": round(elapsed_us * 1e-6, 6),
+            "coincidence": {
+                "window_us": ins.coincidence_window_us,
+                "mean_occupancy": round(occupancy, 6),
+                "expected_fraction_poisson": round(1.0 - math.exp(-occupancy), 6),
+                "events_by_cells": {str(k): int(v) for k, v in enumerate(by_size) if k >= 2 and v},
+                "aggregate_events": agg,
+            },
+            "retic_maturity": {
+                "lfr": lfr, "mfr": mfr, "hfr": hfr,
+                "irf_percent": round(100.0 * (mfr + hfr) / max(len(mat), 1), 3),
+            },
+            "parameters": params.to_dict(),
+            "instrument": {k: v for k, v in ins.to_dict().items()},
+        }
+        return SimulatedSample(
+            sample=sample, labels=labels, n_rbc=n_rbc, n_retic=n_retic, n_plt=n_plt,
+            time_us=ev["t_start"][keep], truth=truth, parameters=params,
+        )
+
+
+_CLUMP_MEAN = 4.5  # mean number of platelets in a clump
+
+
+def _cumsum_within(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Cumulative sum restarting at every group boundary (groups of ``sizes`` consecutive rows)."""
+    c = np.cumsum(values)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    base = np.repeat(c[starts] - values[starts], sizes)
+    return c - base
+
+
+_GRID = 64
+
+
+def _merged_pulses(event_of: np.ndarray, t: np.ndarray, amp: np.ndarray, sigma: np.ndarray):
+    """Peak, area and half-maximum width of summed Gaussian pulses, per multi-particle event."""
+    ev_ids, inv = np.unique(event_of, return_inverse=True)
+    k = len(ev_ids)
+    lo = np.full(k, np.inf)
+    hi = np.full(k, -np.inf)
+    np.minimum.at(lo, inv, t - 3.5 * sigma)
+    np.maximum.at(hi, inv, t + 3.5 * sigma)
+    step = (hi - lo) / (_GRID - 1)
+    grid = lo[:, None] + step[:, None] * np.arange(_GRID)[None, :]  # (k, G)
+    shape = np.exp(-0.5 * ((grid[inv] - t[:, None]) / sigma[:, None]) ** 2)  # (n, G)
+    signal = np.zeros((k, _GRID, amp.shape[1]))
+    for c in range(amp.shape[1]):
+        np.add.at(signal[:, :, c], inv, shape * amp[:, c : c + 1])
+    peak = signal.max(axis=1)
+    area = np.zeros((k, amp.shape[1]))
+    np.add.at(area, inv, amp * (sigma * math.sqrt(2 * math.pi))[:, None])
+    above = signal >= 0.5 * peak[:, None, :]
+    width = above.sum(axis=1) * step[:, None]
+    return peak, area, width, ev_ids
