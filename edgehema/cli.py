@@ -117,23 +117,35 @@ def _write_labels(sim_sample, path: Path) -> None:
 
 
 def _print_simulation(results, elapsed: float) -> None:
-    table = Table(title=f"Simulated {len(results)} sample(s) in {elapsed:.2f} s", show_lines=False)
-    for col in ("sample", "species", "events", "rbc", "retic", "coinc.", "plt", "noise", "RBC /uL", "PLT /uL", "retic %", "coinc. %"):
-        table.add_column(col, justify="right" if col not in ("sample", "species") else "left")
-    for sim_sample, _ in results:
+    shown = results[:4]
+    table = Table(title=f"Simulated {len(results)} sample(s) in {elapsed:.2f} s (truth)")
+    table.add_column("")
+    for sim_sample, _ in shown:
         t = sim_sample.truth
-        e = t["events"]
-        table.add_row(
-            t["sample_id"], t["species"] + (f" ({t['pathology']})" if t["pathology"] else ""), f"{e['total']:,}",
-            f"{e['rbc']:,}", f"{e['retic']:,}", f"{e['coincidence']:,}", f"{e['plt']:,}", f"{e['noise']:,}",
-            f"{t['concentration']['rbc_per_uL'] / 1e6:.2f}e6", f"{t['concentration']['plt_per_uL'] / 1e3:.0f}e3",
-            f"{t['retic_percent']:.2f}", f"{100 * e['coincidence'] / e['total']:.2f}",
-        )
+        table.add_column(t["sample_id"] + (f"\n{t['pathology']}" if t["pathology"] else ""), justify="right")
+
+    def row(label: str, fn) -> None:
+        table.add_row(label, *(fn(s.truth) for s, _ in shown))
+
+    row("species", lambda t: t["species"])
+    row("events", lambda t: f"{t['events']['total']:,}")
+    for key in ("rbc", "retic", "coincidence", "plt", "noise"):
+        row(f"  {key} events", lambda t, k=key: f"{t['events'][k]:,}")
+    row("RBC cells (incl. retic)", lambda t: f"{t['cells']['rbc']:,}")
+    row("PLT cells", lambda t: f"{t['cells']['plt']:,}")
+    row("retic %", lambda t: f"{t['retic_percent']:.2f}")
+    row("RBC /uL blood", lambda t: f"{t['concentration']['rbc_per_uL'] / 1e6:.2f} x10^6")
+    row("PLT /uL blood", lambda t: f"{t['concentration']['plt_per_uL'] / 1e3:.0f} x10^3")
+    row("coincidence events %", lambda t: f"{100 * t['events']['coincidence'] / t['events']['total']:.2f}")
+    row("Poisson occupancy", lambda t: f"{t['coincidence']['mean_occupancy']:.4f}")
+    row("analyzed volume uL", lambda t: f"{t['volume_ul']:.2f}")
     out.print(table)
+    if len(results) > len(shown):
+        out.print(f"({len(results) - len(shown)} more samples not shown)")
     for _, written in results[:3]:
         out.print("wrote " + ", ".join(str(p) for p in written))
     if len(results) > 3:
-        out.print(f"... and {len(results) - 3} more samples")
+        out.print(f"... and the files of {len(results) - 3} more samples")
 
 
 # ----------------------------------------------------------------- inspect

@@ -188,7 +188,9 @@ def test_sysmex_rollover_parts_read_as_one_sample(tmp_path):
     sample = _sysmex_sample(140_000)
     path = tmp_path / "PAT0001.116.csv"
     written = write_sample(sample, path)
-    assert [p.name for p in written] == ["PAT0001.116.csv", "PAT0001.116(1).csv", "PAT0001.116(2).csv"]
+    assert [p.name for p in written] == [
+        "PAT0001.116.csv", "PAT0001.116(1).csv", "PAT0001.116(2).csv", "PAT0001.116.meta.json"
+    ]
     assert sum(1 for _ in open(written[0])) == 65535 + 1
     # Any part leads to the whole sample.
     for start in (written[0], written[2]):
@@ -196,8 +198,8 @@ def test_sysmex_rollover_parts_read_as_one_sample(tmp_path):
         assert back.profile.name == "sysmex-xn-ret" and back.n_events == 140_000
         np.testing.assert_array_equal(back.events, sample.events)
         np.testing.assert_array_equal(back.auxiliary["ParticleID"], np.arange(1, 140_001))
-        assert back.info.sample_id == "PAT0001"
     desc = describe_file(written[1])
+    assert back.info.sample_id == "XN-7"
     assert desc["format"] == "sysmex-xn" and desc["events"] == 140_000 and len(desc["parts"]) == 3
 
 

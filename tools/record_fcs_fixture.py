@@ -23,7 +23,7 @@ def main(folder: str, out: str) -> None:
     records = {}
     for path in sorted(Path(folder).glob("*.fcs")):
         try:
-            meta, data = fcsparser.parse(str(path), reformat_meta=True)
+            meta, data = fcsparser.parse(str(path), reformat_meta=True, channel_naming="$PnN")
         except Exception as exc:  # the broken files: record that the independent reader fails too
             records[path.name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
             continue

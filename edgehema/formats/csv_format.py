@@ -99,15 +99,23 @@ def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | No
     return Sample(events=events, profile=prof, info=base, auxiliary=aux)
 
 
-def feature_formats(profile: Profile) -> list[str]:
-    # %.9g round-trips float32 exactly and prints whole ADC counts without a decimal point.
-    return ["%.9g"] * profile.n_features
+def column_format(col: np.ndarray) -> str:
+    """Shortest %-format that gives back exactly the same float32 values.
+
+    %.9g always round-trips float32 but prints 3.08 as 3.07999992; a column whose values are
+    below 1000 and quantized to 4 decimals (pulse widths) is exact with %.7g.
+    """
+    c64 = col.astype(np.float64)
+    if c64.size and np.abs(c64).max() < 1000 and np.array_equal(np.round(c64, 4).astype(np.float32), col):
+        return "%.7g"
+    return "%.9g"
 
 
 def write(sample: Sample, path: Path, metadata: bool = True) -> list[Path]:
     path = Path(path)
     header = ",".join(sample.feature_names) + "\n"
-    text = header + format_rows(sample.events, feature_formats(sample.profile))
+    formats = [column_format(sample.events[:, j]) for j in range(sample.profile.n_features)]
+    text = header + format_rows(sample.events, formats)
     path.write_text(text, encoding="utf-8")
     written = [path]
     if metadata:

@@ -8,6 +8,7 @@ missing part would undercount every population.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from ..exceptions import InputFileError
 from ..profiles import Profile, get_profile
 from ..sample import Sample, SampleInfo
 from ._table import format_rows, read_header
-from .csv_format import read_sidecar, read_table
+from .csv_format import column_format, read_sidecar, read_table, sidecar_path
 
 NAME = "sysmex-xn"
 PROFILE = "sysmex-xn-ret"
@@ -95,13 +96,17 @@ def write(sample: Sample, path: Path) -> list[Path]:
         else:
             aux_cols.append(np.ones(n, dtype=np.int64))
     header = ",".join(list(prof.auxiliary) + list(prof.feature_names)) + "\n"
-    formats = ["%d"] * len(aux_cols) + ["%.9g"] * prof.n_features
+    formats = ["%d"] * len(aux_cols) + [column_format(sample.events[:, j]) for j in range(prof.n_features)]
     table = np.column_stack([c.astype(np.float64) for c in aux_cols] + [sample.events.astype(np.float64)])
     written = []
     for k, start in enumerate(range(0, max(n, 1), per_part)):
         target = path if k == 0 else path.with_name(f"{base}({k}).csv")
         target.write_text(header + format_rows(table[start : start + per_part], formats), encoding="utf-8")
         written.append(target)
+    # The export itself has no place for dilution and volume: keep them in the sidecar, as for CSV.
+    side = sidecar_path(path)
+    side.write_text(json.dumps(sample.info.to_dict() | {"profile": prof.name}, indent=2) + "\n", encoding="utf-8")
+    written.append(side)
     return written
 
 

@@ -182,61 +182,59 @@ class SampleSimulator:
         }
 
     def _arrivals(self, p: SampleParameters, rates: dict[str, float], duration: float, previous):
-        """Particles (time-sorted) of every unit arriving in [0, duration) us; extends ``previous``."""
+        """Particles of every unit arriving in [0, duration) us, in arrival order; extends ``previous``."""
         start = 0.0 if previous is None else previous["horizon"]
-        span = duration - start
-        chunks = [] if previous is None else [previous]
-        if span > 0:
-            chunks.append(self._draw_units(p, rates, start, span))
-        merged = {k: np.concatenate([c[k] for c in chunks]) for k in ("t", "kind", "volume", "hc", "fl", "unit", "maturity")}
-        order = np.argsort(merged["t"], kind="stable")
-        out = {k: v[order] for k, v in merged.items()}
-        out["horizon"] = max(duration, start)
-        out["n_units"] = (0 if previous is None else previous["n_units"]) + (
-            chunks[-1]["n_units"] if span > 0 else 0
-        )
+        fresh = self._draw_units(p, rates, start, duration - start, 0 if previous is None else previous["n_units"])
+        if previous is None:
+            return fresh
+        out = {k: np.concatenate([previous[k], fresh[k]]) for k in _PARTICLE_KEYS}
+        out["horizon"] = fresh["horizon"]
+        out["n_units"] = fresh["n_units"]
         return out
 
-    def _draw_units(self, p: SampleParameters, rates: dict[str, float], start: float, span: float) -> dict:
+    def _draw_units(self, p: SampleParameters, rates: dict[str, float], start: float, span: float, first_unit: int) -> dict:
+        """A Poisson stream of units over ``span`` us, expanded into particles with their properties."""
         rng = self._rng
         ins = self.instrument
-        counts = {k: int(rng.poisson(r * span)) for k, r in rates.items()}
-        n_agg = counts["rbc_aggregate"]
-        n_clump = counts["plt_clump"]
-        agg_sizes = np.where(rng.random(n_agg) < 0.7, 2, 3)
-        clump_sizes = np.minimum(3 + rng.geometric(1.0 / (_CLUMP_MEAN - 2), n_clump) - 1, 12)
-        n_red = counts["rbc"] + int(agg_sizes.sum())
-        n_plt = counts["plt"] + int(clump_sizes.sum())
-        n_deb = counts["debris"]
-        n_units = counts["rbc"] + n_agg + counts["plt"] + n_clump + n_deb
-        unit_t = start + rng.random(n_units) * span
-        # Expand units into particles: singles first, then aggregate members, then clumps, then debris.
-        sizes = np.concatenate(
-            [np.ones(counts["rbc"], np.int64), agg_sizes, np.ones(counts["plt"], np.int64), clump_sizes,
-             np.ones(n_deb, np.int64)]
-        )
-        unit_id = np.repeat(np.arange(n_units), sizes)
-        first = np.r_[0, np.cumsum(sizes)[:-1]]
-        member = np.arange(len(unit_id)) - np.repeat(first, sizes)
-        kind = np.concatenate([np.full(n_red, MATURE), np.full(n_plt, PLATELET), np.full(n_deb, DEBRIS)])
-        # Particle order above is rbc singles, rbc aggregates, plt singles, plt clumps, debris:
-        # the same block order as ``sizes`` because rbc rows come first in both.
-        volume = np.empty(len(kind))
-        hc = np.empty(len(kind))
-        fl = np.empty(len(kind))
+        rate = sum(rates.values())
+        # Exponential gaps give the arrivals already in time order (no sort of a million times).
+        n_guess = int(rate * span + 6.0 * math.sqrt(rate * span) + 10)
+        t_units = start + np.cumsum(rng.exponential(1.0 / rate, n_guess))
+        n_units = int(np.searchsorted(t_units, start + span))
+        t_units = t_units[:n_units]
+        cum = np.cumsum([rates[k] for k in _UNIT_KINDS]) / rate
+        unit_kind = np.minimum(np.searchsorted(cum, rng.random(n_units), side="right"), len(_UNIT_KINDS) - 1)
+        sizes = np.ones(n_units, dtype=np.int64)
+        agg = unit_kind == 1
+        sizes[agg] = np.where(rng.random(int(agg.sum())) < 0.7, 2, 3)
+        clump = unit_kind == 3
+        sizes[clump] = np.minimum(2 + rng.geometric(1.0 / (_CLUMP_MEAN - 2), int(clump.sum())), 12)
+        if n_units and sizes.max() > 1:
+            unit_id = np.repeat(np.arange(n_units), sizes)
+            first = np.cumsum(sizes) - sizes
+            member = np.arange(len(unit_id)) - np.repeat(first, sizes)
+        else:
+            unit_id = np.arange(n_units)
+            member = np.zeros(n_units, dtype=np.int64)
+        n = len(unit_id)
+        kind = _KIND_OF_UNIT[unit_kind[unit_id]]
+        volume = np.empty(n)
+        hc = np.empty(n)
+        fl = np.empty(n)
+        maturity = np.full(n, np.nan)
         red = kind == MATURE
-        plt = kind == PLATELET
-        deb = kind == DEBRIS
+        n_red = int(red.sum())
         # Red cells: lognormal volume with CV = RDW, haemoglobin concentration normal (HDW).
         s = math.sqrt(math.log1p(p.rdw_cv**2))
         volume[red] = p.mcv_fl * np.exp(rng.normal(-0.5 * s * s, s, n_red))
         hc[red] = rng.normal(p.mchc_g_dl, p.hdw_g_dl, n_red)
         fl[red] = ins.rbc_autofluorescence * np.exp(rng.normal(0.0, 0.35, n_red))
-        retic = red & (rng.random(len(kind)) < p.retic_fraction)
+        retic = np.zeros(n, dtype=bool)
+        retic[red] = rng.random(n_red) < p.retic_fraction
         n_ret = int(retic.sum())
         if n_ret:
-            # Maturity u in [0, 1): time spent of the reticulocyte's ~1 day in blood; RNA decays
-            # exponentially, so it is log-uniform for healthy blood; stress shifts u towards 0.
+            # Maturity u in [0, 1): share of the reticulocyte's ~1 day in blood already spent. RNA decays
+            # exponentially, so it is log-uniform in healthy blood; marrow stress shifts u towards 0.
             u = rng.beta(1.0 / p.retic_immaturity, 1.0, n_ret)
             kind[retic] = RETIC
             fl[retic] = ins.retic_rna_max * (ins.retic_rna_min / ins.retic_rna_max) ** u * np.exp(
@@ -244,32 +242,36 @@ class SampleSimulator:
             )
             volume[retic] *= 1.0 + 0.20 * (1.0 - u)  # young reticulocytes are ~20 % larger
             hc[retic] -= 3.0 * (1.0 - u)  # and less haemoglobin-dense
-            maturity = np.full(len(kind), np.nan)
             maturity[retic] = u
-        else:
-            maturity = np.full(len(kind), np.nan)
         # Platelets: lognormal volumes with a macro/giant subpopulation.
+        plt = kind == PLATELET
+        n_plt = int(plt.sum())
         sp = p.plt_volume_sigma
         vol_plt = p.mpv_fl * np.exp(rng.normal(-0.5 * sp * sp, sp, n_plt))
         macro = rng.random(n_plt) < p.macroplatelet_fraction
         vol_plt[macro] *= p.macroplatelet_factor * np.exp(rng.normal(0.0, 0.25, int(macro.sum())))
         volume[plt] = vol_plt
-        hc[plt] = rng.normal(24.0, 2.0, n_plt)  # n ~1.38: platelet refractive index
+        hc[plt] = rng.normal(24.0, 2.0, n_plt)  # n ~ 1.38, the refractive index of platelets
         ipf = rng.random(n_plt) < ins.immature_platelet_fraction
-        fl[plt] = ins.plt_fl_median * (vol_plt / p.mpv_fl) * np.exp(rng.normal(0.0, 0.45, n_plt)) * np.where(ipf, 4.0, 1.0)
+        fl[plt] = (
+            ins.plt_fl_median * (vol_plt / p.mpv_fl) * np.exp(rng.normal(0.0, 0.45, n_plt)) * np.where(ipf, 4.0, 1.0)
+        )
         # Debris: small particles of the diluent and cell fragments.
+        deb = kind == DEBRIS
+        n_deb = int(deb.sum())
         volume[deb] = np.exp(rng.uniform(math.log(0.05), math.log(3.0), n_deb))
         hc[deb] = rng.uniform(10.0, 40.0, n_deb)
         fl[deb] = ins.rbc_autofluorescence * 0.3 * np.exp(rng.normal(0.0, 0.5, n_deb))
-        # Aggregate members pass nearly together: offsets of a fraction of a cell length.
-        d = diameter_um(volume)
-        offset = np.where(member > 0, d / ins.velocity_um_per_us * rng.uniform(0.3, 0.9, len(kind)), 0.0)
-        offset = _cumsum_within(offset, sizes)
-        t = unit_t[unit_id] + offset
+        t = t_units[unit_id]
+        if n and sizes.max() > 1:
+            # Aggregate members are stuck together: each passes a fraction of a cell length after the last.
+            d = diameter_um(volume)
+            step = np.where(member > 0, d / ins.velocity_um_per_us * rng.uniform(0.3, 0.9, n), 0.0)
+            t = t + _cumsum_within(step, sizes)
         return {
-            "t": t, "kind": kind.astype(np.int8), "volume": volume, "hc": hc, "fl": fl,
-            "unit": unit_id + (0 if start == 0 else 10**12 + int(start * 1000)),
-            "maturity": maturity, "n_units": n_units,
+            "t": t, "kind": kind, "volume": volume, "hc": hc, "fl": fl,
+            "unit": unit_id + first_unit, "maturity": maturity,
+            "horizon": start + span, "n_units": first_unit + n_units,
         }
 
     # -------------------------------------------------------------- events
@@ -290,7 +292,7 @@ class SampleSimulator:
         d = diameter_um(parts["volume"])
         m = relative_index_from_hc(parts["hc"])
         xs = self._table.lookup(d, m)  # (n, 4): fsc_lo, fsc_hi, ssc, ext cross-sections
-        amp = np.empty((n, 5), dtype=np.float64)
+        amp = np.empty((n, 5), dtype=np.float32)
         amp[:, _FSC_LO] = ins.gain_fsc_lo * xs[:, 0]
         amp[:, _FSC_HI] = ins.gain_fsc_hi * xs[:, 1]
         amp[:, _SSC] = ins.gain_ssc * xs[:, 2]
@@ -299,7 +301,7 @@ class SampleSimulator:
         # Platelet granules add side scatter beyond a homogeneous sphere's.
         is_plt = kind == PLATELET
         amp[is_plt, _SSC] += 900.0 * parts["volume"][is_plt] / 10.0
-        amp *= np.exp(rng.normal(0.0, ins.illumination_cv, n))[:, None]
+        amp *= np.exp(rng.standard_normal(n) * ins.illumination_cv)[:, None]
         velocity = ins.velocity_um_per_us * np.exp(rng.normal(0.0, ins.velocity_cv, n))
         sigma = (ins.beam_height_um + d) / velocity / 2.3548  # FWHM = transit time
 
@@ -326,9 +328,8 @@ class SampleSimulator:
         unit_change[1:] = (parts["unit"][1:] != parts["unit"][:-1]) | new_event[1:]
         n_units = np.bincount(event_of, weights=unit_change, minlength=n_ev).astype(np.int32)
         first_idx = np.flatnonzero(new_event)
-        last_idx = np.r_[first_idx[1:] - 1, n - 1] if n else first_idx
-        t_start = t[first_idx]
-        t_end = t[last_idx]
+        t_start = np.minimum.reduceat(t, first_idx) if n else t[:0]
+        t_end = np.maximum.reduceat(t, first_idx) if n else t[:0]
         ev_maturity = np.full(n_ev, np.nan)
         single_retic = single_part & (kind == RETIC)
         ev_maturity[event_of[single_retic]] = parts["maturity"][single_retic] if "maturity" in parts else np.nan
@@ -351,14 +352,19 @@ class SampleSimulator:
             size = np.r_[size, z]
             ev_maturity = np.r_[ev_maturity, np.full(n_noise, np.nan)]
 
-        # Detector noise, gain, ADC.
+        # Detector noise, gain, ADC (float32: this is the hot path for a million events).
         m_ev = len(t_start)
-        frac = t_start / self._drift_span_us
-        g = ins.gain * (1.0 + ins.gain_drift * frac)
-        det = lambda: rng.normal(0.0, ins.detector_cv, (m_ev, 5))  # noqa: E731
-        peak = peak * g[:, None] * (1.0 + det()) + rng.normal(0.0, ins.baseline_noise_adc, (m_ev, 5))
-        area = area * g[:, None] * (1.0 + det()) + rng.normal(0.0, ins.baseline_noise_adc, (m_ev, 5)) * width
-        width = width * (1.0 + 0.5 * det()) + rng.normal(0.0, 0.03, (m_ev, 5))
+        g = (ins.gain * (1.0 + ins.gain_drift * t_start / self._drift_span_us)).astype(np.float32)[:, None]
+
+        def normal(sd: float) -> np.ndarray:
+            return rng.standard_normal((m_ev, 5), dtype=np.float32) * np.float32(sd)
+
+        # A detector gain fluctuation scales peak and area of the same pulse alike.
+        detector = g * (1.0 + normal(ins.detector_cv))
+        peak = peak.astype(np.float32) * detector + normal(ins.baseline_noise_adc)
+        width = width.astype(np.float32)
+        area = area.astype(np.float32) * detector + normal(ins.baseline_noise_adc) * width
+        width = width * (1.0 + normal(0.5 * ins.detector_cv)) + normal(0.03)
         peak = np.clip(np.rint(peak), 0.0, ADC_MAX)
         area = np.clip(np.rint(area), 0.0, None)
         width = np.clip(np.round(width, 2), 0.0, None)
@@ -451,6 +457,9 @@ class SampleSimulator:
 
 
 _CLUMP_MEAN = 4.5  # mean number of platelets in a clump
+_UNIT_KINDS = ("rbc", "rbc_aggregate", "plt", "plt_clump", "debris")
+_KIND_OF_UNIT = np.array([MATURE, MATURE, PLATELET, PLATELET, DEBRIS], dtype=np.int8)
+_PARTICLE_KEYS = ("t", "kind", "volume", "hc", "fl", "unit", "maturity")
 
 
 def _cumsum_within(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -461,26 +470,33 @@ def _cumsum_within(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return c - base
 
 
-_GRID = 64
+_GRID = 48
 
 
 def _merged_pulses(event_of: np.ndarray, t: np.ndarray, amp: np.ndarray, sigma: np.ndarray):
-    """Peak, area and half-maximum width of summed Gaussian pulses, per multi-particle event."""
-    ev_ids, inv = np.unique(event_of, return_inverse=True)
-    k = len(ev_ids)
-    lo = np.full(k, np.inf)
-    hi = np.full(k, -np.inf)
-    np.minimum.at(lo, inv, t - 3.5 * sigma)
-    np.maximum.at(hi, inv, t + 3.5 * sigma)
+    """Peak, area and half-maximum width of summed Gaussian pulses, per multi-particle event.
+
+    Rows of one event are contiguous (``event_of`` is non-decreasing), so per-event reductions
+    are ``reduceat`` over the event boundaries.
+    """
+    starts = np.flatnonzero(np.r_[True, event_of[1:] != event_of[:-1]])
+    ev_ids = event_of[starts]
+    k = len(starts)
+    inv = np.repeat(np.arange(k), np.diff(np.r_[starts, len(event_of)]))
+    lo = np.minimum.reduceat(t - 3.5 * sigma, starts)
+    hi = np.maximum.reduceat(t + 3.5 * sigma, starts)
     step = (hi - lo) / (_GRID - 1)
-    grid = lo[:, None] + step[:, None] * np.arange(_GRID)[None, :]  # (k, G)
-    shape = np.exp(-0.5 * ((grid[inv] - t[:, None]) / sigma[:, None]) ** 2)  # (n, G)
-    signal = np.zeros((k, _GRID, amp.shape[1]))
-    for c in range(amp.shape[1]):
-        np.add.at(signal[:, :, c], inv, shape * amp[:, c : c + 1])
+    # Times relative to each event's start, in float32: differences of a few us need no more.
+    rel = (t - lo[inv]).astype(np.float32)
+    grid = step.astype(np.float32)[:, None] * np.arange(_GRID, dtype=np.float32)[None, :]  # (k, G)
+    z = (grid[inv] - rel[:, None]) / sigma.astype(np.float32)[:, None]
+    shape = np.exp(np.float32(-0.5) * z * z)  # (n, G)
+    n_ch = amp.shape[1]
+    signal = np.empty((k, _GRID, n_ch), dtype=np.float32)
+    for c in range(n_ch):
+        signal[:, :, c] = np.add.reduceat(shape * amp[:, c : c + 1], starts, axis=0)
     peak = signal.max(axis=1)
-    area = np.zeros((k, amp.shape[1]))
-    np.add.at(area, inv, amp * (sigma * math.sqrt(2 * math.pi))[:, None])
+    area = np.add.reduceat(amp * (sigma * math.sqrt(2 * math.pi))[:, None], starts, axis=0)
     above = signal >= 0.5 * peak[:, None, :]
     width = above.sum(axis=1) * step[:, None]
     return peak, area, width, ev_ids

@@ -94,24 +94,31 @@ class MieTable:
     values: np.ndarray  # (channels, len(d), len(m)) float32
     channels: tuple[str, ...]
 
+    @property
+    def _rows(self) -> np.ndarray:
+        # (len(d) * len(m), channels): one gather per corner fetches every channel at once.
+        cached = self.__dict__.get("_rows_cache")
+        if cached is None:
+            cached = np.ascontiguousarray(self.values.reshape(len(self.channels), -1).T)
+            object.__setattr__(self, "_rows_cache", cached)
+        return cached
+
     def lookup(self, d: np.ndarray, m: np.ndarray) -> np.ndarray:
-        """Bilinear interpolation; returns (n, channels). Inputs are clipped to the table's span."""
-        d = np.clip(np.asarray(d, dtype=np.float64), self.d[0], self.d[-1])
-        m = np.clip(np.asarray(m, dtype=np.float64), self.m[0], self.m[-1])
-        fi = (d - self.d[0]) / (self.d[1] - self.d[0])
-        fj = (m - self.m[0]) / (self.m[1] - self.m[0])
-        i0 = np.minimum(fi.astype(np.int64), len(self.d) - 2)
-        j0 = np.minimum(fj.astype(np.int64), len(self.m) - 2)
+        """Bilinear interpolation; returns (n, channels) float32. Inputs are clipped to the table's span."""
+        nd, nm = len(self.d), len(self.m)
+        fi = (np.asarray(d, dtype=np.float32) - np.float32(self.d[0])) * np.float32(1.0 / (self.d[1] - self.d[0]))
+        fj = (np.asarray(m, dtype=np.float32) - np.float32(self.m[0])) * np.float32(1.0 / (self.m[1] - self.m[0]))
+        np.clip(fi, 0.0, nd - 1.001, out=fi)  # float32-safe: stays below the last node
+        np.clip(fj, 0.0, nm - 1.001, out=fj)
+        i0 = fi.astype(np.int32)
+        j0 = fj.astype(np.int32)
         ti = (fi - i0)[:, None]
         tj = (fj - j0)[:, None]
-        v = self.values
-        v00 = v[:, i0, j0].T
-        v10 = v[:, i0 + 1, j0].T
-        v01 = v[:, i0, j0 + 1].T
-        v11 = v[:, i0 + 1, j0 + 1].T
-        return (v00 * (1 - ti) * (1 - tj) + v10 * ti * (1 - tj) + v01 * (1 - ti) * tj + v11 * ti * tj).astype(
-            np.float32
-        )
+        rows = self._rows
+        k = i0 * nm + j0
+        low = rows[k] * (1 - tj) + rows[k + 1] * tj
+        high = rows[k + nm] * (1 - tj) + rows[k + nm + 1] * tj
+        return low * (1 - ti) + high * ti
 
 
 @lru_cache(maxsize=1)
