@@ -94,6 +94,7 @@ class SimulatedSample:
     n_retic: np.ndarray
     n_plt: np.ndarray
     time_us: np.ndarray  # event time from the start of acquisition
+    volume_fl: np.ndarray  # total true volume of the cells in each event (fL)
     truth: dict = field(default_factory=dict)
     parameters: SampleParameters | None = None
 
@@ -324,6 +325,8 @@ class SampleSimulator:
         n_rbc = np.bincount(event_of, weights=red, minlength=n_ev).astype(np.int32)
         n_retic = np.bincount(event_of, weights=kind == RETIC, minlength=n_ev).astype(np.int32)
         n_plt = np.bincount(event_of, weights=is_plt, minlength=n_ev).astype(np.int32)
+        cell = kind != DEBRIS
+        vol = np.bincount(event_of, weights=np.where(cell, parts["volume"], 0.0), minlength=n_ev)
         unit_change = np.ones(n, dtype=bool)
         unit_change[1:] = (parts["unit"][1:] != parts["unit"][:-1]) | new_event[1:]
         n_units = np.bincount(event_of, weights=unit_change, minlength=n_ev).astype(np.int32)
@@ -349,6 +352,7 @@ class SampleSimulator:
             t_end = np.r_[t_end, tn]
             z = np.zeros(n_noise, np.int32)
             n_rbc, n_retic, n_plt, n_units = np.r_[n_rbc, z], np.r_[n_retic, z], np.r_[n_plt, z], np.r_[n_units, z]
+            vol = np.r_[vol, np.zeros(n_noise)]
             size = np.r_[size, z]
             ev_maturity = np.r_[ev_maturity, np.full(n_noise, np.nan)]
 
@@ -381,6 +385,7 @@ class SampleSimulator:
         return {
             "peak": peak[sel], "area": area[sel], "width": width[sel], "label": label,
             "n_rbc": n_rbc[sel], "n_retic": n_retic[sel], "n_plt": n_plt[sel], "n_units": n_units[sel],
+            "volume": vol[sel],
             "t_start": t_start[sel], "t_end": t_end[sel], "maturity": ev_maturity[sel],
             "clusters_total": n_ev, "clusters_single": int(np.sum(size == 1)),
         }
@@ -452,7 +457,8 @@ class SampleSimulator:
         }
         return SimulatedSample(
             sample=sample, labels=labels, n_rbc=n_rbc, n_retic=n_retic, n_plt=n_plt,
-            time_us=ev["t_start"][keep], truth=truth, parameters=params,
+            time_us=ev["t_start"][keep], volume_fl=ev["volume"][keep].astype(np.float32), truth=truth,
+            parameters=params,
         )
 
 
