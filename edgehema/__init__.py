@@ -7,6 +7,8 @@ per-event classes -> per-sample counts -> sinks. The public API is re-exported h
 from ._version import __version__
 from .classes import CELL_POPULATIONS, EVENT_CLASSES
 from .exceptions import (
+    BackendError,
+    BundleError,
     EdgehemaError,
     InputFileError,
     ProfileError,
@@ -17,8 +19,17 @@ from .exceptions import (
 from .formats import describe_file, read_sample, write_sample
 from .profiles import Feature, Profile, builtin_profiles, default_profile, get_profile, load_profile
 from .sample import Sample, SampleInfo
+from .bundle import Bundle
+from .classifier import Classifier
+from .result import SampleResult, classify_sample
 
 __all__ = [
+    "BackendError",
+    "Bundle",
+    "BundleError",
+    "Classifier",
+    "SampleResult",
+    "classify_sample",
     "CELL_POPULATIONS",
     "EVENT_CLASSES",
     "EdgehemaError",

@@ -45,3 +45,11 @@ class ProfileMismatchError(ProfileError):
 
 class SimulationError(EdgehemaError):
     """The simulator was asked for something it cannot produce (unknown preset, bad parameter)."""
+
+
+class BundleError(EdgehemaError):
+    """A model bundle is missing, malformed, corrupt (hash mismatch) or does not fit the data."""
+
+
+class BackendError(EdgehemaError):
+    """An inference backend is unavailable or cannot run the bundle's model."""

@@ -53,6 +53,8 @@ class Profile:
     file_layout: str = "plain"
     rows_per_part: int | None = None
     default: bool = False
+    #: Resolving window of the instrument's pulse electronics (None: unknown).
+    coincidence_window_us: float | None = None
     source: str = field(default="", compare=False)
 
     @property
@@ -115,6 +117,7 @@ def _parse(data: dict, source: str) -> Profile:
             file_layout=str(data.get("file_layout", "plain")),
             rows_per_part=data.get("rows_per_part"),
             default=bool(data.get("default", False)),
+            coincidence_window_us=(float(data["coincidence_window_us"]) if "coincidence_window_us" in data else None),
             source=source,
         )
     except (KeyError, TypeError, ValueError) as exc:

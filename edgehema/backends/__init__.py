@@ -1,0 +1,47 @@
+"""Inference backends: one interface, engines chosen by name (like onnxruntime's providers).
+
+A backend takes a verified bundle and runs its graph on preprocessed feature batches:
+``run(x) -> dict[output name, array]``. ``auto`` picks the first engine that is installed and
+can run the bundle. A new engine is one new module registered in :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..exceptions import BackendError
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def _onnx(bundle: Bundle, threads: int | None) -> Backend:
+    from .onnx_backend import OnnxBackend
+
+    return OnnxBackend(bundle, threads=threads)
+
+
+BACKENDS = {"onnx": _onnx}
+
+
+def create_backend(bundle: Bundle, name: str = "auto", threads: int | None = None) -> Backend:
+    if name == "auto":
+        errors = []
+        for key, factory in BACKENDS.items():
+            try:
+                return factory(bundle, threads)
+            except BackendError as exc:
+                errors.append(f"{key}: {exc}")
+        raise BackendError("no inference backend can run this bundle: " + "; ".join(errors))
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r} (known: auto, {', '.join(BACKENDS)})")
+    return BACKENDS[name](bundle, threads)
+
+
+__all__ = ["BACKENDS", "Backend", "create_backend"]

@@ -1,0 +1,86 @@
+"""Classify many files: both cores, one classifier per worker process, results in input order.
+
+A file that cannot be read or classified yields an error line for that file; every other file's
+result is still produced (nothing already done is lost).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from . import classes as C
+from .classifier import Classifier
+from .exceptions import EdgehemaError
+from .formats import read_sample
+from .result import classify_sample
+from .sample import SampleInfo
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    model: str | None
+    backend: str
+    adapt: bool
+    profile: str | None
+    info: SampleInfo | None
+    events_out: str | None
+    threads: int | None
+
+
+_worker: dict = {}
+
+
+def _init(job: BatchJob) -> None:
+    _worker["clf"] = Classifier(job.model, backend=job.backend, adapt=job.adapt, threads=job.threads)
+    _worker["job"] = job
+
+
+def _one(path: str) -> tuple[str, dict | str]:
+    job: BatchJob = _worker["job"]
+    try:
+        sample = read_sample(path, profile=job.profile, info=job.info)
+        result = classify_sample(sample, _worker["clf"], keep_events=job.events_out is not None)
+        if job.events_out is not None:
+            write_events(Path(job.events_out), result.sample_id, result.inference)
+        return "ok", result.to_dict()
+    except EdgehemaError as exc:
+        return "error", str(exc)
+
+
+def write_events(folder: Path, sample_id: str, inference) -> Path:
+    """Per-event label and class probabilities: ``FOLDER/SAMPLE_ID.events.csv``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{sample_id}.events.csv"
+    names = np.array(C.EVENT_CLASSES)[inference.labels]
+    probs = inference.probabilities
+    header = "event,class," + ",".join(f"p_{c}" for c in C.EVENT_CLASSES) + "\n"
+    lines = [f"{i},{n}," + ",".join(f"{v:.5f}" for v in row) for i, (n, row) in enumerate(zip(names.tolist(), probs.tolist()))]
+    path.write_text(header + "\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def classify_files(paths: list[str], job: BatchJob, jobs: int = 0,
+                   progress: Callable[[], None] | None = None) -> Iterator[tuple[str, str, dict | str]]:
+    """Yield (path, "ok"|"error", result dict or error line) in input order."""
+    jobs = jobs or min(len(paths), os.cpu_count() or 1, 2)
+    if jobs <= 1 or len(paths) <= 1:
+        _init(job)
+        for p in paths:
+            status, value = _one(p)
+            if progress:
+                progress()
+            yield p, status, value
+        return
+    # One ONNX thread per worker: the workers themselves use the cores.
+    per_worker = BatchJob(**{**job.__dict__, "threads": 1})
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_init, initargs=(per_worker,)) as pool:
+        for p, (status, value) in zip(paths, pool.map(_one, paths, chunksize=1)):
+            if progress:
+                progress()
+            yield p, status, value

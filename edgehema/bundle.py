@@ -1,0 +1,197 @@
+"""Model bundles: the contract between training (on a workstation) and the device.
+
+A bundle is a directory holding a float ONNX graph (or several) and ``manifest.json``. The manifest
+says what the graph expects (instrument profile and feature order), how raw features become its
+input (preprocessing), what it outputs, how outputs become the event classes (mixture parameters
+of the two clustering stages), what it was trained on, and the sha256 of every file. The
+manifest's own content is covered by ``integrity.manifest_sha256`` (the sha256 of the canonical
+JSON of the manifest without its ``integrity`` member), so no byte of a bundle can change
+unnoticed. The full contract, for data scientists producing a bundle from their own code, is
+docs/bundle.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .exceptions import BundleError, ProfileMismatchError
+from .profiles import Profile, get_profile
+
+FORMAT = "edgehema-bundle/1"
+MANIFEST = "manifest.json"
+#: Where the shipped bundles live inside the package.
+BUNDLED_DIR = "models"
+DEFAULT_BUNDLE = "reference"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the canonical JSON of the manifest without its ``integrity`` member."""
+    body = {k: v for k, v in manifest.items() if k != "integrity"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def seal(manifest: dict, directory: Path) -> dict:
+    """Fill ``files`` hashes and ``integrity`` for a manifest whose files sit in ``directory``."""
+    manifest = dict(manifest)
+    manifest["files"] = {name: sha256_file(directory / name) for name in sorted(manifest.get("files", {}))}
+    manifest.pop("integrity", None)
+    manifest["integrity"] = {"manifest_sha256": manifest_digest(manifest)}
+    return manifest
+
+
+_REQUIRED = ("format", "name", "version", "profile", "features", "preprocessing", "model", "classes", "files",
+             "integrity")
+#: Model kinds this runtime can run, and the manifest members each needs besides the common ones.
+KINDS = {"two-stage-idec-vade": ("stage1", "stage2"), "softmax-classifier": ()}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified model bundle."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    # ----------------------------------------------------------- loading
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, verify: bool = True) -> "Bundle":
+        """Load a bundle directory (or a shipped bundle by name; the reference model for ``None``)."""
+        directory = resolve_bundle_path(path)
+        mpath = directory / MANIFEST
+        if not mpath.is_file():
+            raise BundleError(f"{directory}: not a model bundle: {MANIFEST} is missing")
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{mpath}: manifest is not valid JSON: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise BundleError(f"{mpath}: manifest is not a JSON object")
+        missing = [k for k in _REQUIRED if k not in manifest]
+        if missing:
+            raise BundleError(f"{mpath}: manifest lacks {', '.join(missing)}")
+        if manifest["format"] != FORMAT:
+            raise BundleError(f"{mpath}: unsupported bundle format {manifest['format']!r} (this edgehema reads {FORMAT})")
+        kind = manifest["model"].get("kind") if isinstance(manifest["model"], dict) else None
+        if kind not in KINDS:
+            raise BundleError(f"{mpath}: unknown model kind {kind!r} (known: {', '.join(KINDS)})")
+        missing = [k for k in KINDS[kind] if k not in manifest]
+        if missing:
+            raise BundleError(f"{mpath}: a {kind} manifest needs {', '.join(missing)}")
+        bundle = cls(directory, manifest)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self) -> None:
+        """Check every file's sha256 and the manifest's own digest; raise BundleError on any mismatch."""
+        m = self.manifest
+        want = m["integrity"].get("manifest_sha256") if isinstance(m["integrity"], dict) else None
+        if want != manifest_digest(m):
+            raise BundleError(f"{self.path / MANIFEST}: manifest content does not match its integrity digest (modified?)")
+        for name, digest in m["files"].items():
+            f = self.path / name
+            if not f.is_file():
+                raise BundleError(f"{f}: file listed in the manifest is missing")
+            got = sha256_file(f)
+            if got != digest:
+                raise BundleError(f"{f}: sha256 mismatch (manifest {digest[:12]}..., file {got[:12]}...): bundle is corrupt or was modified")
+
+    # -------------------------------------------------------- properties
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(self.manifest["features"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest["model"]["kind"])
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.manifest["classes"])
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / self.manifest["model"]["file"]
+
+    @property
+    def sha256(self) -> str:
+        """Identity of the bundle: the manifest digest (which covers every file's hash)."""
+        return str(self.manifest["integrity"]["manifest_sha256"])
+
+    def profile(self) -> Profile:
+        return get_profile(self.manifest["profile"])
+
+    def check_profile(self, profile: Profile, where: str = "input") -> None:
+        """Refuse events whose features are not the ones the bundle was trained on, in order."""
+        if tuple(n.lower() for n in profile.feature_names) != tuple(n.lower() for n in self.feature_names):
+            raise ProfileMismatchError(
+                f"{where}: model {self.name} expects profile {self.manifest['profile']} features "
+                f"({', '.join(self.feature_names[:4])}...), the data has profile {profile.name} "
+                f"({', '.join(profile.feature_names[:4])}...)"
+            )
+
+    def preprocess(self, events: np.ndarray) -> np.ndarray:
+        """Raw features -> the graph's input, as the manifest's ``preprocessing`` says."""
+        pre = self.manifest["preprocessing"]
+        x = np.asarray(events, dtype=np.float32)
+        transform = pre.get("transform", "none")
+        if transform == "log1p":
+            x = np.log1p(np.maximum(x, np.float32(0.0)))
+        elif transform != "none":
+            raise BundleError(f"{self.path / MANIFEST}: unknown preprocessing transform {transform!r}")
+        mean = np.asarray(pre["mean"], dtype=np.float32)
+        std = np.asarray(pre["std"], dtype=np.float32)
+        return ((x - mean) / std).astype(np.float32, copy=False)
+
+    def array(self, stage: str, key: str) -> np.ndarray:
+        return np.asarray(self.manifest[stage][key], dtype=np.float64)
+
+
+def bundled_root() -> Path:
+    return Path(str(resources.files("edgehema").joinpath(BUNDLED_DIR)))
+
+
+def bundled_models() -> list[str]:
+    root = bundled_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
+
+
+def resolve_bundle_path(path: str | os.PathLike | None) -> Path:
+    if path is None:
+        path = DEFAULT_BUNDLE
+    p = Path(path)
+    if p.is_dir():
+        return p
+    shipped = bundled_root() / str(path)
+    if shipped.is_dir():
+        return shipped
+    if p.exists():
+        raise BundleError(f"{p}: a model bundle is a directory holding {MANIFEST}")
+    raise BundleError(f"{path}: no such model bundle (shipped: {', '.join(bundled_models()) or 'none'})")

@@ -1,0 +1,106 @@
+"""The event classifier: one object, one job (as onnxruntime's InferenceSession).
+
+``Classifier(bundle, backend)`` turns a sample's raw events into per-event class probabilities:
+preprocessing from the manifest, the graph on the chosen backend in large batches, then the two
+clustering stages in latent space, optionally adapted to the sample (docs/classifier.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import classes as C
+from .backends import create_backend
+from .bundle import Bundle
+from .clustering import DiagonalGMM, adapt_centroids, student_t_assign
+from .exceptions import BundleError
+from .profiles import Profile
+
+
+@dataclass
+class EventInference:
+    """Per-event outputs for one sample."""
+
+    probabilities: np.ndarray  # (n, 5) in classes.EVENT_CLASSES order
+    labels: np.ndarray  # (n,) argmax
+    recon_err: np.ndarray | None = None  # stage-1 reconstruction error (out-of-distribution score)
+    adaptation: dict = field(default_factory=dict)
+
+
+class Classifier:
+    """Classify events with a bundle on a backend (``onnx``; ``auto`` picks what is installed)."""
+
+    def __init__(
+        self,
+        bundle: Bundle | str | None = None,
+        backend: str = "auto",
+        adapt: bool = True,
+        batch_size: int = 131_072,
+        threads: int | None = None,
+    ) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self.backend = create_backend(self.bundle, backend, threads)
+        self.adapt = adapt
+        self.batch_size = batch_size
+        if self.bundle.kind == "two-stage-idec-vade":
+            m = self.bundle.manifest
+            self.centroids = self.bundle.array("stage1", "centroids")
+            self.alpha = float(m["stage1"].get("alpha", 1.0))
+            self.stage1_classes = tuple(m["stage1"]["cluster_classes"])
+            self.gmm = DiagonalGMM(
+                self.bundle.array("stage2", "weights"), self.bundle.array("stage2", "means"),
+                self.bundle.array("stage2", "variances"),
+            )
+            self.stage2_classes = tuple(m["stage2"]["component_classes"])
+            if set(self.stage1_classes) != {"noise", "plt", "rbc_side"} or set(self.stage2_classes) != {"rbc", "retic", "coincidence"}:
+                raise BundleError(f"{self.bundle.path}: stage class maps must be noise/plt/rbc_side and rbc/retic/coincidence")
+        if tuple(self.bundle.classes) != C.EVENT_CLASSES:
+            raise BundleError(f"{self.bundle.path}: classes {self.bundle.classes} are not {C.EVENT_CLASSES}")
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def check(self, profile: Profile, where: str) -> None:
+        self.bundle.check_profile(profile, where)
+
+    def run_graph(self, events: np.ndarray) -> dict[str, np.ndarray]:
+        """Preprocess and run the graph in batches; concatenated outputs."""
+        outs: dict[str, list[np.ndarray]] = {}
+        for start in range(0, max(len(events), 1), self.batch_size):
+            x = self.bundle.preprocess(events[start : start + self.batch_size])
+            for k, v in self.backend.run(x).items():
+                outs.setdefault(k, []).append(v)
+        return {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in outs.items()}
+
+    def infer(self, events: np.ndarray, adapt: bool | None = None) -> EventInference:
+        adapt = self.adapt if adapt is None else adapt
+        out = self.run_graph(events)
+        if self.bundle.kind == "softmax-classifier":
+            p = out["probabilities"].astype(np.float64)
+            return EventInference(p, p.argmax(1).astype(np.uint8))
+        return self.combine(out["z1"].astype(np.float64), out["z2"].astype(np.float64), out.get("recon_err"), adapt)
+
+    def combine(self, z1: np.ndarray, z2: np.ndarray, recon_err: np.ndarray | None, adapt: bool) -> EventInference:
+        """Stage 1 (RBC side / PLT / noise) times stage 2 (normal / retic / coincidence)."""
+        centroids, gmm, info = self.centroids, self.gmm, {"adapted": False}
+        if adapt and len(z1) >= 1000:
+            centroids = adapt_centroids(z1, self.centroids, self.alpha)
+        q1 = student_t_assign(z1, centroids, self.alpha)
+        side = q1[:, self.stage1_classes.index("rbc_side")]
+        if adapt and len(z1) >= 1000:
+            gmm = self.gmm.adapt(z2, mask=side)
+            info = {
+                "adapted": True,
+                "stage1_centroid_shift": float(np.linalg.norm(centroids - self.centroids, axis=1).max()),
+                "stage2_mean_shift": float(np.linalg.norm(gmm.means - self.gmm.means, axis=1).max()),
+            }
+        g = gmm.responsibilities(z2)
+        p = np.empty((len(z1), len(C.EVENT_CLASSES)))
+        p[:, C.NOISE] = q1[:, self.stage1_classes.index("noise")]
+        p[:, C.PLT] = q1[:, self.stage1_classes.index("plt")]
+        for name, code in (("rbc", C.RBC), ("retic", C.RETIC), ("coincidence", C.COINCIDENCE)):
+            p[:, code] = side * g[:, self.stage2_classes.index(name)]
+        return EventInference(p, p.argmax(1).astype(np.uint8), recon_err, info)

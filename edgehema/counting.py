@@ -1,0 +1,167 @@
+"""From per-event classes to a sample's counts: events, cells, retic %, concentrations, flags.
+
+Cells differ from events in two ways, and both are corrected here:
+
+* A *coincidence* event holds two or more cells. Pulse areas add up, so its cell content is
+  estimated by decomposing its area features into red-cell and platelet signatures taken from the
+  sample's own single events (least squares, rounded; at least two cells). A coincidence whose
+  areas show one red cell is a red cell plus a platelet too small to see.
+* A platelet that passes within the resolving window of a red cell hides completely under the red
+  cell's pulse (about 5 % of its area, nothing above half maximum), so those events look like single
+  red cells. With the instrument's resolving window tau (profile) and the measured platelet rate
+  lambda_P, the expected number hidden is N_redcell_events x (1 - exp(-2 lambda_P tau)) (Poisson).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import classes as C
+from .profiles import Profile
+from .sample import SampleInfo
+
+#: Quality-control limits behind the flags (docs/classifier.md).
+MIN_EVENTS = 10_000
+MAX_COINCIDENCE_FRACTION = 0.08
+MAX_OOD_FRACTION = 0.01
+MAX_AMBIGUOUS_FRACTION = 0.05
+AMBIGUOUS_PROBABILITY = 0.8
+CLUMP_SHARE_OF_PLT = 0.03
+#: No coincidence is read as more cells than this (clumps larger than this are rare and flagged).
+MAX_CELLS_PER_EVENT = 15
+#: A platelet-like coincidence with a pulse this much longer than a platelet's is a clump.
+CLUMP_WIDTH_RATIO = 1.25
+
+FLAG_TEXT = {
+    "too_few_events": "fewer than {limit:,} events: counts are statistically weak",
+    "high_coincidence": "coincidence events {value:.1%} of events (limit {limit:.0%}): dilute the sample further and rerun",
+    "platelet_clumps_suspected": "platelets in clumps {value:.1%} of platelets (limit {limit:.0%}): PLT count may be low; check the smear",
+    "out_of_distribution": "{value:.2%} of events unlike the training data (limit {limit:.0%}): check instrument and model",
+    "ambiguous_assignments": "{value:.1%} of events assigned with probability < {p:.1f} (limit {limit:.0%})",
+    "incomplete": "the sample did not end normally: counts cover only the events received",
+}
+
+
+@dataclass
+class Counts:
+    events: dict[str, int]
+    cells: dict[str, float]
+    retic_percent: float | None
+    concentration: dict[str, float | None]
+    flags: list[str] = field(default_factory=list)
+    flag_details: dict[str, str] = field(default_factory=dict)
+    qc: dict[str, float] = field(default_factory=dict)
+
+
+def coincidence_cells(
+    events: np.ndarray, labels: np.ndarray, profile: Profile, area_features: list[str],
+    width_feature: str | None = "ext_width",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(red cells, platelets) in each coincidence event, from its pulse areas.
+
+    The first area feature (axial light loss area for optical-11) measures size most cleanly:
+    a doublet of red cells reads 1.8-2.3 single-cell areas, a triplet 2.8-3.4. A coincidence whose
+    side-scatter/extinction ratio is nearer the platelets' than the red cells' is a platelet clump,
+    counted in platelet areas. Coincidences that read as one cell are counted as one red cell: the
+    platelet that may ride along is counted statistically (see ``count_sample``), not guessed.
+    """
+    coinc = labels == C.COINCIDENCE
+    n = int(coinc.sum())
+    n_rbc = np.zeros(n, dtype=np.int64)
+    n_plt = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return n_rbc, n_plt
+    names = {x.lower(): i for i, x in enumerate(profile.feature_names)}
+    cols = [names[f.lower()] for f in area_features if f.lower() in names]
+    red = (labels == C.RBC) | (labels == C.RETIC)
+    plt = labels == C.PLT
+    if not cols or red.sum() < 50:
+        return np.full(n, 2, dtype=np.int64), n_plt  # no areas to read: the minimum, two red cells
+    area = events[:, cols[0]].astype(np.float64)
+    a_red = max(float(np.median(area[red])), 1e-6)
+    n_rbc = np.clip(np.rint(area[coinc] / a_red), 1, MAX_CELLS_PER_EVENT).astype(np.int64)
+    if len(cols) >= 2 and plt.sum() >= 50:
+        side = events[:, cols[1]].astype(np.float64) / np.maximum(area, 1e-6)
+        cut = np.sqrt(np.median(side[red]) * np.median(side[plt]))
+        if np.median(side[plt]) > 1.5 * np.median(side[red]):  # only where the signatures differ
+            a_plt = max(float(np.median(area[plt])), 1e-6)
+            in_plt = area[coinc] / a_plt
+            # Platelet-like: a platelet signature and the area of a few platelets, not of red cells.
+            plt_like = (side[coinc] > cut) & (in_plt <= MAX_CELLS_PER_EVENT)
+            n_rbc[plt_like] = 0
+            n_plt[plt_like] = 1
+            # A clump is several platelets in a row, so its pulse is longer than a platelet's; a
+            # giant platelet has a platelet's pulse length and counts as one.
+            if width_feature is not None and width_feature.lower() in names:
+                width = events[:, names[width_feature.lower()]].astype(np.float64)
+                long_pulse = width[coinc] > CLUMP_WIDTH_RATIO * float(np.median(width[plt]))
+                clump = plt_like & long_pulse
+                n_plt[clump] = np.clip(np.rint(in_plt[clump]), 2, MAX_CELLS_PER_EVENT)
+    return n_rbc, n_plt
+
+
+def count_sample(
+    events: np.ndarray,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    profile: Profile,
+    info: SampleInfo,
+    area_features: list[str],
+    recon_err: np.ndarray | None = None,
+    recon_threshold: float | None = None,
+    coincidence_window_us: float | None = None,
+    elapsed_s: float | None = None,
+    complete: bool = True,
+) -> Counts:
+    n = len(labels)
+    ev = C.event_counts(labels)
+    n_rbc_c, n_plt_c = coincidence_cells(events, labels, profile, area_features)
+    single_red = ev["rbc"] + ev["retic"]
+    retic_share = ev["retic"] / single_red if single_red else 0.0
+    plt_visible = ev["plt"] + float(n_plt_c.sum())
+    hidden_plt = 0.0
+    if coincidence_window_us and elapsed_s and elapsed_s > 0:
+        rate_plt_per_us = plt_visible / (elapsed_s * 1e6)
+        red_events = single_red + ev["coincidence"] - int((n_plt_c > 0).sum())
+        hidden_plt = red_events * (1.0 - np.exp(-2.0 * rate_plt_per_us * coincidence_window_us))
+    cells = {
+        "rbc": float(single_red + n_rbc_c.sum()),
+        "retic": float(ev["retic"] + retic_share * n_rbc_c.sum()),
+        "plt": float(plt_visible + hidden_plt),
+    }
+    retic_percent = 100.0 * cells["retic"] / cells["rbc"] if cells["rbc"] else None
+    conc: dict[str, float | None] = {"rbc_per_uL": None, "plt_per_uL": None, "retic_per_uL": None}
+    if info.dilution and info.volume_ul:
+        k = info.dilution / info.volume_ul
+        conc = {"rbc_per_uL": cells["rbc"] * k, "plt_per_uL": cells["plt"] * k, "retic_per_uL": cells["retic"] * k}
+    # Quality control.
+    qc = {
+        "coincidence_fraction": ev["coincidence"] / n if n else 0.0,
+        "ambiguous_fraction": float(np.mean(probabilities.max(1) < AMBIGUOUS_PROBABILITY)) if n else 0.0,
+        "hidden_platelets": round(hidden_plt, 1),
+        "platelets_in_coincidences": int(n_plt_c.sum()),
+    }
+    clumped = float(n_plt_c[n_plt_c >= 2].sum())
+    qc["platelet_clump_share"] = clumped / cells["plt"] if cells["plt"] else 0.0
+    if recon_err is not None and recon_threshold:
+        qc["ood_fraction"] = float(np.mean(recon_err > recon_threshold)) if n else 0.0
+    flags: dict[str, str] = {}
+
+    def flag(code: str, value: float, limit: float) -> None:
+        flags[code] = FLAG_TEXT[code].format(value=value, limit=limit, p=AMBIGUOUS_PROBABILITY)
+
+    if n < MIN_EVENTS:
+        flag("too_few_events", n, MIN_EVENTS)
+    if qc["coincidence_fraction"] > MAX_COINCIDENCE_FRACTION:
+        flag("high_coincidence", qc["coincidence_fraction"], MAX_COINCIDENCE_FRACTION)
+    if qc["platelet_clump_share"] > CLUMP_SHARE_OF_PLT:
+        flag("platelet_clumps_suspected", qc["platelet_clump_share"], CLUMP_SHARE_OF_PLT)
+    if qc.get("ood_fraction", 0.0) > MAX_OOD_FRACTION:
+        flag("out_of_distribution", qc["ood_fraction"], MAX_OOD_FRACTION)
+    if qc["ambiguous_fraction"] > MAX_AMBIGUOUS_FRACTION:
+        flag("ambiguous_assignments", qc["ambiguous_fraction"], MAX_AMBIGUOUS_FRACTION)
+    if not complete:
+        flags["incomplete"] = FLAG_TEXT["incomplete"]
+    return Counts(ev, cells, retic_percent, conc, list(flags), flags, qc)

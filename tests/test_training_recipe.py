@@ -1,0 +1,55 @@
+"""The training recipe at a tiny scale: losses fall, the bundle exports, loads and classifies.
+
+CI does not retrain the shipped model; this proves the recipe still runs end to end. Needs torch
+(the ``export`` extra, which the README's test command installs).
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the training recipe needs torch (pip install -e '.[export]')")
+
+from edgehema.bundle import Bundle  # noqa: E402
+from edgehema.classifier import Classifier  # noqa: E402
+from edgehema.result import classify_sample  # noqa: E402
+from edgehema.simulator import SampleSimulator  # noqa: E402
+from export.train_reference import Recipe, run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    history: dict = {}
+    lines: list[str] = []
+    written = run(Recipe.tiny(), out, log=lines.append, history=history)
+    return out, written, history, lines
+
+
+def test_losses_fall(tiny):
+    _, _, history, _ = tiny
+    for stage in ("stage1", "stage2"):
+        h = np.array(history[stage])
+        assert len(h) > 50
+        assert np.mean(h[-20:]) < np.mean(h[:20]), stage
+
+
+def test_exported_bundles_load_and_classify(tiny):
+    _, written, _, _ = tiny
+    ref = Bundle.load(written["reference"])
+    assert ref.manifest["training"]["samples"] == 15
+    assert ref.manifest["supervision"].startswith("sample-level counts only")
+    s = SampleSimulator("dog", seed=3).generate(5000)
+    result = classify_sample(s.sample, Classifier(ref)).to_dict()
+    assert result["events"]["total"] == 5000
+    assert result["model"]["sha256"] == ref.sha256
+    sup = Classifier(Bundle.load(written["supervised-mlp"]))
+    assert sup.infer(s.sample.events).probabilities.shape == (5000, 5)
+
+
+def test_recipe_is_deterministic(tiny, tmp_path):
+    out, written, _, _ = tiny
+    again = run(Recipe.tiny(), tmp_path, log=lambda _: None)
+    a = Bundle.load(written["reference"]).manifest
+    b = Bundle.load(again["reference"]).manifest
+    assert a["stage1"]["centroids"] == b["stage1"]["centroids"]
+    assert a["stage2"]["means"] == b["stage2"]["means"]
