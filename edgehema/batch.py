@@ -6,8 +6,10 @@ result is still produced (nothing already done is lost).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -79,8 +81,32 @@ def classify_files(paths: list[str], job: BatchJob, jobs: int = 0,
         return
     # One ONNX thread per worker: the workers themselves use the cores.
     per_worker = BatchJob(**{**job.__dict__, "threads": 1})
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_init, initargs=(per_worker,)) as pool:
+    with single_threaded_workers(jobs, _init, (per_worker,)) as pool:
         for p, (status, value) in zip(paths, pool.map(_one, paths, chunksize=1)):
             if progress:
                 progress()
             yield p, status, value
+
+
+@contextmanager
+def single_threaded_workers(jobs: int, initializer, initargs):
+    """A process pool whose workers run BLAS and OpenMP on one thread each.
+
+    numpy's BLAS otherwise starts a thread per core in every worker, and two workers on two cores
+    then fight over them (measured: 109 files took 15.1 s instead of 9.2 s). The thread count is
+    read when numpy loads, so workers are spawned fresh with it in their environment.
+    """
+    keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in keys}
+    # Workers start at the first submit, so the setting stays until the pool is done.
+    os.environ.update({k: "1" for k in keys})
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=initializer, initargs=initargs) as pool:
+            yield pool
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

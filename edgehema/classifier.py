@@ -18,6 +18,9 @@ from .clustering import DiagonalGMM, adapt_centroids, student_t_assign
 from .exceptions import BundleError
 from .profiles import Profile
 
+#: Events used to adapt the mixtures to a sample (an evenly spaced subset of larger samples).
+ADAPT_EVENTS = 30_000
+
 
 @dataclass
 class EventInference:
@@ -39,7 +42,9 @@ class Classifier:
         adapt: bool = True,
         batch_size: int = 131_072,
         threads: int | None = None,
+        adapt_prior: float = 3.0,
     ) -> None:
+        self.adapt_prior = adapt_prior
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.backend = create_backend(self.bundle, backend, threads)
         self.adapt = adapt
@@ -87,16 +92,20 @@ class Classifier:
         """Stage 1 (RBC side / PLT / noise) times stage 2 (normal / retic / coincidence)."""
         centroids, gmm, info = self.centroids, self.gmm, {"adapted": False}
         if adapt and len(z1) >= 1000:
-            centroids = adapt_centroids(z1, self.centroids, self.alpha)
-        q1 = student_t_assign(z1, centroids, self.alpha)
-        side = q1[:, self.stage1_classes.index("rbc_side")]
-        if adapt and len(z1) >= 1000:
-            gmm = self.gmm.adapt(z2, mask=side)
+            # Population parameters need no more than a few tens of thousands of events: adapt on an
+            # evenly spaced subset (deterministic, spans the whole acquisition), assign all events.
+            step = max(1, len(z1) // ADAPT_EVENTS)
+            sz1, sz2 = z1[::step], z2[::step]
+            centroids = adapt_centroids(sz1, self.centroids, self.alpha, prior_share=self.adapt_prior)
+            side_sub = student_t_assign(sz1, centroids, self.alpha)[:, self.stage1_classes.index("rbc_side")]
+            gmm = self.gmm.adapt(sz2, mask=side_sub, prior_share=self.adapt_prior)
             info = {
                 "adapted": True,
                 "stage1_centroid_shift": float(np.linalg.norm(centroids - self.centroids, axis=1).max()),
                 "stage2_mean_shift": float(np.linalg.norm(gmm.means - self.gmm.means, axis=1).max()),
             }
+        q1 = student_t_assign(z1, centroids, self.alpha)
+        side = q1[:, self.stage1_classes.index("rbc_side")]
         g = gmm.responsibilities(z2)
         p = np.empty((len(z1), len(C.EVENT_CLASSES)))
         p[:, C.NOISE] = q1[:, self.stage1_classes.index("noise")]

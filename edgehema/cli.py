@@ -320,6 +320,8 @@ def evaluate(
 def _print_evaluation(summary, scores, methods, cfg, elapsed: float) -> None:
     from . import evaluate as ev
 
+    wide = Console(width=max(out.width, 150))  # the side-by-side table needs its width, even in a pipe
+
     shift = []
     if cfg.gain != 1.0:
         shift.append(f"gain {cfg.gain:g}")
@@ -338,10 +340,10 @@ def _print_evaluation(summary, scores, methods, cfg, elapsed: float) -> None:
             table.add_row(s.method, f"{s.macro_f1:.4f}", rec, f"{s.rbc_err[0]:.2f} / {s.rbc_err[1]:.2f}",
                           f"{s.plt_err[0]:.2f} / {s.plt_err[1]:.2f}", f"{s.retic_err[0]:.3f} / {s.retic_err[1]:.3f}",
                           "-" if math.isnan(s.r2_rbc_fraction) else f"{s.r2_rbc_fraction:.5f}")
-        out.print(table)
+        wide.print(table)
     overall = ", ".join(f"{m} {ev.overall_r2(scores, m):.5f}" for m in methods)
-    out.print(f"R2 of the RBC fraction across all samples: {overall}")
-    out.print(f"({elapsed:.1f} s)")
+    wide.print(f"R2 of the RBC fraction across all samples: {overall}")
+    wide.print(f"({elapsed:.1f} s)")
 
 
 @app.command()

@@ -32,10 +32,11 @@ class DiagonalGMM:
 
     def log_joint(self, z: np.ndarray) -> np.ndarray:
         """log pi_k + log N(z | mu_k, diag var_k), shape (N, K)."""
-        var = self.variances
-        diff2 = (z[:, None, :] - self.means[None, :, :]) ** 2
-        ll = -0.5 * (np.sum(diff2 / var[None], axis=2) + np.sum(np.log(2 * np.pi * var), axis=1)[None, :])
-        return ll + np.log(np.maximum(self.weights, 1e-12))[None, :]
+        inv = 1.0 / self.variances  # (K, D)
+        # sum_d (z - mu)^2 / var expanded into matrix products: no (N, K, D) temporary.
+        quad = (z * z) @ inv.T - 2.0 * z @ (self.means * inv).T + np.sum(self.means**2 * inv, axis=1)[None, :]
+        const = np.sum(np.log(2 * np.pi * self.variances), axis=1) - 2.0 * np.log(np.maximum(self.weights, 1e-12))
+        return -0.5 * (quad + const[None, :])
 
     def responsibilities(self, z: np.ndarray) -> np.ndarray:
         return _softmax(self.log_joint(z))
@@ -63,11 +64,12 @@ class DiagonalGMM:
 
 
 def adapt_centroids(z: np.ndarray, centroids: np.ndarray, alpha: float = 1.0, iterations: int = 5,
-                    prior_strength: float = 200.0) -> np.ndarray:
+                    prior_share: float = 1.0) -> np.ndarray:
     """Stage-1 centroids re-estimated on one sample, held near the bundled ones (MAP).
 
-    Each centroid moves to the mean of the events assigned to it. Hard assignment, not the soft
-    q: the Student's t kernel is heavy-tailed, so soft means would drag a small cluster (platelets)
+    Each centroid moves towards the mean of the events assigned to it, against a prior worth
+    ``prior_share`` times those events: halfway at 1.0. Hard assignment, not the soft q: the
+    Student's t kernel is heavy-tailed, so soft means would drag a small cluster (platelets)
     towards the bulk of red cells.
     """
     mu = centroids.copy()
@@ -76,7 +78,8 @@ def adapt_centroids(z: np.ndarray, centroids: np.ndarray, alpha: float = 1.0, it
         w = np.zeros((len(z), len(mu)))
         w[np.arange(len(z)), hard] = 1.0
         nk = w.sum(axis=0)
-        mu = (w.T @ z + prior_strength * centroids) / (nk[:, None] + prior_strength)
+        tau = prior_share * np.maximum(nk, 1.0)
+        mu = (w.T @ z + tau[:, None] * centroids) / (nk[:, None] + tau[:, None])
     return mu
 
 
@@ -85,6 +88,13 @@ def _sq_dist(z: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
-    m = logits.max(axis=1, keepdims=True)
-    e = np.exp(logits - m)
-    return e / e.sum(axis=1, keepdims=True)
+    # Row max and sum column by column: numpy reduces a short last axis (K = 3) slowly, row by row.
+    m = logits[:, 0].copy()
+    for k in range(1, logits.shape[1]):
+        np.maximum(m, logits[:, k], out=m)
+    e = np.exp(logits - m[:, None])
+    total = e[:, 0].copy()
+    for k in range(1, e.shape[1]):
+        total += e[:, k]
+    e /= total[:, None]
+    return e

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import classes as C
+from .batch import single_threaded_workers
 from .baselines import FixedGateClassifier, GaussianMixtureClassifier
 from .bundle import Bundle
 from .classifier import Classifier
@@ -166,7 +166,7 @@ def run(cfg: EvalConfig, jobs: int = 0, progress=None) -> tuple[list[MethodSumma
             if progress:
                 progress()
     else:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_init, initargs=(cfg,)) as pool:
+        with single_threaded_workers(jobs, _init, (cfg,)) as pool:
             for res in pool.map(_evaluate_one, tasks, chunksize=1):
                 scores.extend(res)
                 if progress:

@@ -1,4 +1,6 @@
-"""Workstation-side model conversion (quantized ONNX / TFLite bundles). Filled by the export issue.
+"""Workstation side: the reference model's training recipe (``export.train_reference``) and,
+with the export issue, conversion to quantized ONNX / TFLite bundles.
 
-Depends on edgehema's bundle contract; the device runtime never imports this package.
+Uses edgehema's bundle contract; the device runtime never imports this package. Needs the
+``export`` extra (torch).
 """

@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -317,10 +318,14 @@ def train_supervised(recipe: Recipe, data: list[TrainingSample], log) -> Supervi
 def export_onnx(module: nn.Module, n_features: int, outputs: list[str], path: Path) -> None:
     module.eval()
     example = torch.zeros(8, n_features)
-    torch.onnx.export(
-        module, (example,), str(path), input_names=["x"], output_names=outputs,
-        dynamic_axes={"x": {0: "events"}, **{o: {0: "events"} for o in outputs}}, opset_version=17, dynamo=False,
-    )
+    # The TorchScript exporter keeps parameter names as ONNX initializer names (enc1.0.weight, ...),
+    # which the benchmark relies on to run the very same weights in PyTorch eager.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module, (example,), str(path), input_names=["x"], output_names=outputs,
+            dynamic_axes={"x": {0: "events"}, **{o: {0: "events"} for o in outputs}}, opset_version=17, dynamo=False,
+        )
 
 
 def write_bundle(directory: Path, manifest: dict) -> dict:

@@ -69,7 +69,7 @@ ROW = "1000,5000,900,4000,300,1500,150,700,2000,9000,3.1"
         ("ragged.csv", HEADER + "\n" + ROW + "\n" + ROW + "\n" + ROW.rsplit(",", 1)[0] + "\n",
          r"ragged\.csv: line 4: 10 cells where the header has 11 columns"),
         ("nan.csv", HEADER + "\n" + ROW + "\n" + ROW.replace(",150,", ",nan,") + "\n",
-         r"nan\.csv: line 3: nan in column fl_peak \(events must be finite\)"),
+         r"nan\.csv: line 3: nan in column fl_peak \(events must be finite float32 numbers\)"),
         ("inf.csv", HEADER + "\n" + ROW.replace("9000", "inf") + "\n",
          r"inf\.csv: line 2: inf in column ext_area"),
         ("range.csv", HEADER + "\n" + ROW + "\n" + ROW.replace("1000", "-5", 1) + "\n",

@@ -78,13 +78,14 @@ def read_table(path: Path, profile: Profile | str | None) -> tuple[Profile, np.n
     """Read one delimited table: (profile, float32 events in profile order, auxiliary columns)."""
     names, delimiter = read_header(path)
     prof = match_profile(names, path, profile)
-    table = load_numeric_table(path, names, delimiter)
     lower = [n.lower() for n in names]
+    aux_cols = [a for a in prof.auxiliary if a.lower() in lower]
+    # Bookkeeping integers (Sysmex ParticleID) may exceed float32's exact range: float64 then.
+    table = load_numeric_table(path, names, delimiter, np.float64 if aux_cols else np.float32)
     order = [lower.index(n.lower()) for n in prof.feature_names]
     events = np.ascontiguousarray(table[:, order], dtype=np.float32)
-    # Check in float64 before the cast so an overflow to inf is not blamed on the file.
-    check_events(table[:, order], prof, path)
-    aux = {a: table[:, lower.index(a.lower())].astype(np.int64) for a in prof.auxiliary if a.lower() in lower}
+    check_events(events, prof, path)
+    aux = {a: table[:, lower.index(a.lower())].astype(np.int64) for a in aux_cols}
     return prof, events, aux
 
 
