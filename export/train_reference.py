@@ -427,10 +427,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("edgehema/models"))
     ap.add_argument("--scale", choices=("full", "tiny"), default="full")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--species", default=None, help="comma-separated species to train on (default: all five)")
     args = ap.parse_args()
     recipe = Recipe() if args.scale == "full" else Recipe.tiny()
     if args.seed is not None:
         recipe.seed = args.seed
+    if args.species:
+        recipe.species = tuple(s.strip() for s in args.species.split(",") if s.strip())
     run(recipe, args.out)
 
 
