@@ -320,7 +320,7 @@ def evaluate(
 def _print_evaluation(summary, scores, methods, cfg, elapsed: float) -> None:
     from . import evaluate as ev
 
-    wide = Console(width=max(out.width, 150))  # the side-by-side table needs its width, even in a pipe
+    wide = _wide()
 
     shift = []
     if cfg.gain != 1.0:
@@ -346,6 +346,229 @@ def _print_evaluation(summary, scores, methods, cfg, elapsed: float) -> None:
     wide.print(f"({elapsed:.1f} s)")
 
 
+# ------------------------------------------------------------ emulate
+@app.command()
+def emulate(
+    tcp: Optional[int] = typer.Option(None, "--tcp", help="Listen on 127.0.0.1:PORT; the host connects with socket://127.0.0.1:PORT."),
+    pty: bool = typer.Option(False, "--pty", help="Stream over a pseudo-terminal pair; prints the port for the host."),
+    file: Optional[Path] = typer.Option(None, "--file", help="Write the byte stream to a file (no pacing)."),
+    species: str = typer.Option("human", "--species", "-s", help="Species preset of the simulated samples."),
+    pathology: Optional[str] = typer.Option(None, "--pathology", help="Pathology preset."),
+    samples: int = typer.Option(3, "--samples", min=1, help="Samples to stream."),
+    events: int = typer.Option(150_000, "--events", "-n", min=1, help="Events per sample."),
+    rate: float = typer.Option(20_000.0, "--rate", min=0.0, help="Events per second (0: as fast as the link takes)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    fault: List[str] = typer.Option([], "--fault", help="Inject a fault: KIND[@SAMPLE], KIND one of bitflip, drop, truncate, total, disconnect, reboot; SAMPLE 1-based (default 2). Repeatable."),
+) -> None:
+    """An instrument on a wire: streams simulator samples with the wire protocol, optionally with faults."""
+    from .emulator import InstrumentEmulator, parse_faults, serve_tcp, write_file, write_pty
+
+    chosen = [x for x in (tcp is not None, pty, file is not None) if x]
+    if len(chosen) != 1:
+        raise typer.BadParameter("choose exactly one of --tcp PORT, --pty, --file PATH")
+    emu = InstrumentEmulator(species, samples, events, seed, parse_faults(list(fault)), pathology=pathology)
+    if file is not None:
+        n = write_file(emu, str(file))
+        err.print(f"wrote {n:,} bytes, {samples} samples, to {file}")
+    elif pty:
+        n = write_pty(emu, rate, ready=lambda name: (print(name, flush=True), err.print(f"instrument on {name}")))
+        err.print(f"sent {n:,} bytes")
+    else:
+        n = serve_tcp(emu, int(tcp), rate, ready=lambda p: err.print(f"instrument listening on socket://127.0.0.1:{p}"))
+        err.print(f"sent {n:,} bytes")
+
+
+# ------------------------------------------------------------- stream
+@app.command()
+def stream(
+    port: Optional[str] = typer.Option(None, "--port", "-p", help="pyserial URL: /dev/ttyUSB0, socket://HOST:PORT, rfc2217://HOST:PORT, loop://"),
+    baud: Optional[int] = typer.Option(None, "--baud", help="Baud rate (default 3000000)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same settings (options win)."),
+    journal: Optional[Path] = typer.Option(None, "--journal", help="SQLite result journal (default edgehema-journal.sqlite)."),
+    archive: Optional[Path] = typer.Option(None, "--archive", help="Folder of per-sample frame archives (default edgehema-archive)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Append JSON lines here instead of stdout."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle (default: reference)."),
+    backend: str = typer.Option("auto", "--backend", help="Inference backend."),
+    adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Per-sample adaptation of the latent mixtures."),
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="Stop after this many results."),
+    idle_exit: Optional[float] = typer.Option(None, "--idle-exit", min=0.1, help="Stop after this many seconds without data."),
+    no_reconnect: bool = typer.Option(False, "--no-reconnect", help="Exit when the port goes away instead of waiting for it."),
+) -> None:
+    """Sit on the instrument's link: classify events as they arrive and emit one JSON result per sample.
+
+    Every frame is archived and every result committed to the journal before it is reported; after a
+    crash, samples that were interrupted are reported (flagged incomplete) at the next start.
+    """
+    from .sinks import open_sink
+    from .stream.runner import StreamConfig, StreamRunner
+
+    settings = _load_stream_config(config) if config else {}
+    port = port or settings.get("port")
+    if not port:
+        raise typer.BadParameter("a port is needed: --port URL or port = ... in --config")
+    cfg = StreamConfig(
+        port=port,
+        baud=baud or int(settings.get("baud", 3_000_000)),
+        journal=journal or Path(settings.get("journal", "edgehema-journal.sqlite")),
+        archive_dir=archive or Path(settings.get("archive", "edgehema-archive")),
+        model=model or settings.get("model"),
+        backend=backend if backend != "auto" else settings.get("backend", "auto"),
+        adapt=adapt and bool(settings.get("adapt", True)),
+        reconnect=not no_reconnect and bool(settings.get("reconnect", True)),
+        max_samples=max_samples or settings.get("max_samples"),
+        idle_exit=idle_exit or settings.get("idle_exit"),
+    )
+    stream_out = open(output, "a", encoding="utf-8") if output else sys.stdout
+    sink = open_sink("json", stream_out)
+    live = sys.stderr.isatty()
+    runner = StreamRunner(cfg, sink.write, log=lambda m: err.print(f"[dim]{m}[/dim]") if live else sys.stderr.write(m + "\n"))
+    try:
+        if live:
+            _run_live(runner)
+        else:
+            runner.run()
+    except KeyboardInterrupt:
+        runner.stop()
+    finally:
+        sink.close()
+        if output:
+            stream_out.close()
+
+
+def _run_live(runner) -> None:
+    """Run the stream in a thread; show events/s and the current sample until it ends."""
+    import threading
+
+    from rich.live import Live
+
+    t = threading.Thread(target=runner.run, daemon=True)
+    t.start()
+    with Live(console=err, refresh_per_second=4, transient=True) as live:
+        try:
+            while t.is_alive():
+                st = runner.stats
+                rate = st.events / max(time.perf_counter() - st.started, 1e-9)
+                live.update(f"{st.samples} sample(s) reported, {st.events:,} events, {rate:,.0f} events/s, current: {st.current or '-'}")
+                t.join(0.25)
+        except KeyboardInterrupt:
+            runner.stop()
+            t.join(5)
+
+
+def _load_stream_config(path: Path) -> dict:
+    from .profiles import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise EdgehemaError(f"{path}: cannot read the config: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgehemaError(f"{path}: invalid TOML: {exc}") from None
+    return data.get("stream", data)
+
+
+# ------------------------------------------------------------- replay
+@app.command()
+def replay(
+    archives: List[Path] = typer.Argument(..., help="Frame archives written by edgehema stream (or any captured byte stream)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle (default: reference)."),
+    adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Per-sample adaptation (as the stream had it)."),
+) -> None:
+    """Recompute results from archived frames, exactly as the stream computed them (JSON lines)."""
+    from .classifier import Classifier
+    from .stream.runner import replay_bytes
+
+    clf = Classifier(model, adapt=adapt)
+    failed = 0
+    for path in archives:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            failed += 1
+            _error(f"{path}: cannot read: {exc.strerror}")
+            continue
+        results = replay_bytes(data, clf)
+        if not results:
+            failed += 1
+            _error(f"{path}: no sample in this archive (not an edgehema frame stream?)")
+        for r in results:
+            typer.echo(json.dumps(r, separators=(",", ":")))
+    if failed:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------- demo
+@app.command()
+def demo(
+    samples: int = typer.Option(3, "--samples", min=1, help="Samples the simulated instrument measures."),
+    events: int = typer.Option(60_000, "--events", "-n", min=1000, help="Events per sample."),
+    rate: float = typer.Option(40_000.0, "--rate", min=0.0, help="Events per second on the link."),
+    species: str = typer.Option("cat", "--species", "-s", help="Species preset."),
+    seed: int = typer.Option(1, "--seed", help="Random seed."),
+    workdir: Path = typer.Option(Path("edgehema-demo"), "--workdir", help="Where the demo's journal and archive go."),
+) -> None:
+    """The whole chain on this machine: a simulated instrument on a pseudo-terminal, edgehema streaming
+    from it, live progress, and each sample's counts next to the simulator's truth."""
+    import threading
+
+    from .emulator import InstrumentEmulator, write_pty
+    from .stream.runner import StreamConfig, StreamRunner
+
+    emu = InstrumentEmulator(species, samples, events, seed)
+    ready = threading.Event()
+    box: dict = {}
+
+    def on_ready(name: str) -> None:
+        box["port"] = name
+        ready.set()
+
+    go = threading.Event()
+    instrument = threading.Thread(target=write_pty, args=(emu, rate), kwargs={"ready": on_ready, "start": go},
+                                  daemon=True)
+    instrument.start()
+    if not ready.wait(10):
+        raise EdgehemaError("the simulated instrument did not start")
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    cfg = StreamConfig(port=box["port"], journal=workdir / "journal.sqlite", archive_dir=workdir / "archive",
+                       reconnect=False, max_samples=samples, idle_exit=10.0)
+    logs: list[str] = []
+
+    def log(line: str) -> None:
+        logs.append(line)
+        if line.startswith("connected to"):
+            go.set()  # the host has the port open: the instrument may start
+
+    runner = StreamRunner(cfg, results.append, log=log)
+    out.print(f"simulated instrument on {box['port']}: {samples} {species} samples x {events:,} events at {rate:,.0f} events/s")
+    t = threading.Thread(target=runner.run, daemon=True)
+    t.start()
+    from rich.live import Live
+
+    with Live(console=out, refresh_per_second=4, transient=True) as live:
+        while t.is_alive():
+            st = runner.stats
+            rate_now = st.events / max(time.perf_counter() - st.started, 1e-9)
+            live.update(f"streaming: {st.samples}/{samples} samples done, {st.events:,} events, "
+                        f"{rate_now:,.0f} events/s, current {st.current or '-'}")
+            t.join(0.25)
+    table = Table(title="edgehema stream vs simulator truth")
+    wide = _wide()
+    for col in ("sample", "events", "RBC cells", "truth", "PLT cells", "truth", "retic %", "truth", "flags", "latency ms"):
+        table.add_column(col, justify="left" if col in ("sample", "flags") else "right")
+    for r, lat in zip(results, runner.stats.result_latency_ms):
+        truth = next((t for t in emu.truths if t["sample_id"] == r["sample_id"]), None)
+        if truth is None:
+            continue
+        table.add_row(r["sample_id"], f"{r['events']['total']:,}", f"{r['cells']['rbc']:,}", f"{truth['cells']['rbc']:,}",
+                      f"{r['cells']['plt']:,}", f"{truth['cells']['plt']:,}", f"{r['retic_percent']:.2f}",
+                      f"{truth['retic_percent']:.2f}", ", ".join(r["flags"]) or "ok", f"{lat:.0f}")
+    wide.print(table)
+    out.print(f"journal {cfg.journal}, archives in {cfg.archive_dir}; replay one with: edgehema replay {cfg.archive_dir}/<file>.ehw")
+    if len(results) < samples:
+        raise EdgehemaError(f"only {len(results)} of {samples} samples came through: {'; '.join(logs[-3:])}")
+
+
 @app.command()
 def profiles() -> None:
     """List the instrument profiles shipped with edgehema and their features."""
@@ -355,6 +578,11 @@ def profiles() -> None:
         out.print(f"[bold]{prof.name}[/bold]{' (default)' if prof.default else ''}: {prof.description}")
         for f in prof.features:
             out.print(f"  {f.name:<12} {f.unit:<16} [{f.range[0]:g}, {f.range[1]:g}]  {f.description}")
+
+
+def _wide() -> Console:
+    """Tables with many columns need their width, even in a pipe (rich assumes 80 there)."""
+    return Console(width=max(out.width, 140))
 
 
 def _error(message: str) -> None:

@@ -67,6 +67,19 @@ def classify_sample(sample: Sample, classifier: Classifier, keep_events: bool = 
     t0 = time.perf_counter()
     classifier.check(sample.profile, sample.info.source or sample.info.sample_id or "sample")
     inf = classifier.infer(sample.events)
+    return result_from_inference(sample, inf, classifier, t0, keep_events=keep_events, complete=complete)
+
+
+def result_from_inference(
+    sample: Sample,
+    inf: EventInference,
+    classifier: Classifier,
+    t0: float,
+    keep_events: bool = False,
+    complete: bool = True,
+    extra_flags: dict[str, str] | None = None,
+) -> SampleResult:
+    """Count a classified sample; ``extra_flags`` come from the link (sequence gaps, CRC errors...)."""
     manifest = classifier.bundle.manifest
     counts = count_sample(
         sample.events, inf.probabilities, inf.labels, sample.profile, sample.info,
@@ -77,6 +90,10 @@ def classify_sample(sample: Sample, classifier: Classifier, keep_events: bool = 
         elapsed_s=elapsed_seconds(sample),
         complete=complete,
     )
+    for code, text in (extra_flags or {}).items():
+        if code not in counts.flag_details:
+            counts.flags.append(code)
+            counts.flag_details[code] = text
     model = {
         "name": classifier.bundle.name,
         "version": classifier.bundle.version,
