@@ -158,6 +158,20 @@ class InstrumentEmulator:
             yield Chunk(self._frame(P.Heartbeat(int(time.monotonic() * 1000) & 0xFFFFFFFF, 0)))
 
 
+def wait_for_host(fd: int, timeout: float) -> bool:
+    """Wait for the host's HELLO_REQUEST (any bytes from it) before the first HELLO, as firmware would."""
+    import select
+
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if ready:
+        try:
+            os.read(fd, 4096)
+        except OSError:
+            return False
+        return True
+    return False
+
+
 class Pacer:
     """Sleeps so that events leave at ``rate`` per second (0: as fast as the link takes them)."""
 
@@ -191,9 +205,18 @@ def serve_tcp(emulator: InstrumentEmulator, port: int, rate: float, host: str = 
     try:
         for chunk in emulator.chunks():
             if conn is None:
-                conn, _ = srv.accept()
+                try:
+                    conn, _ = srv.accept()
+                except socket.timeout:
+                    break  # no host came back: the instrument gives up on this run
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.sendall(chunk.data)
+                wait_for_host(conn.fileno(), 2.0)
+            try:
+                conn.sendall(chunk.data)
+            except OSError:  # the host went away; what it missed is lost, as on a real link
+                conn.close()
+                conn = None
+                continue
             sent += len(chunk.data)
             pacer.after(chunk.events)
             if chunk.disconnect:
@@ -224,7 +247,7 @@ def write_pty(emulator: InstrumentEmulator, rate: float, ready=None, start=None,
     if start is not None:
         start.wait(30)
     else:
-        time.sleep(start_delay)
+        wait_for_host(master, start_delay)
     pacer = Pacer(rate)
     sent = 0
     try:

@@ -196,8 +196,12 @@ class StreamRunner:
                     break
                 time.sleep(self.cfg.reconnect_delay)
                 continue
-            self.log(f"connected to {self.cfg.port}")
             session = WireSession()
+            try:  # opening the port flushed anything waiting: ask the instrument to introduce itself
+                port.write(codec.encode_frame(P.HELLO_REQUEST, 0, b""))
+            except Exception as exc:  # noqa: BLE001 - an instrument that cannot hear us still talks
+                self.log(f"could not send HELLO_REQUEST: {exc}")
+            self.log(f"connected to {self.cfg.port}")
             self._session = session
             try:
                 while not self._stop:
