@@ -19,7 +19,7 @@ from .exceptions import BundleError
 from .profiles import Profile
 
 #: Events used to adapt the mixtures to a sample (an evenly spaced subset of larger samples).
-ADAPT_EVENTS = 30_000
+ADAPT_EVENTS = 15_000
 
 
 @dataclass

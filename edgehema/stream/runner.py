@@ -45,10 +45,16 @@ class SampleAssembler:
         self.n_pending = 0
         self.outputs: dict[str, list[np.ndarray]] = {}
         self.t_first = None
+        #: arrival times of batches not yet classified, and the measured arrival-to-classification
+        #: latency of every batch (seconds), for the benchmark and the live display.
+        self._arrivals: list[float] = []
+        self.latencies: list[float] = []
 
     def add(self, events: np.ndarray) -> None:
+        now = time.perf_counter()
         if self.t_first is None:
-            self.t_first = time.perf_counter()
+            self.t_first = now
+        self._arrivals.append(now)
         self.events.append(events)
         self.pending.append(events)
         self.n_pending += len(events)
@@ -58,6 +64,12 @@ class SampleAssembler:
             self._run(block[:full])
             rest = block[full:]
             self.pending, self.n_pending = ([rest] if len(rest) else []), len(rest)
+            done = time.perf_counter()
+            # Batches whose events are all classified now (the last may straddle into the remainder).
+            keep = 1 if len(rest) else 0
+            finished = self._arrivals[: len(self._arrivals) - keep]
+            self.latencies += [done - t for t in finished]
+            self._arrivals = self._arrivals[len(finished):]
 
     def _run(self, block: np.ndarray) -> None:
         for start in range(0, len(block), BLOCK):
@@ -68,6 +80,9 @@ class SampleAssembler:
         if self.n_pending:
             self._run(np.concatenate(self.pending))
             self.pending, self.n_pending = [], 0
+        done = time.perf_counter()
+        self.latencies += [done - t for t in self._arrivals]
+        self._arrivals = []
         s = self.sample
         n_features = len(s.features)
         events = np.concatenate(self.events) if self.events else np.zeros((0, n_features), np.float32)
@@ -140,6 +155,7 @@ class StreamStats:
     started: float = field(default_factory=time.perf_counter)
     current: str = ""
     result_latency_ms: list[float] = field(default_factory=list)
+    batch_latency_s: list[float] = field(default_factory=list)
 
 
 class StreamRunner:
@@ -249,6 +265,7 @@ class StreamRunner:
                 assembler, row, path, fh, _ = self._open.pop(id(item.sample))
                 fh.close()
                 result = assembler.finish(item, t0)
+                self.stats.batch_latency_s += assembler.latencies
                 self.journal.commit_result(row, result, complete=item.complete)
                 self.emit(result)
                 self.stats.result_latency_ms.append(1000 * (time.perf_counter() - t0))
