@@ -456,14 +456,9 @@ def _run_live(runner) -> None:
 
 
 def _load_stream_config(path: Path) -> dict:
-    from .profiles import tomllib
+    from ._toml import read_toml
 
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise EdgehemaError(f"{path}: cannot read the config: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise EdgehemaError(f"{path}: invalid TOML: {exc}") from None
+    data = read_toml(path, EdgehemaError, "the stream settings")
     return data.get("stream", data)
 
 

@@ -7,18 +7,13 @@ Users can also load a profile from any path with :func:`load_profile`.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on 3.10
-    import tomli as tomllib
-
+from .._toml import tomllib, read_toml
 from ..exceptions import ProfileError
 
 #: Optical channels the simulator's forward model produces; a feature's ``channel`` names one.
@@ -127,14 +122,7 @@ def _parse(data: dict, source: str) -> Profile:
 
 def load_profile(path: str | Path) -> Profile:
     """Load a profile from a TOML file anywhere on disk."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read profile: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{path}: invalid TOML: {exc}") from None
-    return _parse(data, str(path))
+    return _parse(read_toml(path, ProfileError, "profile"), str(path))
 
 
 @lru_cache(maxsize=None)
