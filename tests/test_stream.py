@@ -168,3 +168,32 @@ def test_config_file_and_bad_port(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and lines[-1].startswith("edgehema: error: socket://127.0.0.1:9: cannot open the port")
     assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_exits_cleanly_and_reports_the_open_sample(tmp_path):
+    emu = InstrumentEmulator("human", samples=2, events=60_000, seed=9)
+    t, port = start_tcp_instrument(emu, rate=30_000.0)
+    journal = tmp_path / "j.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "edgehema", "stream", "--port", port, "--journal", str(journal),
+                             "--archive", str(tmp_path / "a"), "--no-reconnect"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        time.sleep(0.1)
+        if journal.exists():
+            try:
+                with sqlite3.connect(journal) as db:
+                    if db.execute("SELECT count(*) FROM samples").fetchone()[0]:
+                        break
+            except sqlite3.Error:
+                pass
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    t.join(10)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    results = [json.loads(line) for line in out.splitlines()]
+    assert results and results[-1]["complete"] is False and "incomplete" in results[-1]["flags"]
+    with sqlite3.connect(journal) as db:
+        assert "open" not in [row[0] for row in db.execute("SELECT status FROM samples")]
