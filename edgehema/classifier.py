@@ -51,13 +51,12 @@ class Classifier:
         self.batch_size = batch_size
         if self.bundle.kind == "two-stage-idec-vade":
             m = self.bundle.manifest
-            self.centroids = self.bundle.array("stage1", "centroids")
+            # Latent-space work is float32 end to end: the latents are, and it halves the time.
+            self.centroids = self.bundle.array("stage1", "centroids").astype(np.float32)
             self.alpha = float(m["stage1"].get("alpha", 1.0))
             self.stage1_classes = tuple(m["stage1"]["cluster_classes"])
-            self.gmm = DiagonalGMM(
-                self.bundle.array("stage2", "weights"), self.bundle.array("stage2", "means"),
-                self.bundle.array("stage2", "variances"),
-            )
+            self.gmm = DiagonalGMM(*(self.bundle.array("stage2", k).astype(np.float32)
+                                     for k in ("weights", "means", "variances")))
             self.stage2_classes = tuple(m["stage2"]["component_classes"])
             if set(self.stage1_classes) != {"noise", "plt", "rbc_side"} or set(self.stage2_classes) != {"rbc", "retic", "coincidence"}:
                 raise BundleError(f"{self.bundle.path}: stage class maps must be noise/plt/rbc_side and rbc/retic/coincidence")
@@ -84,12 +83,14 @@ class Classifier:
         adapt = self.adapt if adapt is None else adapt
         out = self.run_graph(events)
         if self.bundle.kind == "softmax-classifier":
-            p = out["probabilities"].astype(np.float64)
+            p = out["probabilities"].astype(np.float32, copy=False)
             return EventInference(p, p.argmax(1).astype(np.uint8))
-        return self.combine(out["z1"].astype(np.float64), out["z2"].astype(np.float64), out.get("recon_err"), adapt)
+        return self.combine(out["z1"], out["z2"], out.get("recon_err"), adapt)
 
     def combine(self, z1: np.ndarray, z2: np.ndarray, recon_err: np.ndarray | None, adapt: bool) -> EventInference:
         """Stage 1 (RBC side / PLT / noise) times stage 2 (normal / retic / coincidence)."""
+        z1 = np.asarray(z1, dtype=np.float32)
+        z2 = np.asarray(z2, dtype=np.float32)
         centroids, gmm, info = self.centroids, self.gmm, {"adapted": False}
         if adapt and len(z1) >= 1000:
             # Population parameters need no more than a few tens of thousands of events: adapt on an
@@ -104,12 +105,22 @@ class Classifier:
                 "stage1_centroid_shift": float(np.linalg.norm(centroids - self.centroids, axis=1).max()),
                 "stage2_mean_shift": float(np.linalg.norm(gmm.means - self.gmm.means, axis=1).max()),
             }
-        q1 = student_t_assign(z1, centroids, self.alpha)
-        side = q1[:, self.stage1_classes.index("rbc_side")]
-        g = gmm.responsibilities(z2)
-        p = np.empty((len(z1), len(C.EVENT_CLASSES)))
-        p[:, C.NOISE] = q1[:, self.stage1_classes.index("noise")]
-        p[:, C.PLT] = q1[:, self.stage1_classes.index("plt")]
-        for name, code in (("rbc", C.RBC), ("retic", C.RETIC), ("coincidence", C.COINCIDENCE)):
-            p[:, code] = side * g[:, self.stage2_classes.index(name)]
+        p = self._assign(z1, z2, centroids, gmm)
         return EventInference(p, p.argmax(1).astype(np.uint8), recon_err, info)
+
+    def _assign(self, z1: np.ndarray, z2: np.ndarray, centroids: np.ndarray, gmm: DiagonalGMM) -> np.ndarray:
+        """Event probabilities of every event under the (adapted) mixtures."""
+        n = len(z1)
+        p = np.empty((n, len(C.EVENT_CLASSES)), dtype=np.float32)
+
+        def part(lo: int, hi: int) -> None:
+            q1 = student_t_assign(z1[lo:hi], centroids, self.alpha)
+            side = q1[:, self.stage1_classes.index("rbc_side")]
+            g = gmm.responsibilities(z2[lo:hi])
+            p[lo:hi, C.NOISE] = q1[:, self.stage1_classes.index("noise")]
+            p[lo:hi, C.PLT] = q1[:, self.stage1_classes.index("plt")]
+            for name, code in (("rbc", C.RBC), ("retic", C.RETIC), ("coincidence", C.COINCIDENCE)):
+                p[lo:hi, code] = side * g[:, self.stage2_classes.index(name)]
+
+        part(0, n)
+        return p

@@ -50,7 +50,7 @@ class DiagonalGMM:
         to follow a gain drift, not so far that EM re-clusters the bulk of red cells into new
         components. Variances stay as trained (refitting them lets a component swallow another).
         """
-        w = np.ones(len(z)) if mask is None else np.asarray(mask, dtype=np.float64)
+        w = np.ones(len(z), dtype=z.dtype) if mask is None else np.asarray(mask, dtype=z.dtype)
         total = w.sum()
         cur = DiagonalGMM(self.weights.copy(), self.means.copy(), self.variances.copy())
         for _ in range(iterations):
@@ -75,7 +75,7 @@ def adapt_centroids(z: np.ndarray, centroids: np.ndarray, alpha: float = 1.0, it
     mu = centroids.copy()
     for _ in range(iterations):
         hard = student_t_assign(z, mu, alpha).argmax(axis=1)
-        w = np.zeros((len(z), len(mu)))
+        w = np.zeros((len(z), len(mu)), dtype=z.dtype)
         w[np.arange(len(z)), hard] = 1.0
         nk = w.sum(axis=0)
         tau = prior_share * np.maximum(nk, 1.0)
@@ -84,7 +84,9 @@ def adapt_centroids(z: np.ndarray, centroids: np.ndarray, alpha: float = 1.0, it
 
 
 def _sq_dist(z: np.ndarray, c: np.ndarray) -> np.ndarray:
-    return np.maximum((z * z).sum(1)[:, None] - 2 * z @ c.T + (c * c).sum(1)[None, :], 0.0)
+    # |z|^2 by einsum: numpy reduces a short last axis (D = 4) slowly with .sum(1).
+    zz = np.einsum("ij,ij->i", z, z)
+    return np.maximum(zz[:, None] - 2 * z @ c.T + (c * c).sum(1)[None, :], 0.0)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

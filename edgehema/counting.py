@@ -139,7 +139,8 @@ def count_sample(
     # Quality control.
     qc = {
         "coincidence_fraction": ev["coincidence"] / n if n else 0.0,
-        "ambiguous_fraction": float(np.mean(probabilities.max(1) < AMBIGUOUS_PROBABILITY)) if n else 0.0,
+        # The top probability is the one of the assigned class (a gather, not a row-wise max).
+        "ambiguous_fraction": float(np.mean(probabilities[np.arange(n), labels] < AMBIGUOUS_PROBABILITY)) if n else 0.0,
         "hidden_platelets": round(hidden_plt, 1),
         "platelets_in_coincidences": int(n_plt_c.sum()),
     }

@@ -113,9 +113,11 @@ class InstrumentEmulator:
     def chunks(self) -> Iterator[Chunk]:
         sim = SampleSimulator(self.species, self.pathology, InstrumentSettings(instrument_id=self.instrument_id),
                               self._profile, seed=self.seed)
+        # Simulate every sample before the first byte: a real instrument measures, it does not
+        # compute a simulation while the host works, so the host is measured without that load.
+        generated = [sim.generate(self.events) for _ in range(self.samples)]
         yield Chunk(self.hello())
-        for k in range(self.samples):
-            s = sim.generate(self.events)
+        for k, s in enumerate(generated):
             self.truths.append(s.truth)
             faults = self.faults.get(k, set())
             tag = k + 1
