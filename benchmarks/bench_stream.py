@@ -36,9 +36,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=6)
     ap.add_argument("--events", type=int, default=150_000)
-    ap.add_argument("--rate", type=float, default=40_000.0)
-    ap.add_argument("--live-samples", type=int, default=3)
-    ap.add_argument("--live-events", type=int, default=60_000)
+    ap.add_argument("--rate", type=float, default=60_000.0)
+    ap.add_argument("--live-samples", type=int, default=10)
+    ap.add_argument("--live-events", type=int, default=150_000)
+    ap.add_argument("--no-pin", action="store_true", help="do not pin the stream and the instrument to separate cores")
     args = ap.parse_args()
     clf = Classifier(threads=1)
     emu = InstrumentEmulator("human", args.samples, args.events, seed=3)
@@ -75,7 +76,12 @@ def main() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         free_port = probe.getsockname()[1]
-    emulator = subprocess.Popen([sys.executable, "-m", "edgehema", "emulate", "--tcp", str(free_port), "--species", "cat",
+    # As deployed (deploy/edgehema-stream.service, CPUAffinity): the stream on its own core, here core 0,
+    # and the instrument process on core 1. --no-pin measures without.
+    pin = (os.cpu_count() or 1) >= 2 and not args.no_pin
+    if pin:
+        os.sched_setaffinity(0, {0})
+    emulator = subprocess.Popen((["taskset", "-c", "1"] if pin else []) + [sys.executable, "-m", "edgehema", "emulate", "--tcp", str(free_port), "--species", "cat",
                                  "--samples", str(args.live_samples), "--events", str(args.live_events),
                                  "--rate", str(args.rate), "--seed", "4"], stderr=subprocess.PIPE, text=True)
     line = emulator.stderr.readline()  # "instrument listening on ..." once the socket is up
@@ -91,7 +97,8 @@ def main() -> None:
     emulator.wait(30)
     lat = np.array(runner.stats.batch_latency_s) * 1000
     res = np.array(runner.stats.result_latency_ms)
-    print(f"live over TCP at {args.rate:,.0f} events/s: {len(got)} samples x {args.live_events:,} events in {wall:.1f} s")
+    print(f"live over TCP at {args.rate:,.0f} events/s: {len(got)} samples x {args.live_events:,} events in {wall:.1f} s"
+          f" ({'stream pinned to core 0, instrument to core 1' if pin else 'not pinned'})")
     print(f"  frame arrival -> classified: p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms "
           f"(events are classified in blocks of 4096; at this rate a block fills in {4096 / args.rate * 1000:.0f} ms)")
     print(f"  SAMPLE_END -> result committed and emitted: median {np.median(res):.1f} ms, max {res.max():.1f} ms "

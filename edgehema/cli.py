@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -393,6 +394,7 @@ def stream(
     max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="Stop after this many results."),
     idle_exit: Optional[float] = typer.Option(None, "--idle-exit", min=0.1, help="Stop after this many seconds without data."),
     no_reconnect: bool = typer.Option(False, "--no-reconnect", help="Exit when the port goes away instead of waiting for it."),
+    cpu: Optional[int] = typer.Option(None, "--cpu", min=0, help="Pin the stream to this CPU core (steadier latency; systemd's CPUAffinity does the same)."),
 ) -> None:
     """Sit on the instrument's link: classify events as they arrive and emit one JSON result per sample.
 
@@ -403,6 +405,12 @@ def stream(
     from .stream.runner import StreamConfig, StreamRunner
 
     settings = _load_stream_config(config) if config else {}
+    cpu = cpu if cpu is not None else settings.get("cpu")
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {int(cpu)})
+        except (OSError, AttributeError, ValueError) as exc:
+            raise EdgehemaError(f"cannot pin the stream to CPU {cpu}: {exc}") from None
     port = port or settings.get("port")
     if not port:
         raise typer.BadParameter("a port is needed: --port URL or port = ... in --config")
