@@ -572,6 +572,95 @@ def demo(
         raise EdgehemaError(f"only {len(results)} of {samples} samples came through: {'; '.join(logs[-3:])}")
 
 
+# ---------------------------------------------------------- models
+@app.command()
+def export(
+    source: str = typer.Argument("reference", help="Float bundle: a directory, or a shipped name."),
+    target: str = typer.Option(..., "--target", "-t", help="onnx-fp32 or onnx-int8."),
+    calibration: List[Path] = typer.Option(..., "--calibration", "-c", help="Event files for calibration and parity (any format, the bundle's profile). Repeatable."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the new bundle (must not exist or be empty)."),
+    method: str = typer.Option("minmax", "--method", help="Calibration: minmax, entropy or percentile."),
+    heldout: List[Path] = typer.Option([], "--heldout", help="Event files for the held-out part of the parity report. Repeatable."),
+    fail_under: Optional[str] = typer.Option(None, "--fail-under", help="Release gates, e.g. agreement=0.995,count_delta_pct=0.2,size_ratio=0.35 (default those; 'none' for no gate)."),
+) -> None:
+    """Workstation: turn a float bundle into a device bundle (quantized), with a parity report.
+
+    Needs the export extra (pip install 'edgehema[export]'). Exit status 1 if a release gate fails;
+    the bundle is written either way, with the failures in its parity report.
+    """
+    try:
+        from export.quantize import export_bundle
+    except ImportError as exc:
+        raise EdgehemaError(f"edgehema export needs the workstation extra: pip install 'edgehema[export]' ({exc})") from None
+    gates = None
+    if fail_under:
+        gates = {} if fail_under.strip().lower() == "none" else {}
+        for part in fail_under.split(","):
+            if not part.strip() or part.strip().lower() == "none":
+                continue
+            key, _, value = part.partition("=")
+            try:
+                gates[key.strip()] = float(value)
+            except ValueError:
+                raise typer.BadParameter(f"--fail-under: {part!r} is not NAME=NUMBER") from None
+    result = export_bundle(source, target, list(calibration), out_dir, method, list(heldout) or None, gates)
+    r = result.parity
+    out.print(f"wrote {result.bundle} ({target}): label agreement {r['label_agreement']:.4%} over {r['events']:,} events, "
+              f"largest count delta {r['max_count_delta_pct']:.3f} %, retic delta {r['max_retic_delta_pt']:.3f} pt, "
+              f"size {r['size_bytes']:,} bytes ({r['size_ratio']:.0%} of float), graph {r['speedup_vs_float']:.2f}x float speed")
+    if result.failures:
+        raise EdgehemaError(f"{result.bundle}: release gate failed: " + "; ".join(result.failures))
+
+
+@app.command()
+def models() -> None:
+    """List the model bundles shipped with edgehema (and in $EDGEHEMA_MODELS, if set)."""
+    from .bundle import Bundle, bundled_models, bundled_root
+
+    places = [bundled_root() / n for n in bundled_models()]
+    extra = os.environ.get("EDGEHEMA_MODELS")
+    if extra and Path(extra).is_dir():
+        places += sorted(p for p in Path(extra).iterdir() if (p / "manifest.json").is_file())
+    table = Table(title="model bundles")
+    for col in ("bundle", "name", "version", "kind", "target", "size", "sha256", "hashes"):
+        table.add_column(col)
+    for path in places:
+        try:
+            b = Bundle.load(path)
+            status = "verified"
+        except EdgehemaError as exc:
+            table.add_row(str(path), "-", "-", "-", "-", "-", "-", f"[red]{exc}[/red]")
+            continue
+        table.add_row(path.name, b.name, b.version, b.kind, b.manifest.get("target", "onnx-fp32"),
+                      f"{b.model_file.stat().st_size:,}", b.sha256[:12], status)
+    _wide().print(table)
+
+
+@app.command()
+def info(bundle: str = typer.Argument("reference", help="Bundle directory or shipped name.")) -> None:
+    """Print a bundle's manifest summary and parity report, after verifying every hash."""
+    from .bundle import Bundle
+
+    b = Bundle.load(bundle)
+    m = b.manifest
+    out.print(f"[bold]{b.name}[/bold] {b.version} ({b.kind}, {m.get('target', 'onnx-fp32')}) at {b.path}")
+    out.print(f"  hashes: verified ({len(m['files'])} file(s)), manifest sha256 {b.sha256}")
+    out.print(f"  profile {m['profile']}: {', '.join(m['features'])}")
+    out.print(f"  classes: {', '.join(m['classes'])}; supervision: {m.get('supervision', '-')}")
+    t = m.get("training", {})
+    if t:
+        out.print(f"  trained on {t.get('samples')} samples x {t.get('events_per_sample')} events of "
+                  f"{', '.join(t.get('species', []))} ({t.get('seconds')} s, torch {t.get('torch')})")
+    if m.get("quantization"):
+        q = m["quantization"]
+        out.print(f"  quantization: {q['format']}, activations {q['activations']}, weights {q['weights']}, calibration {q['calibration']}")
+    p = m.get("parity_summary")
+    if p:
+        out.print(f"  parity vs float: label agreement {p['label_agreement']:.4%}, largest count delta "
+                  f"{p['max_count_delta_pct']:.3f} %, retic delta {p['max_retic_delta_pt']:.3f} pt, size {p['size_ratio']:.0%}, "
+                  f"speed {p['speedup_vs_float']:.2f}x; gate failures: {'; '.join(p['gate_failures']) or 'none'}")
+
+
 @app.command()
 def profiles() -> None:
     """List the instrument profiles shipped with edgehema and their features."""

@@ -1,0 +1,99 @@
+"""Export to device bundles: int8 quantization with a parity report, release gates, bad inputs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx", reason="export needs the workstation extra (pip install -e '.[export]')")
+
+from edgehema import BackendError, write_sample  # noqa: E402
+from edgehema.bundle import MANIFEST, Bundle, seal  # noqa: E402
+from edgehema.classifier import Classifier  # noqa: E402
+from edgehema.result import classify_sample  # noqa: E402
+from edgehema.simulator import SampleSimulator  # noqa: E402
+from export.quantize import ExportError, export_bundle  # noqa: E402
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "edgehema", *args], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, COLUMNS="160"))
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory):
+    d = tmp_path_factory.mktemp("calib")
+    files = []
+    for i, sp in enumerate(("human", "cat", "dog")):
+        p = d / f"{sp}.csv"
+        write_sample(SampleSimulator(sp, seed=6100 + i).generate(12_288).sample, p)
+        files.append(p)
+    return files
+
+
+def test_int8_export_with_parity_report(tmp_path, calib):
+    res = export_bundle(None, "onnx-int8", calib[:2], tmp_path / "int8", heldout_files=calib[2:], gates={})
+    b = Bundle.load(res.bundle)
+    assert b.manifest["target"] == "onnx-int8" and b.manifest["quantization"]["format"] == "QDQ"
+    assert "parity.json" in b.manifest["files"]  # the report is covered by the hashes
+    report = json.loads((res.bundle / "parity.json").read_text())
+    assert report["label_agreement"] >= 0.99
+    assert report["max_count_delta_pct"] < 1.0
+    assert len(report["sets"]["calibration"]) == 2 and len(report["sets"]["heldout"]) == 1
+    assert np.array(report["confusion_vs_float"]["matrix"]).sum() == report["events"] == 3 * 12_288
+    assert report["size_ratio"] < 0.6
+    # The quantized bundle classifies like the float one.
+    s = SampleSimulator("human", seed=6200).generate(30_000).sample
+    a = classify_sample(s, Classifier()).to_dict()
+    q = classify_sample(s, Classifier(b)).to_dict()
+    assert abs(q["cells"]["rbc"] / a["cells"]["rbc"] - 1) < 0.005
+    assert abs(q["cells"]["plt"] / a["cells"]["plt"] - 1) < 0.02
+
+
+def test_release_gate_fails_with_one_line(tmp_path, calib):
+    proc = run("export", "--target", "onnx-fp32", "--calibration", str(calib[0]), "--out", str(tmp_path / "fp32"),
+               "--fail-under", "agreement=1.01")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "release gate failed: label agreement" in lines[0]
+    assert Bundle.load(tmp_path / "fp32").manifest["parity_summary"]["label_agreement"] == 1.0
+
+
+def test_bad_inputs(tmp_path, calib):
+    xn = write_sample(SampleSimulator("dog", profile="sysmex-xn-ret", seed=1).generate(5000).sample, tmp_path / "X.116.csv")[0]
+    with pytest.raises(ExportError, match="calibration file .*X.116.csv: model edgehema-reference expects profile optical-11"):
+        export_bundle(None, "onnx-int8", [xn], tmp_path / "o1")
+    with pytest.raises(ExportError, match="unknown target 'tflite-int8'.*not implemented yet"):
+        export_bundle(None, "tflite-int8", calib, tmp_path / "o2")
+    bad = tmp_path / "bad"
+    shutil.copytree(Bundle.load().path, bad)
+    (bad / "model.onnx").write_bytes((bad / "model.onnx").read_bytes()[:-10])
+    proc = run("export", str(bad), "--target", "onnx-int8", "--calibration", str(calib[0]), "--out", str(tmp_path / "o3"))
+    assert proc.returncode == 1 and "sha256 mismatch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_model_with_unexpected_inputs_is_refused(tmp_path):
+    odd = tmp_path / "odd"
+    shutil.copytree(Bundle.load().path, odd)
+    m = json.loads((odd / MANIFEST).read_text())
+    m["model"]["input"] = "events"
+    (odd / MANIFEST).write_text(json.dumps(seal(m, odd)))
+    with pytest.raises(BackendError, match=r"model inputs \['x'\] do not match the manifest's 'events'"):
+        Classifier(str(odd))
+    s = tmp_path / "s.csv"
+    write_sample(SampleSimulator("dog", seed=2).generate(2000).sample, s)
+    proc = run("classify", "--model", str(odd), str(s))
+    assert proc.returncode == 1 and "do not match the manifest" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_models_and_info_commands():
+    proc = run("models")
+    assert proc.returncode == 0
+    for name in ("reference", "reference-int8", "supervised-mlp"):
+        assert name in proc.stdout
+    assert proc.stdout.count("verified") == 3
+    proc = run("info", "reference-int8")
+    assert proc.returncode == 0 and "hashes: verified" in proc.stdout and "parity vs float: label agreement" in proc.stdout
