@@ -207,7 +207,7 @@ def classify(
     as_csv: bool = typer.Option(False, "--csv", help="One CSV row per sample."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle directory or shipped name (default: reference)."),
-    backend: str = typer.Option("auto", "--backend", help="Inference backend: onnx, or auto (the first that works)."),
+    backend: str = typer.Option("auto", "--backend", help="Inference backend: onnx, tflite (LiteRT), or auto (the bundle's own engine first)."),
     adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Refine the latent mixtures on each sample (a few EM iterations)."),
     events_out: Optional[Path] = typer.Option(None, "--events-out", help="Folder for per-event labels and probabilities (SAMPLE.events.csv)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Instrument profile of the files (default: recognised from the columns)."),
@@ -631,8 +631,10 @@ def models() -> None:
         except EdgehemaError as exc:
             table.add_row(str(path), "-", "-", "-", "-", "-", "-", f"[red]{exc}[/red]")
             continue
+        tfl = b.manifest["model"].get("tflite")
+        device_file = b.path / tfl["file"] if tfl else b.model_file
         table.add_row(path.name, b.name, b.version, b.kind, b.manifest.get("target", "onnx-fp32"),
-                      f"{b.model_file.stat().st_size:,}", b.sha256[:12], status)
+                      f"{device_file.stat().st_size:,}", b.sha256[:12], status)
     _wide().print(table)
 
 

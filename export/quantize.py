@@ -26,7 +26,7 @@ from edgehema.exceptions import BundleError, EdgehemaError, ProfileMismatchError
 from edgehema.formats import read_sample
 from edgehema.result import classify_sample
 
-TARGETS = ("onnx-fp32", "onnx-int8")
+TARGETS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
 METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_BATCH = 4096
 #: Default release gates (the export issue's targets).
@@ -131,10 +131,10 @@ def quantize_int8(bundle: Bundle, samples: list, out_model: Path, method: str) -
             "calibration_batches": len(reader.batches), "calibration_events": len(reader.batches) * CALIBRATION_BATCH}
 
 
-def parity(float_bundle: Bundle, new_bundle: Bundle, calibration: list, heldout: list) -> dict:
-    """Agreement of the new bundle with the float one, per event and per sample."""
-    ref = Classifier(float_bundle)
-    new = Classifier(new_bundle)
+def parity(float_bundle: Bundle, new_bundle: Bundle, calibration: list, heldout: list, backend: str = "onnx") -> dict:
+    """Agreement of the new bundle (on ``backend``) with the float one, per event and per sample."""
+    ref = Classifier(float_bundle, backend="onnx")
+    new = Classifier(new_bundle, backend=backend)
     sets = {"calibration": calibration, "heldout": heldout}
     report: dict = {"sets": {}}
     conf = np.zeros((len(C.EVENT_CLASSES), len(C.EVENT_CLASSES)), dtype=np.int64)
@@ -176,7 +176,9 @@ def parity(float_bundle: Bundle, new_bundle: Bundle, calibration: list, heldout:
     # Size and speed of the graph alone, float and new, on the same events (medians of 5).
     x = float_bundle.preprocess(np.concatenate([s.events for s in heldout or calibration])[:150_000])
     report["float_size_bytes"] = float_bundle.model_file.stat().st_size
-    report["size_bytes"] = new_bundle.model_file.stat().st_size
+    device_file = (new_bundle.path / new_bundle.manifest["model"]["tflite"]["file"]
+                   if backend == "tflite" else new_bundle.model_file)
+    report["size_bytes"] = device_file.stat().st_size
     report["size_ratio"] = report["size_bytes"] / report["float_size_bytes"]
     for key, clf in (("float_events_per_s", ref), ("events_per_s", new)):
         times = []
@@ -204,8 +206,7 @@ def export_bundle(source: str | Path | None, target: str, calibration_files: lis
                   method: str = "minmax", heldout_files: list[Path] | None = None,
                   gates: dict[str, float] | None = None) -> ExportResult:
     if target not in TARGETS:
-        raise ExportError(f"unknown target {target!r} (this version exports: {', '.join(TARGETS)}; "
-                          "tflite-fp32 and tflite-int8 are not implemented yet)")
+        raise ExportError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
     if method not in METHODS:
         raise ExportError(f"unknown calibration method {method!r} (known: {', '.join(METHODS)})")
     src = Bundle.load(source)
@@ -222,9 +223,19 @@ def export_bundle(source: str | Path | None, target: str, calibration_files: lis
         manifest["name"] = f"{src.name}-{target}"
         manifest["target"] = target
         manifest["source"] = {"name": src.name, "version": src.version, "sha256": src.sha256}
+        files = {"model.onnx": ""}
         if target == "onnx-fp32":
             shutil.copy2(src.model_file, out / "model.onnx")
             manifest["quantization"] = None
+        elif target.startswith("tflite"):
+            from .tflite import convert
+
+            # The float ONNX graph stays in the bundle: `--backend onnx` runs it, `--backend tflite`
+            # the converted model, and the parity report says how far apart they are.
+            shutil.copy2(src.model_file, out / "model.onnx")
+            manifest["model"] = dict(manifest["model"], tflite=convert(src, calibration, target, out))
+            manifest["quantization"] = manifest["model"]["tflite"]["quantization"]
+            files["model.tflite"] = ""
         else:
             try:
                 manifest["quantization"] = quantize_int8(src, calibration, out / "model.onnx", method)
@@ -234,10 +245,10 @@ def export_bundle(source: str | Path | None, target: str, calibration_files: lis
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 raise ExportError(f"{src.model_file}: int8 quantization failed: {first}") from None
         manifest["model"] = dict(manifest["model"], file="model.onnx")
-        manifest["files"] = {"model.onnx": ""}
+        manifest["files"] = dict(files)
         (out / MANIFEST).write_text(json.dumps(seal(manifest, out), indent=1) + "\n", encoding="utf-8")
         new = Bundle.load(out)
-        report = parity(src, new, calibration, heldout)
+        report = parity(src, new, calibration, heldout, "tflite" if target.startswith("tflite") else "onnx")
         report["target"] = target
         report["calibration_files"] = [str(f) for f in calibration_files]
         report["heldout_files"] = [str(f) for f in heldout_files or []]
@@ -245,7 +256,7 @@ def export_bundle(source: str | Path | None, target: str, calibration_files: lis
         failures = check_gates(report, gates)
         report["gates"] = {"thresholds": gates, "failures": failures}
         (out / "parity.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        manifest["files"] = {"model.onnx": "", "parity.json": ""}
+        manifest["files"] = dict(files, **{"parity.json": ""})
         manifest["parity_summary"] = {
             "label_agreement": report["label_agreement"], "max_count_delta_pct": report["max_count_delta_pct"],
             "max_retic_delta_pt": report["max_retic_delta_pt"], "size_ratio": report["size_ratio"],

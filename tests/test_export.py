@@ -66,8 +66,8 @@ def test_bad_inputs(tmp_path, calib):
     xn = write_sample(SampleSimulator("dog", profile="sysmex-xn-ret", seed=1).generate(5000).sample, tmp_path / "X.116.csv")[0]
     with pytest.raises(ExportError, match="calibration file .*X.116.csv: model edgehema-reference expects profile optical-11"):
         export_bundle(None, "onnx-int8", [xn], tmp_path / "o1")
-    with pytest.raises(ExportError, match="unknown target 'tflite-int8'.*not implemented yet"):
-        export_bundle(None, "tflite-int8", calib, tmp_path / "o2")
+    with pytest.raises(ExportError, match="unknown target 'tflite-int16'"):
+        export_bundle(None, "tflite-int16", calib, tmp_path / "o2")
     bad = tmp_path / "bad"
     shutil.copytree(Bundle.load().path, bad)
     (bad / "model.onnx").write_bytes((bad / "model.onnx").read_bytes()[:-10])
@@ -92,8 +92,21 @@ def test_model_with_unexpected_inputs_is_refused(tmp_path):
 def test_models_and_info_commands():
     proc = run("models")
     assert proc.returncode == 0
-    for name in ("reference", "reference-int8", "supervised-mlp"):
+    for name in ("reference", "reference-int8", "reference-tflite-int8", "supervised-mlp"):
         assert name in proc.stdout
-    assert proc.stdout.count("verified") == 3
+    assert proc.stdout.count("verified") == 4
     proc = run("info", "reference-int8")
     assert proc.returncode == 0 and "hashes: verified" in proc.stdout and "parity vs float: label agreement" in proc.stdout
+
+
+def test_tflite_int8_export(tmp_path, calib):
+    pytest.importorskip("tensorflow", reason="the TFLite targets need the tflite extra (pip install -e '.[tflite]')")
+    pytest.importorskip("onnx2tf", reason="the TFLite targets need the tflite extra (pip install -e '.[tflite]')")
+    res = export_bundle(None, "tflite-int8", calib, tmp_path / "tfl", gates={})
+    b = Bundle.load(res.bundle)
+    assert b.manifest["target"] == "tflite-int8" and set(b.manifest["files"]) == {"model.onnx", "model.tflite", "parity.json"}
+    assert set(b.manifest["model"]["tflite"]["outputs"]) == {"z1", "recon_err", "z2"}
+    assert res.parity["label_agreement"] >= 0.99
+    assert Classifier(b).backend_name == "tflite"
+    # The source model file is untouched by the converter (it rewrites what it is given).
+    Bundle.load("reference")

@@ -27,13 +27,24 @@ def _onnx(bundle: Bundle, threads: int | None) -> Backend:
     return OnnxBackend(bundle, threads=threads)
 
 
-BACKENDS = {"onnx": _onnx}
+def _tflite(bundle: Bundle, threads: int | None) -> Backend:
+    from .tflite_backend import TfliteBackend
+
+    return TfliteBackend(bundle, threads=threads)
+
+
+BACKENDS = {"onnx": _onnx, "tflite": _tflite}
 
 
 def create_backend(bundle: Bundle, name: str = "auto", threads: int | None = None) -> Backend:
     if name == "auto":
         errors = []
-        for key, factory in BACKENDS.items():
+        # A TFLite bundle was made to run on TFLite: try that engine first for it.
+        order = list(BACKENDS)
+        if str(bundle.manifest.get("target", "")).startswith("tflite"):
+            order.sort(key=lambda k: k != "tflite")
+        for key in order:
+            factory = BACKENDS[key]
             try:
                 return factory(bundle, threads)
             except BackendError as exc:

@@ -1,0 +1,79 @@
+"""Backends: the same bundle on onnxruntime and on LiteRT gives the same counts within parity."""
+
+import builtins
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edgehema import BackendError, write_sample
+from edgehema.backends import create_backend, tflite_backend
+from edgehema.bundle import Bundle
+from edgehema.classifier import Classifier
+from edgehema.result import classify_sample
+from edgehema.simulator import SampleSimulator
+
+pytest.importorskip("ai_edge_litert", reason="LiteRT (ai-edge-litert, a runtime dependency) is not installed")
+
+
+@pytest.mark.parametrize("species,seed", [("human", 1), ("cat", 2), ("dog", 3)])
+def test_same_counts_on_every_backend(species, seed):
+    s = SampleSimulator(species, seed=7700 + seed).generate(100_000).sample
+    float_counts = classify_sample(s, Classifier("reference")).to_dict()["cells"]
+    results = {}
+    for bundle, backend in (("reference-int8", "onnx"), ("reference-tflite-int8", "tflite"), ("reference-tflite-int8", "onnx")):
+        r = classify_sample(s, Classifier(bundle, backend=backend)).to_dict()
+        assert r["model"]["backend"] == backend
+        results[(bundle, backend)] = r["cells"]
+    for cells in results.values():
+        assert abs(cells["rbc"] / float_counts["rbc"] - 1) < 0.002
+        assert abs(cells["plt"] / float_counts["plt"] - 1) < 0.01
+    # The TFLite bundle carries the float graph too: on onnx it is the float model exactly.
+    assert results[("reference-tflite-int8", "onnx")] == float_counts
+
+
+def test_auto_prefers_the_bundles_engine_and_explains_a_missing_one():
+    assert Classifier("reference-tflite-int8").backend_name == "tflite"
+    assert Classifier("reference").backend_name == "onnx"
+    with pytest.raises(BackendError, match="bundle has no TFLite model"):
+        create_backend(Bundle.load("reference"), "tflite")
+    with pytest.raises(BackendError, match="unknown backend 'tpu'"):
+        create_backend(Bundle.load("reference"), "tpu")
+
+
+def test_tflite_runtime_with_numpy_2_is_explained(monkeypatch):
+    """No LiteRT, and a tflite-runtime that cannot load (its last release needs numpy < 2): one clear line."""
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("ai_edge_litert"):
+            raise ImportError("No module named 'ai_edge_litert'")
+        if name.startswith("tflite_runtime"):
+            raise ImportError("numpy.core.multiarray failed to import")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "tflite_runtime" else None)
+    with pytest.raises(BackendError, match=r"tflite-runtime is installed but cannot load with numpy .*needs numpy < 2"):
+        tflite_backend.load_interpreter_class()
+
+
+def test_cli_backend_option(tmp_path):
+    p = tmp_path / "s.csv"
+    write_sample(SampleSimulator("dog", seed=5).generate(20_000).sample, p)
+    out = {}
+    for backend in ("onnx", "tflite"):
+        proc = subprocess.run([sys.executable, "-m", "edgehema", "classify", "--json", "--model", "reference-tflite-int8",
+                               "--backend", backend, str(p)], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ))
+        assert proc.returncode == 0, proc.stderr
+        out[backend] = json.loads(proc.stdout)
+    assert out["tflite"]["model"]["backend"] == "tflite"
+    assert abs(out["tflite"]["cells"]["rbc"] / out["onnx"]["cells"]["rbc"] - 1) < 0.002
+    proc = subprocess.run([sys.executable, "-m", "edgehema", "classify", "--backend", "tflite", str(p)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "bundle has no TFLite model" in proc.stderr and "Traceback" not in proc.stderr
