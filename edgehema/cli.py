@@ -575,7 +575,8 @@ def demo(
 # ---------------------------------------------------------- models
 @app.command()
 def export(
-    source: str = typer.Argument("reference", help="Float bundle: a directory, or a shipped name."),
+    source: str = typer.Argument("reference", help="Float bundle (a directory or a shipped name), or a PyTorch file (.pt/.pth TorchScript or nn.Module) with --manifest."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest template for a PyTorch model (docs/bundle.md, without files and integrity)."),
     target: str = typer.Option(..., "--target", "-t", help="onnx-fp32 or onnx-int8."),
     calibration: List[Path] = typer.Option(..., "--calibration", "-c", help="Event files for calibration and parity (any format, the bundle's profile). Repeatable."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the new bundle (must not exist or be empty)."),
@@ -603,7 +604,7 @@ def export(
                 gates[key.strip()] = float(value)
             except ValueError:
                 raise typer.BadParameter(f"--fail-under: {part!r} is not NAME=NUMBER") from None
-    result = export_bundle(source, target, list(calibration), out_dir, method, list(heldout) or None, gates)
+    result = export_bundle(source, target, list(calibration), out_dir, method, list(heldout) or None, gates, manifest)
     r = result.parity
     out.print(f"wrote {result.bundle} ({target}): label agreement {r['label_agreement']:.4%} over {r['events']:,} events, "
               f"largest count delta {r['max_count_delta_pct']:.3f} %, retic delta {r['max_retic_delta_pt']:.3f} pt, "

@@ -204,7 +204,18 @@ def check_gates(report: dict, gates: dict[str, float]) -> list[str]:
 
 def export_bundle(source: str | Path | None, target: str, calibration_files: list[Path], out: Path,
                   method: str = "minmax", heldout_files: list[Path] | None = None,
-                  gates: dict[str, float] | None = None) -> ExportResult:
+                  gates: dict[str, float] | None = None, manifest_template: Path | None = None) -> ExportResult:
+    """Export ``source`` (a float bundle, or a PyTorch file with ``manifest_template``) to ``target``."""
+    if source is not None and Path(str(source)).suffix in (".pt", ".pth", ".ts", ".torchscript"):
+        from .from_torch import float_source
+
+        with tempfile.TemporaryDirectory() as tmp:
+            made = float_source(str(source), manifest_template, Path(tmp))
+            return _export(made, target, calibration_files, out, method, heldout_files, gates)
+    return _export(source, target, calibration_files, out, method, heldout_files, gates)
+
+
+def _export(source, target, calibration_files, out, method, heldout_files, gates) -> ExportResult:
     if target not in TARGETS:
         raise ExportError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
     if method not in METHODS:

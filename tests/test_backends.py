@@ -15,7 +15,16 @@ from edgehema.classifier import Classifier
 from edgehema.result import classify_sample
 from edgehema.simulator import SampleSimulator
 
-pytest.importorskip("ai_edge_litert", reason="LiteRT (ai-edge-litert, a runtime dependency) is not installed")
+try:
+    ENGINE = tflite_backend.load_interpreter_class()[1]
+except BackendError as exc:  # pragma: no cover - LiteRT is a runtime dependency
+    pytest.skip(f"no TFLite engine: {exc}", allow_module_level=True)
+
+
+def test_the_expected_engine_runs():
+    """CI runs this file twice: with LiteRT, and on the older boards' stack (numpy < 2, tflite-runtime)."""
+    expected = os.environ.get("EDGEHEMA_EXPECT_TFLITE_ENGINE")
+    assert ENGINE == (expected or "litert")
 
 
 @pytest.mark.parametrize("species,seed", [("human", 1), ("cat", 2), ("dog", 3)])

@@ -110,3 +110,36 @@ def test_tflite_int8_export(tmp_path, calib):
     assert Classifier(b).backend_name == "tflite"
     # The source model file is untouched by the converter (it rewrites what it is given).
     Bundle.load("reference")
+
+
+def test_pytorch_model_to_device_bundle(tmp_path, calib):
+    """A data scientist's TorchScript file plus a manifest template, to an int8 bundle in one command."""
+    torch = pytest.importorskip("torch", reason="PyTorch input needs torch (pip install -e '.[export]')")
+    import onnx
+    from onnx import numpy_helper
+
+    from export.models import IDEC, InferenceGraph, VaDE
+
+    ref = Bundle.load("reference")
+    settings = ref.manifest["training"]["recipe_settings"]
+    graph = InferenceGraph(IDEC(11, settings["latent1"], tuple(settings["hidden"]), 3),
+                           VaDE(11, settings["latent2"], tuple(settings["hidden"]), 3))
+    graph.load_state_dict({i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
+                           for i in onnx.load(str(ref.model_file)).graph.initializer})
+    scripted = torch.jit.trace(graph.eval(), torch.zeros(4, 11))
+    pt = tmp_path / "my_model.pt"
+    scripted.save(str(pt))
+    template = {k: v for k, v in ref.manifest.items() if k not in ("files", "integrity")}
+    template["name"] = "my-model"
+    (tmp_path / "manifest.json").write_text(json.dumps(template))
+    proc = run("export", str(pt), "--manifest", str(tmp_path / "manifest.json"), "--target", "onnx-int8",
+               "--calibration", str(calib[0]), "--out", str(tmp_path / "mine"), "--fail-under", "agreement=0.99")
+    assert proc.returncode == 0, proc.stderr
+    b = Bundle.load(tmp_path / "mine")
+    assert b.name == "my-model-onnx-int8" and b.manifest["parity_summary"]["label_agreement"] > 0.99
+    proc = run("export", str(pt), "--target", "onnx-int8", "--calibration", str(calib[0]), "--out", str(tmp_path / "x"))
+    assert proc.returncode == 1 and "needs --manifest" in proc.stderr
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    proc = run("export", str(tmp_path / "junk.pt"), "--manifest", str(tmp_path / "manifest.json"), "--target", "onnx-int8",
+               "--calibration", str(calib[0]), "--out", str(tmp_path / "y"))
+    assert proc.returncode == 1 and "not a TorchScript file" in proc.stderr and "Traceback" not in proc.stderr
