@@ -20,6 +20,14 @@ import numpy as np
 def student_t_assign(z: np.ndarray, centroids: np.ndarray, alpha: float = 1.0) -> np.ndarray:
     """q_ij = (1 + |z_i - mu_j|^2 / alpha)^(-(alpha+1)/2), normalised over j."""
     d2 = _sq_dist(z, centroids)
+    if alpha == 1.0:
+        # The common case (IDEC's alpha = 1) is a plain reciprocal: no log and exp per entry.
+        w = 1.0 / (1.0 + d2)
+        total = w[:, 0].copy()
+        for k in range(1, w.shape[1]):
+            total += w[:, k]
+        w /= total[:, None]
+        return w
     logits = -0.5 * (alpha + 1.0) * np.log1p(d2 / alpha)
     return _softmax(logits)
 

@@ -79,27 +79,46 @@ def coincidence_cells(
     plt = labels == C.PLT
     if not cols or red.sum() < 50:
         return np.full(n, 2, dtype=np.int64), n_plt  # no areas to read: the minimum, two red cells
-    area = events[:, cols[0]].astype(np.float64)
-    a_red = max(float(np.median(area[red])), 1e-6)
+    area = events[:, cols[0]]
+    # Population medians from evenly spaced subsets (indices), so the work does not grow with the sample.
+    red_i, plt_i = _spaced(red), _spaced(plt)
+    a_red = max(float(_median(area[red_i])), 1e-6)
     n_rbc = np.clip(np.rint(area[coinc] / a_red), 1, MAX_CELLS_PER_EVENT).astype(np.int64)
     if len(cols) >= 2 and plt.sum() >= 50:
-        side = events[:, cols[1]].astype(np.float64) / np.maximum(area, 1e-6)
-        cut = np.sqrt(np.median(side[red]) * np.median(side[plt]))
-        if np.median(side[plt]) > 1.5 * np.median(side[red]):  # only where the signatures differ
-            a_plt = max(float(np.median(area[plt])), 1e-6)
+        second = events[:, cols[1]]
+
+        def side_ratio(mask: np.ndarray) -> np.ndarray:
+            return second[mask] / np.maximum(area[mask], 1e-6)
+
+        r_red, r_plt = _median(side_ratio(red_i)), _median(side_ratio(plt_i))
+        if r_plt > 1.5 * r_red:  # only where the signatures differ
+            cut = np.sqrt(r_red * r_plt)
+            a_plt = max(float(_median(area[plt_i])), 1e-6)
             in_plt = area[coinc] / a_plt
             # Platelet-like: a platelet signature and the area of a few platelets, not of red cells.
-            plt_like = (side[coinc] > cut) & (in_plt <= MAX_CELLS_PER_EVENT)
+            plt_like = (side_ratio(coinc) > cut) & (in_plt <= MAX_CELLS_PER_EVENT)
             n_rbc[plt_like] = 0
             n_plt[plt_like] = 1
             # A clump is several platelets in a row, so its pulse is longer than a platelet's; a
             # giant platelet has a platelet's pulse length and counts as one.
             if width_feature is not None and width_feature.lower() in names:
-                width = events[:, names[width_feature.lower()]].astype(np.float64)
-                long_pulse = width[coinc] > CLUMP_WIDTH_RATIO * float(np.median(width[plt]))
+                width = events[:, names[width_feature.lower()]]
+                long_pulse = width[coinc] > CLUMP_WIDTH_RATIO * float(_median(width[plt_i]))
                 clump = plt_like & long_pulse
                 n_plt[clump] = np.clip(np.rint(in_plt[clump]), 2, MAX_CELLS_PER_EVENT)
     return n_rbc, n_plt
+
+
+def _spaced(mask: np.ndarray, at_most: int = 40_000) -> np.ndarray:
+    """Indices of an evenly spaced subset of at most about ``at_most`` of the events in ``mask``: the
+    standard error of a median of 40,000 values is a fraction of a per cent, and it keeps the
+    end-of-sample work of the live stream short."""
+    idx = np.flatnonzero(mask)
+    return idx[:: max(1, len(idx) // at_most)]
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values))
 
 
 def count_sample(

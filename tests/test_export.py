@@ -143,3 +143,10 @@ def test_pytorch_model_to_device_bundle(tmp_path, calib):
     proc = run("export", str(tmp_path / "junk.pt"), "--manifest", str(tmp_path / "manifest.json"), "--target", "onnx-int8",
                "--calibration", str(calib[0]), "--out", str(tmp_path / "y"))
     assert proc.returncode == 1 and "not a TorchScript file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_tflite_fp32_export(tmp_path, calib):
+    pytest.importorskip("onnx2tf", reason="the TFLite targets need the tflite extra (pip install -e '.[tflite]')")
+    res = export_bundle(None, "tflite-fp32", calib[:1], tmp_path / "tf32", gates={"agreement": 0.999})
+    assert res.failures == [] and res.parity["label_agreement"] >= 0.999
+    assert Bundle.load(res.bundle).manifest["target"] == "tflite-fp32"
