@@ -654,9 +654,14 @@ def info(bundle: str = typer.Argument("reference", help="Bundle directory or shi
     if t:
         out.print(f"  trained on {t.get('samples')} samples x {t.get('events_per_sample')} events of "
                   f"{', '.join(t.get('species', []))} ({t.get('seconds')} s, torch {t.get('torch')})")
-    if m.get("quantization"):
-        q = m["quantization"]
+    tfl = m["model"].get("tflite")
+    if tfl:
+        out.print(f"  TFLite model {tfl['file']} (batch {tfl['batch']}, {tfl['converter']}); float ONNX graph kept for --backend onnx")
+    q = m.get("quantization")
+    if isinstance(q, dict):
         out.print(f"  quantization: {q['format']}, activations {q['activations']}, weights {q['weights']}, calibration {q['calibration']}")
+    elif isinstance(q, str):
+        out.print(f"  quantization: {q}")
     p = m.get("parity_summary")
     if p:
         out.print(f"  parity vs float: label agreement {p['label_agreement']:.4%}, largest count delta "
