@@ -30,9 +30,7 @@ def load_interpreter_class():
         from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
 
         return Interpreter, "tflite-runtime"
-    except ImportError as exc:
-        if int(np.__version__.split(".")[0]) >= 2 and "tflite_runtime" not in str(exc):
-            pass
+    except ImportError:
         reason = "neither ai-edge-litert (LiteRT) nor tflite-runtime is installed: pip install ai-edge-litert"
         try:
             import importlib.util
