@@ -514,23 +514,13 @@ def demo(
     from it, live progress, and each sample's counts next to the simulator's truth."""
     import threading
 
-    from .emulator import InstrumentEmulator, write_pty
+    from .emulator import InstrumentEmulator, start_pty_instrument
     from .stream.runner import StreamConfig, StreamRunner
 
     emu = InstrumentEmulator(species, samples, events, seed)
-    ready = threading.Event()
-    box: dict = {}
-
-    def on_ready(name: str) -> None:
-        box["port"] = name
-        ready.set()
-
-    go = threading.Event()
-    instrument = threading.Thread(target=write_pty, args=(emu, rate), kwargs={"ready": on_ready, "start": go},
-                                  daemon=True)
-    instrument.start()
-    if not ready.wait(10):
-        raise EdgehemaError("the simulated instrument did not start")
+    # The instrument runs in a process of its own, as a real one would.
+    instrument, port_name, truths, go = start_pty_instrument(emu, rate)
+    box = {"port": port_name}
     workdir.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     cfg = StreamConfig(port=box["port"], journal=workdir / "journal.sqlite", archive_dir=workdir / "archive",
@@ -560,7 +550,7 @@ def demo(
     for col in ("sample", "events", "RBC cells", "truth", "PLT cells", "truth", "retic %", "truth", "flags", "latency ms"):
         table.add_column(col, justify="left" if col in ("sample", "flags") else "right")
     for r, lat in zip(results, runner.stats.result_latency_ms):
-        truth = next((t for t in emu.truths if t["sample_id"] == r["sample_id"]), None)
+        truth = next((t for t in truths if t["sample_id"] == r["sample_id"]), None)
         if truth is None:
             continue
         table.add_row(r["sample_id"], f"{r['events']['total']:,}", f"{r['cells']['rbc']:,}", f"{truth['cells']['rbc']:,}",

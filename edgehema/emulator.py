@@ -88,7 +88,7 @@ class InstrumentEmulator:
     instrument_id: str = "EMU-0001"
     profile: str = "optical-11"
     pathology: str | None = None
-    truths: list[dict] = field(default_factory=list)
+    truths: list[dict] = field(default_factory=list)  # filled by prepare(), before the first byte
 
     def __post_init__(self) -> None:
         self._profile = get_profile(self.profile)
@@ -110,15 +110,20 @@ class InstrumentEmulator:
     def quantize(self, events: np.ndarray) -> np.ndarray:
         return np.clip(np.rint(events / self._scale), 0, 65535).astype(np.uint16)
 
+    def prepare(self) -> list:
+        """Simulate every sample before the first byte: a real instrument measures, it does not
+        compute a simulation while the host works, so the host is measured without that load."""
+        if getattr(self, "_generated", None) is None:
+            sim = SampleSimulator(self.species, self.pathology, InstrumentSettings(instrument_id=self.instrument_id),
+                                  self._profile, seed=self.seed)
+            self._generated = [sim.generate(self.events) for _ in range(self.samples)]
+            self.truths = [s.truth for s in self._generated]
+        return self._generated
+
     def chunks(self) -> Iterator[Chunk]:
-        sim = SampleSimulator(self.species, self.pathology, InstrumentSettings(instrument_id=self.instrument_id),
-                              self._profile, seed=self.seed)
-        # Simulate every sample before the first byte: a real instrument measures, it does not
-        # compute a simulation while the host works, so the host is measured without that load.
-        generated = [sim.generate(self.events) for _ in range(self.samples)]
+        generated = self.prepare()
         yield Chunk(self.hello())
         for k, s in enumerate(generated):
-            self.truths.append(s.truth)
             faults = self.faults.get(k, set())
             tag = k + 1
             started = int(time.time() * 1e6)
@@ -270,3 +275,26 @@ def write_pty(emulator: InstrumentEmulator, rate: float, ready=None, start=None,
 def write_file(emulator: InstrumentEmulator, path: str) -> int:
     with open(path, "wb") as fh:
         return sum(fh.write(chunk.data) for chunk in emulator.chunks())
+
+
+def _pty_child(emulator: InstrumentEmulator, rate: float, queue, start) -> None:
+    emulator.prepare()
+    queue.put(("truths", emulator.truths))
+    write_pty(emulator, rate, ready=lambda name: queue.put(("port", name)), start=start)
+
+
+def start_pty_instrument(emulator: InstrumentEmulator, rate: float):
+    """The instrument in a process of its own (as a real one is), on a pty: (process, port, truths, start event).
+
+    Set the start event once the host has the port open."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue, start = ctx.Queue(), ctx.Event()
+    proc = ctx.Process(target=_pty_child, args=(emulator, rate, queue, start), daemon=True)
+    proc.start()
+    got = {}
+    while len(got) < 2:
+        kind, value = queue.get(timeout=120)
+        got[kind] = value
+    return proc, got["port"], got["truths"], start
