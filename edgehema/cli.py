@@ -518,7 +518,9 @@ def demo(
     from .stream.runner import StreamConfig, StreamRunner
 
     emu = InstrumentEmulator(species, samples, events, seed)
-    # The instrument runs in a process of its own, as a real one would.
+    # The instrument runs in a process of its own, as a real one would. (Pinning the two to separate
+    # cores, as the TCP benchmark does, made pty latencies worse here: the kernel's tty work then
+    # shares the stream's core.)
     instrument, port_name, truths, go = start_pty_instrument(emu, rate)
     box = {"port": port_name}
     workdir.mkdir(parents=True, exist_ok=True)
@@ -538,12 +540,12 @@ def demo(
     t.start()
     from rich.live import Live
 
-    with Live(console=out, refresh_per_second=4, transient=True) as live:
+    with Live(console=out, refresh_per_second=4, auto_refresh=False, transient=True) as live:
         while t.is_alive():
             st = runner.stats
             rate_now = st.events / max(time.perf_counter() - st.started, 1e-9)
             live.update(f"streaming: {st.samples}/{samples} samples done, {st.events:,} events, "
-                        f"{rate_now:,.0f} events/s, current {st.current or '-'}")
+                        f"{rate_now:,.0f} events/s, current {st.current or '-'}", refresh=True)
             t.join(0.25)
     table = Table(title="edgehema stream vs simulator truth")
     wide = _wide()

@@ -277,13 +277,15 @@ def write_file(emulator: InstrumentEmulator, path: str) -> int:
         return sum(fh.write(chunk.data) for chunk in emulator.chunks())
 
 
-def _pty_child(emulator: InstrumentEmulator, rate: float, queue, start) -> None:
+def _pty_child(emulator: InstrumentEmulator, rate: float, queue, start, cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     emulator.prepare()
     queue.put(("truths", emulator.truths))
     write_pty(emulator, rate, ready=lambda name: queue.put(("port", name)), start=start)
 
 
-def start_pty_instrument(emulator: InstrumentEmulator, rate: float):
+def start_pty_instrument(emulator: InstrumentEmulator, rate: float, cpu: int | None = None):
     """The instrument in a process of its own (as a real one is), on a pty: (process, port, truths, start event).
 
     Set the start event once the host has the port open."""
@@ -291,7 +293,7 @@ def start_pty_instrument(emulator: InstrumentEmulator, rate: float):
 
     ctx = multiprocessing.get_context("fork")
     queue, start = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=_pty_child, args=(emulator, rate, queue, start), daemon=True)
+    proc = ctx.Process(target=_pty_child, args=(emulator, rate, queue, start, cpu), daemon=True)
     proc.start()
     got = {}
     while len(got) < 2:
