@@ -4,7 +4,18 @@ Data flows one way: bytes or files -> decoded event batches (:class:`Sample`) ->
 per-event classes -> per-sample counts -> sinks. The public API is re-exported here.
 """
 
-from ._version import __version__
+import os as _os
+import sys as _sys
+
+# edgehema's matrix products are tiny (events x 4 latents times 4 x 3 centroids): BLAS threads only
+# add contention, and with another busy process on the machine they made the end-of-sample work
+# 2-4x slower (measured in `edgehema demo`). The thread count is read when numpy loads, so it is set
+# here, before numpy, unless the user or numpy already decided.
+if "numpy" not in _sys.modules:
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        _os.environ.setdefault(_var, "1")
+
+from ._version import __version__  # noqa: E402
 from .classes import CELL_POPULATIONS, EVENT_CLASSES
 from .exceptions import (
     BackendError,
