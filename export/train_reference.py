@@ -189,6 +189,15 @@ def init_from_counts(latents: list[torch.Tensor], props: list[np.ndarray], n_fin
     return mean, var, nk / nk.sum(), m
 
 
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, history: list | None = None) -> None:
+    """One optimiser step; the loss joins ``history`` (the recipe test checks that it falls)."""
+    if history is not None:
+        history.append(float(loss.item()))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def entropy(q: torch.Tensor) -> torch.Tensor:
     return -(q * q.clamp_min(1e-10).log()).sum(1).mean()
 
@@ -236,10 +245,7 @@ def train_stage1(recipe: Recipe, data: list[TrainingSample], log, history: list)
         llp = llp_loss(q, torch.from_numpy(s.stage1_props).float(), w1)
         ent = entropy(q)
         loss = recon + recipe.idec_kl_weight * kl + recipe.llp_weight * llp + recipe.entropy_weight * ent
-        history.append(float(loss.item()))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        _step(opt, loss, history)
         if step % 500 == 0 or step == recipe.stage1_steps - 1:
             log(f"stage 1 IDEC step {step}: recon {recon.item():.4f} kl {kl.item():.4f} llp {llp.item():.5f} "
                 f"entropy {ent.item():.4f}")
@@ -287,10 +293,7 @@ def train_stage2(recipe: Recipe, data: list[TrainingSample], side: list[np.ndarr
         llp = llp_loss(g, torch.from_numpy(s.stage2_props).float(), w2)
         ent = entropy(g)
         loss = recon.mean() + recipe.vade_kl_weight * kl.mean() + recipe.llp_weight * llp + recipe.entropy_weight * ent
-        history.append(float(loss.item()))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        _step(opt, loss, history)
         if step % 500 == 0 or step == recipe.stage2_steps - 1:
             log(f"stage 2 VaDE step {step}: recon {recon.mean().item():.4f} kl {kl.mean().item():.3f} llp {llp.item():.5f} "
                 f"entropy {ent.item():.4f}")
