@@ -206,7 +206,7 @@ def classify(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per sample (same meaning as the simulator's truth JSON)."),
     as_csv: bool = typer.Option(False, "--csv", help="One CSV row per sample."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle directory or shipped name (default: reference)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle directory or shipped name (default: reference-tflite-int8; float: reference)."),
     backend: str = typer.Option("auto", "--backend", help="Inference backend: onnx, tflite (LiteRT), or auto (the bundle's own engine first)."),
     adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Refine the latent mixtures on each sample (a few EM iterations)."),
     events_out: Optional[Path] = typer.Option(None, "--events-out", help="Folder for per-event labels and probabilities (SAMPLE.events.csv)."),
@@ -285,7 +285,7 @@ def evaluate(
     pathology: Optional[str] = typer.Option(None, "--pathology", help="Evaluate on one pathology preset."),
     gain: float = typer.Option(1.0, "--gain", min=0.1, help="Static detector gain of the evaluation instrument."),
     gain_drift: float = typer.Option(0.0, "--gain-drift", min=-0.9, help="Gain drift over each evaluation sample (e.g. 0.1 or -0.1)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundle to evaluate as 'reference' (default: the shipped one)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundle to evaluate as 'reference' (default: the shipped float reference)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes (0: one per core, at most 2 here)."),
 ) -> None:
@@ -388,7 +388,7 @@ def stream(
     journal: Optional[Path] = typer.Option(None, "--journal", help="SQLite result journal (default edgehema-journal.sqlite)."),
     archive: Optional[Path] = typer.Option(None, "--archive", help="Folder of per-sample frame archives (default edgehema-archive)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Append JSON lines here instead of stdout."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle (default: reference)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle (default: reference-tflite-int8; float: reference)."),
     backend: str = typer.Option("auto", "--backend", help="Inference backend."),
     adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Per-sample adaptation of the latent mixtures."),
     max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="Stop after this many results."),
@@ -474,7 +474,7 @@ def _load_stream_config(path: Path) -> dict:
 @app.command()
 def replay(
     archives: List[Path] = typer.Argument(..., help="Frame archives written by edgehema stream (or any captured byte stream)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle (default: reference)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle (default: reference-tflite-int8; float: reference)."),
     adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Per-sample adaptation (as the stream had it)."),
 ) -> None:
     """Recompute results from archived frames, exactly as the stream computed them (JSON lines)."""
@@ -536,6 +536,7 @@ def demo(
 
     runner = StreamRunner(cfg, results.append, log=log)
     out.print(f"simulated instrument on {box['port']}: {samples} {species} samples x {events:,} events at {rate:,.0f} events/s")
+    out.print(f"model {runner.classifier.bundle.name} on {runner.classifier.backend_name}")
     t = threading.Thread(target=runner.run, daemon=True)
     t.start()
     from rich.live import Live
@@ -569,7 +570,7 @@ def demo(
 def export(
     source: str = typer.Argument("reference", help="Float bundle (a directory or a shipped name), or a PyTorch file (.pt/.pth TorchScript or nn.Module) with --manifest."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest template for a PyTorch model (docs/bundle.md, without files and integrity)."),
-    target: str = typer.Option(..., "--target", "-t", help="onnx-fp32 or onnx-int8."),
+    target: str = typer.Option(..., "--target", "-t", help="onnx-fp32, onnx-int8, tflite-fp32 or tflite-int8."),
     calibration: List[Path] = typer.Option(..., "--calibration", "-c", help="Event files for calibration and parity (any format, the bundle's profile). Repeatable."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the new bundle (must not exist or be empty)."),
     method: str = typer.Option("minmax", "--method", help="Calibration: minmax, entropy or percentile."),
@@ -599,7 +600,9 @@ def export(
     result = export_bundle(source, target, list(calibration), out_dir, method, list(heldout) or None, gates, manifest)
     r = result.parity
     out.print(f"wrote {result.bundle} ({target}): label agreement {r['label_agreement']:.4%} over {r['events']:,} events, "
-              f"largest count delta {r['max_count_delta_pct']:.3f} %, retic delta {r['max_retic_delta_pt']:.3f} pt, "
+              f"count delta largest {r['max_count_delta_pct']:.3f} % / mean {r['mean_count_delta_pct']:.3f} % "
+              f"(float model under a {r['float_gain_step']['gain_step']:.1%} gain step: {r['float_gain_step']['max_count_delta_pct']:.3f} / "
+              f"{r['float_gain_step']['mean_count_delta_pct']:.3f} %), retic delta {r['max_retic_delta_pt']:.3f} pt, "
               f"size {r['size_bytes']:,} bytes ({r['size_ratio']:.0%} of float), graph {r['speedup_vs_float']:.2f}x float speed")
     if result.failures:
         raise EdgehemaError(f"{result.bundle}: release gate failed: " + "; ".join(result.failures))
@@ -651,13 +654,21 @@ def info(bundle: str = typer.Argument("reference", help="Bundle directory or shi
         out.print(f"  TFLite model {tfl['file']} (batch {tfl['batch']}, {tfl['converter']}); float ONNX graph kept for --backend onnx")
     q = m.get("quantization")
     if isinstance(q, dict):
-        out.print(f"  quantization: {q['format']}, activations {q['activations']}, weights {q['weights']}, calibration {q['calibration']}")
+        parts = [q.get("format") or q.get("tool", "")]
+        parts += [f"{k.replace('_', ' ')} {q[k]}" for k in ("activations", "weights", "calibration", "calibration_events") if k in q]
+        floats = q.get("float") or [f"heads {', '.join(q['float_heads'])}"] * bool(q.get("float_heads"))
+        if floats:
+            parts.append(f"float: {'; '.join(floats)}")
+        out.print(f"  quantization: {', '.join(p for p in parts if p)}")
     elif isinstance(q, str):
         out.print(f"  quantization: {q}")
     p = m.get("parity_summary")
     if p:
         out.print(f"  parity vs float: label agreement {p['label_agreement']:.4%}, largest count delta "
-                  f"{p['max_count_delta_pct']:.3f} %, retic delta {p['max_retic_delta_pt']:.3f} pt, size {p['size_ratio']:.0%}, "
+                  f"{p['max_count_delta_pct']:.3f} %"
+                  + (f" (mean {p['mean_count_delta_pct']:.3f} %; the float model itself under a 0.1 % gain step: largest "
+                     f"{p['float_gain_step_max_count_delta_pct']:.3f} %)" if "mean_count_delta_pct" in p else "")
+                  + f", retic delta {p['max_retic_delta_pt']:.3f} pt, size {p['size_ratio']:.0%}, "
                   f"speed {p['speedup_vs_float']:.2f}x; gate failures: {'; '.join(p['gate_failures']) or 'none'}")
 
 

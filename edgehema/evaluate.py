@@ -16,7 +16,7 @@ import numpy as np
 from . import classes as C
 from .batch import single_threaded_workers
 from .baselines import FixedGateClassifier, GaussianMixtureClassifier
-from .bundle import Bundle
+from .bundle import REFERENCE_BUNDLE, Bundle
 from .classifier import Classifier
 from .counting import count_sample
 from .result import DEFAULT_AREA_FEATURES, elapsed_seconds
@@ -100,7 +100,7 @@ def _init(cfg: EvalConfig) -> None:
     _state["cfg"] = cfg
     methods = {}
     if "reference" in cfg.methods or "reference-no-adapt" in cfg.methods:
-        bundle = Bundle.load(cfg.model)
+        bundle = Bundle.load(cfg.model or REFERENCE_BUNDLE)
         methods["reference"] = Classifier(bundle, adapt=True, threads=1)
         methods["reference-no-adapt"] = Classifier(bundle, adapt=False, threads=1)
     if "fixed-gate" in cfg.methods:

@@ -1,32 +1,42 @@
-"""TFLite targets through onnx2tf (the maintained ONNX -> TensorFlow/TFLite converter).
+"""TFLite targets: onnx2tf (the maintained ONNX -> TensorFlow converter) then TensorFlow's TFLite
+converter.
 
-Why onnx2tf: the bundle contract is ONNX, whatever framework trained the model, so converting from
-ONNX keeps one path for PyTorch, Keras or scikit-learn models alike; onnx2tf writes float32 and
-full-integer TFLite files, calibrated on a representative dataset we give it, and keeps the graph's
-layout. Its cost: TensorFlow (about 2 GB installed) on the workstation; the device needs only
-LiteRT (``ai-edge-litert``, about 60 MB).
+Why this path: the bundle contract is ONNX, whatever framework trained the model, so converting from
+ONNX keeps one path for PyTorch, Keras or scikit-learn models alike. onnx2tf turns the ONNX graph
+into a TensorFlow SavedModel (and writes the float32 TFLite file, ``tflite-fp32``); TensorFlow's own
+``TFLiteConverter`` then makes the full-integer model (``tflite-int8``) from that SavedModel with a
+representative dataset, the bundle's preprocessed calibration events. Its cost: TensorFlow (about
+2 GB installed) on the workstation; the device needs only LiteRT (``ai-edge-litert``, about 60 MB).
 
-``tflite-int8`` uses onnx2tf's integer quantization with float input and output (``-oiqt``,
-per-channel weights, int8 activations, calibration on the bundle's preprocessed calibration
-events); ``tflite-fp32`` its float32 file. The TFLite outputs are matched to the ONNX graph's
-outputs by value on a calibration batch and the mapping goes into the manifest.
+``tflite-int8``: int8 weights (per channel) and activations, float32 input and output, like the
+ONNX int8 target; the heads (the layers whose results are the latents the clustering reads) stay
+float, through the converter's selective quantization (``QuantizationDebugger`` with the heads'
+output tensors denylisted). Calibrating on every whole batch of the calibration events (not a
+sample of them) and float heads each halved the mean per-sample count delta (docs/export.md).
+The TFLite outputs are matched to the ONNX graph's outputs by value on a calibration batch and the
+mapping goes into the manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from edgehema.bundle import Bundle
 
-from .quantize import CALIBRATION_BATCH, ExportError
+from .quantize import CALIBRATION_BATCH, ExportError, head_outputs
 
 TFLITE_BATCH = 4096
+#: Calibration batches for the int8 converter at most (one million events; more adds time, not accuracy).
+MAX_CALIBRATION_BATCHES = 256
 
 
 def _onnx2tf() -> list[str]:
@@ -44,31 +54,106 @@ def convert(bundle: Bundle, samples: list, target: str, out_dir: Path) -> dict:
     x = np.concatenate([bundle.preprocess(s.events) for s in samples])
     if len(x) < CALIBRATION_BATCH:
         raise ExportError(f"TFLite calibration needs at least {CALIBRATION_BATCH} events")
-    rng = np.random.default_rng(0)
-    # onnx2tf feeds calibration in batches of the model's batch size: whole batches only.
-    n_cal = min(len(x), 5 * TFLITE_BATCH) // TFLITE_BATCH * TFLITE_BATCH
-    calib = x[rng.choice(len(x), size=n_cal, replace=False)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        np.save(tmp / "calib.npy", calib)
         # onnx2tf rewrites the model file it is given (simplification): give it a copy.
         shutil.copy2(bundle.model_file, tmp / "model.onnx")
-        cmd = _onnx2tf() + ["-i", str(tmp / "model.onnx"), "-o", str(tmp / "tf"), "-b", str(TFLITE_BATCH), "-n"]
-        if target == "tflite-int8":
-            cmd += ["-oiqt", "-qt", "per-channel", "-cind", bundle.manifest["model"].get("input", "x"),
-                    str(tmp / "calib.npy"), "0", "1"]
+        cmd = _onnx2tf() + ["-i", str(tmp / "model.onnx"), "-o", str(tmp / "tf"), "-b", str(TFLITE_BATCH), "-n", "-osd"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        name = "model_float32.tflite" if target == "tflite-fp32" else "model_integer_quant.tflite"
-        produced = tmp / "tf" / name
-        if proc.returncode != 0 or not produced.exists():
+        produced = tmp / "tf" / "model_float32.tflite"
+        if proc.returncode != 0 or not produced.exists() or not (tmp / "tf" / "saved_model.pb").exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ExportError(f"{bundle.model_file}: onnx2tf could not convert the model: {tail[0][:200]}")
-        shutil.copy2(produced, out_dir / "model.tflite")
+        if target == "tflite-fp32":
+            shutil.copy2(produced, out_dir / "model.tflite")
+            quantization, float_tensors = None, []
+        else:
+            try:
+                with _captured_output(tmp / "convert.log"):
+                    quantization, float_tensors = _full_integer(bundle, tmp / "tf", x, out_dir / "model.tflite")
+            except ExportError:
+                raise
+            except Exception as exc:  # TensorFlow raises many kinds; one line for the user
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise ExportError(f"{bundle.model_file}: TFLite int8 conversion failed: {first}") from None
     mapping = match_outputs(bundle, out_dir / "model.tflite", x[:TFLITE_BATCH])
+    if quantization is not None:
+        quantization["float_heads"] = sorted(k for k, v in mapping.items() if v in float_tensors)
     return {"file": "model.tflite", "outputs": mapping, "batch": TFLITE_BATCH,
             "converter": "onnx2tf " + _version("onnx2tf") + ", tensorflow " + _version("tensorflow"),
-            "quantization": ("int8 weights (per channel) and activations, float32 input and output, calibrated on "
-                             f"{len(calib):,} events") if target == "tflite-int8" else None}
+            "quantization": quantization}
+
+
+@contextlib.contextmanager
+def _captured_output(log: Path):
+    """Send this process's stdout and stderr (file descriptors, so TensorFlow's C++ logging too) to
+    ``log`` for the duration: the converter's chatter is not for the user, its last line is kept
+    for the error message if it fails."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "wb") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _full_integer(bundle: Bundle, saved_model: Path, x: np.ndarray, out: Path) -> tuple[dict, list[str]]:
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    n_batches = min(len(x) // TFLITE_BATCH, MAX_CALIBRATION_BATCHES)
+    calib = x[rng.permutation(len(x))[: n_batches * TFLITE_BATCH]]
+
+    def representative():
+        for i in range(0, len(calib), TFLITE_BATCH):
+            yield [calib[i : i + TFLITE_BATCH]]
+
+    def converter():
+        c = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.representative_dataset = representative
+        # int8 kernels wherever the model is quantized; float builtins only for the denylisted heads.
+        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        return c
+
+    # The head outputs' TFLite tensor names, found on a float conversion of the same SavedModel.
+    (out.parent / "float.tflite").write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert())
+    try:
+        float_map = match_outputs(bundle, out.parent / "float.tflite", x[:TFLITE_BATCH])
+    finally:
+        (out.parent / "float.tflite").unlink()
+    heads = [float_map[name] for name in head_outputs(bundle.model_file) if name in float_map]
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=heads)
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter(), debug_dataset=representative,
+                                                         debug_options=options)
+    out.write_bytes(debugger.get_nondebug_quantized_model())
+    return ({"tool": "tf.lite.TFLiteConverter (full integer, representative dataset) on onnx2tf's SavedModel",
+             "activations": "int8", "weights": "int8, per channel", "input_output": "float32",
+             "calibration_events": int(len(calib))}, _float_computed_outputs(out))
+
+
+def _float_computed_outputs(path: Path) -> list[str]:
+    """Output tensors of a TFLite model computed by a float layer (not dequantized from int8)."""
+    from edgehema.backends.tflite_backend import load_interpreter_class
+
+    Interpreter, _ = load_interpreter_class()
+    it = Interpreter(model_path=str(path))
+    producer = {}
+    for op in it._get_ops_details():  # noqa: SLF001 - the only way to read the op graph
+        for o in op["outputs"]:
+            producer[int(o)] = op["op_name"]
+    return [d["name"] for d in it.get_output_details() if producer.get(int(d["index"])) not in ("DEQUANTIZE", None)]
 
 
 def match_outputs(bundle: Bundle, tflite_path: Path, x: np.ndarray) -> dict[str, str]:

@@ -37,10 +37,36 @@ def test_same_counts_on_every_backend(species, seed):
         assert r["model"]["backend"] == backend
         results[(bundle, backend)] = r["cells"]
     for cells in results.values():
-        assert abs(cells["rbc"] / float_counts["rbc"] - 1) < 0.002
-        assert abs(cells["plt"] / float_counts["plt"] - 1) < 0.01
+        assert abs(cells["rbc"] / float_counts["rbc"] - 1) < 0.002  # the parity threshold, 0.2 %
+        # PLT: the largest of these three 100k-event samples is 0.203 % (dog), just over the 0.2 %
+        # threshold that the parity reports meet (docs/export.md: 25 samples, largest 0.176 %).
+        assert abs(cells["plt"] / float_counts["plt"] - 1) < 0.0025
+    # Both int8 forms quantize the same layers on the same calibration: they count alike.
+    a, b = results[("reference-int8", "onnx")], results[("reference-tflite-int8", "tflite")]
+    assert abs(a["rbc"] / b["rbc"] - 1) < 1e-4 and abs(a["plt"] / b["plt"] - 1) < 5e-4
     # The TFLite bundle carries the float graph too: on onnx it is the float model exactly.
     assert results[("reference-tflite-int8", "onnx")] == float_counts
+
+
+def test_default_model_is_the_int8_tflite_bundle_and_falls_back_to_its_float_graph(monkeypatch):
+    """The default is the shipped form that meets the parity thresholds and runs fastest (LiteRT int8);
+    where no TFLite engine can load, auto runs the float graph the same bundle carries."""
+    b = Bundle.load()
+    assert b.manifest["target"] == "tflite-int8"
+    p = b.manifest["parity_summary"]
+    assert p["label_agreement"] >= 0.995 and p["max_count_delta_pct"] <= 0.2 and p["gate_failures"] == []
+    s = SampleSimulator("cat", seed=7801).generate(60_000).sample
+    on_tflite = classify_sample(s, Classifier())
+    assert on_tflite.to_dict()["model"]["backend"] == "tflite"
+
+    def no_engine():
+        raise BackendError("neither ai-edge-litert (LiteRT) nor tflite-runtime is installed")
+
+    monkeypatch.setattr(tflite_backend, "load_interpreter_class", no_engine)
+    fallback = classify_sample(s, Classifier())
+    assert fallback.to_dict()["model"]["backend"] == "onnx"
+    assert fallback.to_dict()["cells"] == classify_sample(s, Classifier("reference")).to_dict()["cells"]
+    assert abs(on_tflite.counts.cells["rbc"] / fallback.counts.cells["rbc"] - 1) < 0.002
 
 
 def test_auto_prefers_the_bundles_engine_and_explains_a_missing_one():
@@ -83,6 +109,11 @@ def test_cli_backend_option(tmp_path):
         out[backend] = json.loads(proc.stdout)
     assert out["tflite"]["model"]["backend"] == "tflite"
     assert abs(out["tflite"]["cells"]["rbc"] / out["onnx"]["cells"]["rbc"] - 1) < 0.002
-    proc = subprocess.run([sys.executable, "-m", "edgehema", "classify", "--backend", "tflite", str(p)],
+    # The default model is the int8 TFLite bundle on LiteRT; the engine says nothing on stderr.
+    proc = subprocess.run([sys.executable, "-m", "edgehema", "classify", "--json", str(p)],
                           capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert json.loads(proc.stdout)["model"]["name"] == "edgehema-reference-tflite-int8"
+    proc = subprocess.run([sys.executable, "-m", "edgehema", "classify", "--model", "reference", "--backend", "tflite",
+                           str(p)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "bundle has no TFLite model" in proc.stderr and "Traceback" not in proc.stderr

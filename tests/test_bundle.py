@@ -20,7 +20,7 @@ def bundle_copy(tmp_path):
 
 def test_shipped_bundles_verify():
     assert {"reference", "supervised-mlp"} <= set(bundled_models())
-    b = Bundle.load()
+    b = Bundle.load("reference")
     assert b.name == "edgehema-reference" and b.kind == "two-stage-idec-vade"
     assert b.feature_names == get_profile("optical-11").feature_names
     assert b.classes == ("noise", "rbc", "retic", "coincidence", "plt")

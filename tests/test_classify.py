@@ -82,7 +82,7 @@ def test_json_csv_events_out_and_table(tmp_path):
         assert {"sample_id", "events", "cells", "retic_percent", "concentration", "flags", "model"} <= set(r)
         assert set(r["events"]) == {"rbc", "retic", "coincidence", "plt", "noise", "total"}
         assert sum(r["events"][k] for k in C.EVENT_CLASSES) == r["events"]["total"] == 20_000
-        assert r["model"]["backend"] == "onnx" and len(r["model"]["sha256"]) == 64
+        assert r["model"]["backend"] == "tflite" and len(r["model"]["sha256"]) == 64
         assert r["model"]["adaptation"]["adapted"] is True
         events = (tmp_path / "ev" / f"{r['sample_id']}.events.csv").read_text().splitlines()
         assert events[0].startswith("event,class,p_noise") and len(events) == 20_001

@@ -183,11 +183,12 @@ def test_ctrl_c_exits_cleanly_and_reports_the_open_sample(tmp_path):
         if journal.exists():
             try:
                 with sqlite3.connect(journal) as db:
-                    if db.execute("SELECT count(*) FROM samples").fetchone()[0]:
+                    # Interrupt while a sample is being received (2 s of events at this rate each).
+                    if db.execute("SELECT count(*) FROM samples WHERE status = 'open'").fetchone()[0]:
                         break
             except sqlite3.Error:
                 pass
-    time.sleep(0.5)
+    time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     t.join(10)
