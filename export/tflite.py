@@ -45,7 +45,7 @@ def _onnx2tf() -> list[str]:
         return [str(exe)]
     found = shutil.which("onnx2tf")
     if not found:
-        raise ExportError("the TFLite targets need onnx2tf and tensorflow: pip install 'edgehema[tflite]'")
+        raise ExportError("the TFLite targets need onnx2tf and tensorflow: pip install 'edgehema[export]'")
     return [found]
 
 

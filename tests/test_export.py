@@ -121,8 +121,8 @@ def test_models_and_info_commands():
 
 
 def test_tflite_int8_export(tmp_path, calib, capfd):
-    pytest.importorskip("tensorflow", reason="the TFLite targets need the tflite extra (pip install -e '.[tflite]')")
-    pytest.importorskip("onnx2tf", reason="the TFLite targets need the tflite extra (pip install -e '.[tflite]')")
+    pytest.importorskip("tensorflow", reason="the TFLite targets need the tflite extra (pip install -e '.[export]')")
+    pytest.importorskip("onnx2tf", reason="the TFLite targets need the tflite extra (pip install -e '.[export]')")
     capfd.readouterr()
     res = export_bundle(None, "tflite-int8", calib, tmp_path / "tfl", gates={})
     chatter = capfd.readouterr()
@@ -181,7 +181,7 @@ def test_pytorch_model_to_device_bundle(tmp_path, calib):
 
 
 def test_tflite_fp32_export(tmp_path, calib):
-    pytest.importorskip("onnx2tf", reason="the TFLite targets need the tflite extra (pip install -e '.[tflite]')")
+    pytest.importorskip("onnx2tf", reason="the TFLite targets need the tflite extra (pip install -e '.[export]')")
     res = export_bundle(None, "tflite-fp32", calib[:1], tmp_path / "tf32", gates={"agreement": 0.999})
     assert res.failures == [] and res.parity["label_agreement"] >= 0.999
     assert Bundle.load(res.bundle).manifest["target"] == "tflite-fp32"
@@ -208,7 +208,7 @@ def test_reference_model_to_every_target_within_the_parity_thresholds(tmp_path, 
     report (1.5 million events, 10 samples) within the thresholds: label agreement >= 99.5 % and
     per-sample RBC/PLT count deltas <= 0.2 %. The int8 ones reproduce the shipped bundles' reports."""
     if target.startswith("tflite"):
-        pytest.importorskip("onnx2tf", reason="the TFLite targets need the tflite extra (pip install -e '.[tflite]')")
+        pytest.importorskip("onnx2tf", reason="the TFLite targets need the tflite extra (pip install -e '.[export]')")
     cal, held = recipe_files
     res = export_bundle(None, target, cal, tmp_path / target, heldout_files=held,
                         gates={"agreement": 0.995, "count_delta_pct": 0.2})
