@@ -239,7 +239,8 @@ class StreamRunner:
                 port.write(codec.encode_frame(P.HELLO_REQUEST, 0, b""))
             except Exception as exc:  # noqa: BLE001 - an instrument that cannot hear us still talks
                 self.log(f"could not send HELLO_REQUEST: {exc}")
-            self.log(f"connected to {self.cfg.port}")
+            clf = self.classifier
+            self.log(f"connected to {self.cfg.port}; model {clf.bundle.name} {clf.bundle.version} on {clf.backend_name}")
             self._session = session
             try:
                 while not self._stop:
