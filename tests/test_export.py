@@ -81,6 +81,14 @@ def test_release_gate_fails_with_one_line(tmp_path, calib):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and "release gate failed: label agreement" in lines[0]
     assert Bundle.load(tmp_path / "fp32").manifest["parity_summary"]["label_agreement"] == 1.0
+    # The default gates: a float target passes them (the size gate is for int8 ONNX only) ...
+    proc = run("export", "--target", "onnx-fp32", "--calibration", str(calib[0]), "--out", str(tmp_path / "fp32b"))
+    assert proc.returncode == 0, proc.stderr
+    gates = Bundle.load(tmp_path / "fp32b")
+    assert json.loads((gates.path / "parity.json").read_text())["gates"]["thresholds"] == {"agreement": 0.995, "count_delta_pct": 0.2}
+    # ... and the int8 ONNX target is held to the size target, which this model misses (39 %).
+    proc = run("export", "--target", "onnx-int8", "--calibration", str(calib[0]), "--out", str(tmp_path / "int8"))
+    assert proc.returncode == 1 and "release gate failed: size 39% of float > 35%" in proc.stderr
 
 
 def test_bad_inputs(tmp_path, calib):
