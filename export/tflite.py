@@ -74,7 +74,8 @@ def convert(bundle: Bundle, samples: list, target: str, out_dir: Path) -> dict:
             except ExportError:
                 raise
             except Exception as exc:  # TensorFlow raises many kinds; one line for the user
-                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                logged = (tmp / "convert.log").read_text(errors="replace").strip().splitlines()[-1:]
+                first = (str(exc).strip().splitlines() or logged or [type(exc).__name__])[0][:200]
                 raise ExportError(f"{bundle.model_file}: TFLite int8 conversion failed: {first}") from None
     mapping = match_outputs(bundle, out_dir / "model.tflite", x[:TFLITE_BATCH])
     if quantization is not None:
@@ -128,11 +129,9 @@ def _full_integer(bundle: Bundle, saved_model: Path, x: np.ndarray, out: Path) -
         return c
 
     # The head outputs' TFLite tensor names, found on a float conversion of the same SavedModel.
-    (out.parent / "float.tflite").write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert())
-    try:
-        float_map = match_outputs(bundle, out.parent / "float.tflite", x[:TFLITE_BATCH])
-    finally:
-        (out.parent / "float.tflite").unlink()
+    float_file = saved_model.parent / "float.tflite"
+    float_file.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert())
+    float_map = match_outputs(bundle, float_file, x[:TFLITE_BATCH])
     heads = [float_map[name] for name in head_outputs(bundle.model_file) if name in float_map]
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=heads)
     debugger = tf.lite.experimental.QuantizationDebugger(converter=converter(), debug_dataset=representative,

@@ -231,3 +231,20 @@ def test_reference_model_to_every_target_within_the_parity_thresholds(tmp_path, 
         assert r["size_ratio"] < (0.40 if target == "onnx-int8" else 0.65)
     else:
         assert r["label_agreement"] > 0.9999 and r["max_count_delta_pct"] < 0.02
+
+
+def test_tflite_converter_failure_is_one_line(tmp_path, calib, monkeypatch, capfd):
+    """TensorFlow's logging is held back; a failure is one line with its reason, the folder removed."""
+    pytest.importorskip("onnx2tf", reason="the TFLite targets need the export extra (pip install -e '.[export]')")
+    import export.tflite as tfl
+
+    def broken(*args, **kwargs):
+        os.write(2, b"W0000 some converter chatter\nE0000 'tfl.fully_connected' op quantization failed\n")
+        raise RuntimeError()
+
+    monkeypatch.setattr(tfl, "_full_integer", broken)
+    capfd.readouterr()
+    with pytest.raises(ExportError, match=r"TFLite int8 conversion failed: E0000 'tfl.fully_connected' op quantization failed$"):
+        export_bundle(None, "tflite-int8", calib[:1], tmp_path / "t")
+    assert "chatter" not in capfd.readouterr().err
+    assert not (tmp_path / "t").exists()
