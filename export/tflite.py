@@ -19,8 +19,6 @@ mapping goes into the manifest.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgehema._held_back import held_back
 from edgehema.bundle import Bundle
 
 from .quantize import CALIBRATION_BATCH, ExportError, head_outputs
@@ -68,45 +67,23 @@ def convert(bundle: Bundle, samples: list, target: str, out_dir: Path) -> dict:
             shutil.copy2(produced, out_dir / "model.tflite")
             quantization, float_tensors = None, []
         else:
-            try:
-                with _captured_output(tmp / "convert.log"):
+            # The converter's chatter (Python warnings and C++ logging) is not for the user; its
+            # last line is kept for the error message.
+            with held_back(1, 2) as last_line, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
                     quantization, float_tensors = _full_integer(bundle, tmp / "tf", x, out_dir / "model.tflite")
-            except ExportError:
-                raise
-            except Exception as exc:  # TensorFlow raises many kinds; one line for the user
-                logged = (tmp / "convert.log").read_text(errors="replace").strip().splitlines()[-1:]
-                first = (str(exc).strip().splitlines() or logged or [type(exc).__name__])[0][:200]
-                raise ExportError(f"{bundle.model_file}: TFLite int8 conversion failed: {first}") from None
+                except ExportError:
+                    raise
+                except Exception as exc:  # TensorFlow raises many kinds; one line for the user
+                    first = (str(exc).strip().splitlines() or [last_line() or type(exc).__name__])[0][:200]
+                    raise ExportError(f"{bundle.model_file}: TFLite int8 conversion failed: {first}") from None
     mapping = match_outputs(bundle, out_dir / "model.tflite", x[:TFLITE_BATCH])
     if quantization is not None:
         quantization["float_heads"] = sorted(k for k, v in mapping.items() if v in float_tensors)
     return {"file": "model.tflite", "outputs": mapping, "batch": TFLITE_BATCH,
             "converter": "onnx2tf " + _version("onnx2tf") + ", tensorflow " + _version("tensorflow"),
             "quantization": quantization}
-
-
-@contextlib.contextmanager
-def _captured_output(log: Path):
-    """Send this process's stdout and stderr (file descriptors, so TensorFlow's C++ logging too) to
-    ``log`` for the duration: the converter's chatter is not for the user, its last line is kept
-    for the error message if it fails."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log, "wb") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def _full_integer(bundle: Bundle, saved_model: Path, x: np.ndarray, out: Path) -> tuple[dict, list[str]]:

@@ -8,13 +8,11 @@ the bundle's manifest maps the TFLite output tensors to the graph's output names
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-import tempfile
 
 import numpy as np
 
+from .._held_back import held_back
 from ..bundle import Bundle
 from ..exceptions import BackendError
 
@@ -52,30 +50,6 @@ def load_interpreter_class():
         ) from None
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Hold back what the engine writes on file descriptor 2 while it prepares a model (LiteRT
-    announces its XNNPACK delegate on every start); yields the captured bytes' file for errors."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield _Rewound(log)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-class _Rewound:
-    def __init__(self, f):
-        self.f = f
-
-    def read(self) -> bytes:
-        self.f.seek(0)
-        return self.f.read()
-
-
 class TfliteBackend:
     name = "tflite"
 
@@ -97,12 +71,12 @@ class TfliteBackend:
                                f"{len(bundle.feature_names)} features")
         self.input_index = inp[0]["index"]
         self.interp.resize_tensor_input(self.input_index, [BATCH, len(bundle.feature_names)])
-        with _quiet_stderr() as log:
+        with held_back() as last_line:  # LiteRT announces its XNNPACK delegate on every start
             try:
                 self.interp.allocate_tensors()
             except (ValueError, RuntimeError) as exc:
-                said = log.read().decode(errors="replace").strip().splitlines()[-1:] or [str(exc)]
-                raise BackendError(f"{path}: the TFLite interpreter cannot prepare the model: {said[0][:200]}") from None
+                said = last_line() or str(exc)
+                raise BackendError(f"{path}: the TFLite interpreter cannot prepare the model: {said[:200]}") from None
         by_name = {d["name"]: d["index"] for d in self.interp.get_output_details()}
         self.outputs = {}
         for out_name, tensor_name in tfl["outputs"].items():
