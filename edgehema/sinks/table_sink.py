@@ -1,20 +1,43 @@
-"""A table for a person on a terminal, rendered once all samples are in."""
+"""A table for a person, rendered once all samples are in (plain columns to a file or pipe)."""
 
 from __future__ import annotations
 
 from typing import IO
 
-from rich.console import Console
-from rich.table import Table
+from ..text_table import Column, render
+
+COLUMNS = (
+    Column("sample", "left", keep=9),
+    Column("species", "left", keep=2),
+    Column("events", keep=3),
+    Column("RBC cells", keep=6),
+    Column("PLT cells", keep=6),
+    Column("retic %", keep=6),
+    Column("coinc. events", keep=2),
+    Column("RBC x10^6/uL", keep=5),
+    Column("PLT x10^3/uL", keep=5),
+    Column("RET x10^6/uL", keep=1),
+    Column("flags", "left", keep=8, wrap=True),
+)
 
 
-def _conc(v, scale: float, unit: str) -> str:
-    return "-" if v is None else f"{v / scale:.2f}{unit}"
+def _conc(v, scale: float, digits: int) -> str:
+    return "-" if v is None else f"{v / scale:.{digits}f}"
+
+
+def result_row(r: dict) -> list[str]:
+    k = r["concentration"]
+    return [
+        r["sample_id"] or "-", r.get("species") or "-", f"{r['events']['total']:,}", f"{r['cells']['rbc']:,}",
+        f"{r['cells']['plt']:,}", "-" if r["retic_percent"] is None else f"{r['retic_percent']:.2f}",
+        f"{r['events']['coincidence']:,}", _conc(k["rbc_per_uL"], 1e6, 2), _conc(k["plt_per_uL"], 1e3, 0),
+        _conc(k.get("retic_per_uL"), 1e6, 3), ", ".join(r["flags"]) or "ok",
+    ]
 
 
 class TableSink:
     def __init__(self, stream: IO[str]):
-        self.console = Console(file=stream)
+        self.stream = stream
         self.rows: list[dict] = []
 
     def write(self, result: dict) -> None:
@@ -24,18 +47,6 @@ class TableSink:
         if not self.rows:
             return
         model = self.rows[0]["model"]
-        table = Table(title=f"{len(self.rows)} sample(s): model {model['name']} {model['version']} "
-                            f"({model['sha256'][:12]}), backend {model['backend']}")
-        for col, justify in (("sample", "left"), ("events", "right"), ("RBC cells", "right"), ("PLT cells", "right"),
-                             ("retic %", "right"), ("coinc. ev.", "right"), ("RBC /uL", "right"), ("PLT /uL", "right"),
-                             ("flags", "left")):
-            table.add_column(col, justify=justify)
-        for r in self.rows:
-            k = r["concentration"]
-            table.add_row(
-                r["sample_id"], f"{r['events']['total']:,}", f"{r['cells']['rbc']:,}", f"{r['cells']['plt']:,}",
-                "-" if r["retic_percent"] is None else f"{r['retic_percent']:.2f}", f"{r['events']['coincidence']:,}",
-                _conc(k["rbc_per_uL"], 1e6, "e6"), _conc(k["plt_per_uL"], 1e3, "e3"),
-                ", ".join(r["flags"]) or "ok",
-            )
-        self.console.print(table)
+        title = (f"{len(self.rows)} sample(s): model {model['name']} {model['version']} "
+                 f"({model['sha256'][:12]}), backend {model['backend']}")
+        render(title, COLUMNS, [result_row(r) for r in self.rows], self.stream)

@@ -1,0 +1,11 @@
+"""The ``edgehema`` command line (typer): one small module per command group.
+
+``files`` (simulate, inspect), ``classify``, ``evaluate``, ``stream`` (emulate, stream, replay,
+demo), ``models`` (export, models, info, profiles); ``_app`` holds the application and what the
+commands share. Each command is a thin shell over the library.
+"""
+
+from ._app import app, main
+from . import commands  # noqa: F401,E402 - registers every command on the app
+
+__all__ = ["app", "main"]

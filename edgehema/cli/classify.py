@@ -1,0 +1,64 @@
+"""``classify``: counts, concentrations and flags for event files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from ._app import app, error, open_output, progress
+
+
+@app.command()
+def classify(
+    files: List[Path] = typer.Argument(..., help="Event files (CSV, FCS, Sysmex XN), one sample each."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per sample (same meaning as the simulator's truth JSON)."),
+    as_csv: bool = typer.Option(False, "--csv", help="One CSV row per sample."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle directory or shipped name (default: reference-tflite-int8; float: reference)."),
+    backend: str = typer.Option("auto", "--backend", help="Inference backend: onnx, tflite (LiteRT), or auto (the bundle's own engine first)."),
+    adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Refine the latent mixtures on each sample (a few EM iterations)."),
+    events_out: Optional[Path] = typer.Option(None, "--events-out", help="Folder for per-event labels and probabilities (SAMPLE.events.csv)."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Instrument profile of the files (default: recognised from the columns)."),
+    species: Optional[str] = typer.Option(None, "--species", help="Species, when the files do not say."),
+    dilution: Optional[float] = typer.Option(None, "--dilution", min=1.0, help="Dilution factor, when the files do not say."),
+    volume_ul: Optional[float] = typer.Option(None, "--volume-ul", min=0.0, help="Analyzed volume in uL, when the files do not say."),
+    jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes (0: one per core, at most 2 here)."),
+) -> None:
+    """Classify every event of each sample and report RBC, PLT and reticulocyte counts with flags.
+
+    Exit status 1 if any file failed; the results of the others are still written.
+    """
+    from ..batch import BatchJob, classify_files
+    from ..bundle import Bundle
+    from ..sample import SampleInfo
+    from ..sinks import open_sink
+    from ..species import check_species
+
+    if as_json and as_csv:
+        raise typer.BadParameter("choose one of --json and --csv")
+    Bundle.load(model)  # refuse a bad bundle once, before any worker starts
+    if species is not None:
+        species = check_species(species)
+    info = SampleInfo().merged(species=species, dilution=dilution, volume_ul=volume_ul)
+    job = BatchJob(model, backend, adapt, profile, info if info != SampleInfo() else None,
+                   str(events_out) if events_out else None, None)
+    stream = open_output(output) if output else sys.stdout
+    sink = open_sink("json" if as_json else "csv" if as_csv else "table", stream)
+    failed = 0
+    paths = [str(p) for p in files]
+    try:
+        with progress(len(paths)) as advance:
+            for _path, status, value in classify_files(paths, job, jobs, progress=advance):
+                if status == "ok":
+                    sink.write(value)
+                else:
+                    failed += 1
+                    error(str(value))
+    finally:
+        sink.close()
+        if output:
+            stream.close()
+    if failed:
+        raise typer.Exit(1)

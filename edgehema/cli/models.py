@@ -1,0 +1,133 @@
+"""Model bundles and profiles: ``export`` (workstation), ``models``, ``info``, ``profiles``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..exceptions import EdgehemaError
+from ..text_table import Column, render
+from ._app import app, out
+
+
+@app.command()
+def export(
+    source: str = typer.Argument("reference", help="Float bundle (a directory or a shipped name), or a PyTorch file (.pt/.pth TorchScript or nn.Module) with --manifest."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest template for a PyTorch model (docs/bundle.md, without files and integrity)."),
+    target: str = typer.Option(..., "--target", "-t", help="onnx-fp32, onnx-int8, tflite-fp32 or tflite-int8."),
+    calibration: List[Path] = typer.Option(..., "--calibration", "-c", help="Event files for calibration and parity (any format, the bundle's profile). Repeatable."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the new bundle (must not exist or be empty)."),
+    method: str = typer.Option("minmax", "--method", help="Calibration: minmax, entropy or percentile."),
+    heldout: List[Path] = typer.Option([], "--heldout", help="Event files for the held-out part of the parity report. Repeatable."),
+    fail_under: Optional[str] = typer.Option(None, "--fail-under", help="Release gates, e.g. agreement=0.995,count_delta_pct=0.2,size_ratio=0.35 (default those; size_ratio for onnx-int8 only; 'none' for no gate)."),
+) -> None:
+    """Workstation: turn a float bundle into a device bundle (quantized), with a parity report.
+
+    Needs the export extra (pip install 'edgehema[export]'). Exit status 1 if a release gate fails;
+    the bundle is written either way, with the failures in its parity report.
+    """
+    try:
+        from export.quantize import export_bundle
+    except ImportError as exc:
+        raise EdgehemaError(f"edgehema export needs the workstation extra: pip install 'edgehema[export]' ({exc})") from None
+    gates = None
+    if fail_under:
+        gates = {} if fail_under.strip().lower() == "none" else {}
+        for part in fail_under.split(","):
+            if not part.strip() or part.strip().lower() == "none":
+                continue
+            key, _, value = part.partition("=")
+            try:
+                gates[key.strip()] = float(value)
+            except ValueError:
+                raise typer.BadParameter(f"--fail-under: {part!r} is not NAME=NUMBER") from None
+    result = export_bundle(source, target, list(calibration), out_dir, method, list(heldout) or None, gates, manifest)
+    r = result.parity
+    out.print(f"wrote {result.bundle} ({target}): label agreement {r['label_agreement']:.4%} over {r['events']:,} events, "
+              f"count delta largest {r['max_count_delta_pct']:.3f} % / mean {r['mean_count_delta_pct']:.3f} % "
+              f"(float model under a {r['float_gain_step']['gain_step']:.1%} gain step: {r['float_gain_step']['max_count_delta_pct']:.3f} / "
+              f"{r['float_gain_step']['mean_count_delta_pct']:.3f} %), retic delta {r['max_retic_delta_pt']:.3f} pt, "
+              f"size {r['size_bytes']:,} bytes ({r['size_ratio']:.0%} of float), graph {r['speedup_vs_float']:.2f}x float speed")
+    if result.failures:
+        raise EdgehemaError(f"{result.bundle}: release gate failed: " + "; ".join(result.failures))
+
+
+@app.command()
+def models() -> None:
+    """List the model bundles shipped with edgehema (and in $EDGEHEMA_MODELS, if set)."""
+    from ..bundle import DEFAULT_BUNDLE, Bundle, bundled_models, bundled_root
+
+    places = [bundled_root() / n for n in bundled_models()]
+    extra = os.environ.get("EDGEHEMA_MODELS")
+    if extra and Path(extra).is_dir():
+        places += sorted(p for p in Path(extra).iterdir() if (p / "manifest.json").is_file())
+    columns = [Column("bundle", "left", keep=9), Column("name", "left", keep=3), Column("version", "left", keep=2),
+               Column("kind", "left", keep=1), Column("target", "left", keep=6), Column("size", keep=4),
+               Column("sha256", "left", keep=5), Column("hashes", "left", keep=8, wrap=True)]
+    rows = []
+    for path in places:
+        mark = " (default)" if path.name == DEFAULT_BUNDLE and path.parent == bundled_root() else ""
+        try:
+            b = Bundle.load(path)
+        except EdgehemaError as exc:
+            rows.append([str(path) + mark, "-", "-", "-", "-", "-", "-", f"REFUSED: {exc}"])
+            continue
+        tfl = b.manifest["model"].get("tflite")
+        device_file = b.path / tfl["file"] if tfl else b.model_file
+        rows.append([path.name + mark, b.name, b.version, b.kind, b.manifest.get("target", "onnx-fp32"),
+                     f"{device_file.stat().st_size:,}", b.sha256[:12], "verified"])
+    render("model bundles (size: the file the default engine runs)", columns, rows, sys.stdout)
+
+
+@app.command()
+def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or shipped name (default: the default model).")) -> None:
+    """Print a bundle's manifest summary and parity report, after verifying every hash."""
+    from ..bundle import DEFAULT_BUNDLE, Bundle
+
+    b = Bundle.load(bundle)
+    m = b.manifest
+    default = " (the default model)" if bundle in (None, DEFAULT_BUNDLE) else ""
+    out.print(f"{b.name}{default} {b.version} ({b.kind}, {m.get('target', 'onnx-fp32')}) at {b.path}")
+    out.print(f"  hashes: verified ({len(m['files'])} file(s)), manifest sha256 {b.sha256}")
+    out.print(f"  profile {m['profile']}: {', '.join(m['features'])}")
+    out.print(f"  classes: {', '.join(m['classes'])}; supervision: {m.get('supervision', '-')}")
+    t = m.get("training", {})
+    if t:
+        out.print(f"  trained on {t.get('samples')} samples x {t.get('events_per_sample')} events of "
+                  f"{', '.join(t.get('species', []))} ({t.get('seconds')} s, torch {t.get('torch')})")
+    tfl = m["model"].get("tflite")
+    if tfl:
+        out.print(f"  TFLite model {tfl['file']} (batch {tfl['batch']}, {tfl['converter']}); float ONNX graph kept for --backend onnx")
+    q = m.get("quantization")
+    if isinstance(q, dict):
+        parts = [q.get("format") or q.get("tool", "")]
+        parts += [f"{k.replace('_', ' ')} {q[k]}" for k in ("activations", "weights", "calibration", "calibration_events") if k in q]
+        floats = q.get("float") or [f"heads {', '.join(q['float_heads'])}"] * bool(q.get("float_heads"))
+        if floats:
+            parts.append(f"float: {'; '.join(floats)}")
+        out.print(f"  quantization: {', '.join(p for p in parts if p)}")
+    elif isinstance(q, str):
+        out.print(f"  quantization: {q}")
+    p = m.get("parity_summary")
+    if p:
+        out.print(f"  parity vs float: label agreement {p['label_agreement']:.4%}, largest count delta "
+                  f"{p['max_count_delta_pct']:.3f} %"
+                  + (f" (mean {p['mean_count_delta_pct']:.3f} %; the float model itself under a 0.1 % gain step: largest "
+                     f"{p['float_gain_step_max_count_delta_pct']:.3f} %)" if "mean_count_delta_pct" in p else "")
+                  + f", retic delta {p['max_retic_delta_pt']:.3f} pt, size {p['size_ratio']:.0%}, "
+                  f"speed {p['speedup_vs_float']:.2f}x; gate failures: {'; '.join(p['gate_failures']) or 'none'}")
+
+
+@app.command()
+def profiles() -> None:
+    """List the instrument profiles shipped with edgehema and their features."""
+    from ..profiles import builtin_profiles
+
+    for prof in builtin_profiles().values():
+        out.print(f"{prof.name}{' (default)' if prof.default else ''}: {prof.description}")
+        for f in prof.features:
+            out.print(f"  {f.name:<12} {f.unit:<16} [{f.range[0]:g}, {f.range[1]:g}]  {f.description}")

@@ -1,0 +1,236 @@
+"""The instrument link: ``emulate``, ``stream``, ``replay`` and ``demo``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..exceptions import EdgehemaError
+from ..text_table import Column, render
+from ._app import app, err, error, open_output, out
+
+
+@app.command()
+def emulate(
+    tcp: Optional[int] = typer.Option(None, "--tcp", help="Listen on 127.0.0.1:PORT; the host connects with socket://127.0.0.1:PORT."),
+    pty: bool = typer.Option(False, "--pty", help="Stream over a pseudo-terminal pair; prints the port for the host."),
+    file: Optional[Path] = typer.Option(None, "--file", help="Write the byte stream to a file (no pacing)."),
+    species: str = typer.Option("human", "--species", "-s", help="Species preset of the simulated samples."),
+    pathology: Optional[str] = typer.Option(None, "--pathology", help="Pathology preset."),
+    samples: int = typer.Option(3, "--samples", min=1, help="Samples to stream."),
+    events: int = typer.Option(150_000, "--events", "-n", min=1, help="Events per sample."),
+    rate: float = typer.Option(20_000.0, "--rate", min=0.0, help="Events per second (0: as fast as the link takes)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    fault: List[str] = typer.Option([], "--fault", metavar="KIND[@SAMPLE]", help="Inject a fault: KIND[@SAMPLE], KIND one of bitflip, drop, truncate, total, disconnect, reboot; SAMPLE 1-based (default 2). Repeatable."),
+) -> None:
+    """An instrument on a wire: streams simulator samples with the wire protocol, optionally with faults."""
+    from ..emulator import InstrumentEmulator, parse_faults, serve_tcp, write_file, write_pty
+
+    chosen = [x for x in (tcp is not None, pty, file is not None) if x]
+    if len(chosen) != 1:
+        raise typer.BadParameter("choose exactly one of --tcp PORT, --pty, --file PATH")
+    emu = InstrumentEmulator(species, samples, events, seed, parse_faults(list(fault), samples), pathology=pathology)
+    if file is not None:
+        n = write_file(emu, str(file))
+        err.print(f"wrote {n:,} bytes, {samples} samples, to {file}")
+    elif pty:
+        n = write_pty(emu, rate, ready=lambda name: (print(name, flush=True), err.print(f"instrument on {name}")))
+        err.print(f"sent {n:,} bytes")
+    else:
+        n = serve_tcp(emu, int(tcp), rate, ready=lambda p: err.print(f"instrument listening on socket://127.0.0.1:{p}"))
+        err.print(f"sent {n:,} bytes")
+
+
+@app.command()
+def stream(
+    port: Optional[str] = typer.Option(None, "--port", "-p", help="pyserial URL: /dev/ttyUSB0, socket://HOST:PORT, rfc2217://HOST:PORT, loop://"),
+    baud: Optional[int] = typer.Option(None, "--baud", help="Baud rate (default 3000000)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same settings (options win)."),
+    journal: Optional[Path] = typer.Option(None, "--journal", help="SQLite result journal (default edgehema-journal.sqlite)."),
+    archive: Optional[Path] = typer.Option(None, "--archive", help="Folder of per-sample frame archives (default edgehema-archive)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Append JSON lines here instead of stdout."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle (default: reference-tflite-int8; float: reference)."),
+    backend: str = typer.Option("auto", "--backend", help="Inference backend."),
+    adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Per-sample adaptation of the latent mixtures."),
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="Stop after this many results."),
+    idle_exit: Optional[float] = typer.Option(None, "--idle-exit", min=0.1, help="Stop after this many seconds without data."),
+    no_reconnect: bool = typer.Option(False, "--no-reconnect", help="Exit when the port goes away instead of waiting for it."),
+    cpu: Optional[int] = typer.Option(None, "--cpu", min=0, help="Pin the stream to this CPU core (steadier latency; systemd's CPUAffinity does the same)."),
+) -> None:
+    """Sit on the instrument's link: classify events as they arrive and emit one JSON result per sample.
+
+    Every frame is archived and every result committed to the journal before it is reported; after a
+    crash, samples that were interrupted are reported (flagged incomplete) at the next start.
+    """
+    import signal
+
+    from ..sinks import open_sink
+    from ..stream.runner import StreamConfig, StreamRunner
+    from ..stream.settings import load_stream_settings
+
+    settings = load_stream_settings(config) if config else {}
+    cpu = cpu if cpu is not None else settings.get("cpu")
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {int(cpu)})
+        except (OSError, AttributeError, ValueError) as exc:
+            raise EdgehemaError(f"cannot pin the stream to CPU {cpu}: {exc}") from None
+    port = port or settings.get("port")
+    if not port:
+        raise typer.BadParameter("a port is needed: --port URL or port = ... in --config")
+    cfg = StreamConfig(
+        port=port,
+        baud=baud or int(settings.get("baud", 3_000_000)),
+        journal=journal or Path(settings.get("journal", "edgehema-journal.sqlite")),
+        archive_dir=archive or Path(settings.get("archive", "edgehema-archive")),
+        model=model or settings.get("model"),
+        backend=backend if backend != "auto" else settings.get("backend", "auto"),
+        adapt=adapt and bool(settings.get("adapt", True)),
+        reconnect=not no_reconnect and bool(settings.get("reconnect", True)),
+        max_samples=max_samples or settings.get("max_samples"),
+        idle_exit=idle_exit or settings.get("idle_exit"),
+    )
+    output = output or (Path(settings["output"]) if "output" in settings else None)
+    live = sys.stderr.isatty()
+    runner = StreamRunner(cfg, lambda r: sink.write(r),
+                          log=lambda m: err.print(m, style="dim", markup=False, highlight=False) if live else sys.stderr.write(m + "\n"))
+    stream_out = open_output(output, "a") if output else sys.stdout
+    sink = open_sink("json", stream_out)
+    # systemd stops a service with SIGTERM: close the open sample as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    try:
+        if live:
+            _run_live(runner)
+        else:
+            runner.run()
+    except KeyboardInterrupt:
+        runner.stop()
+    finally:
+        sink.close()
+        if output:
+            stream_out.close()
+
+
+def _run_live(runner) -> None:
+    """Run the stream in a thread; show events/s and the current sample until it ends."""
+    import threading
+
+    from rich.live import Live
+
+    t = threading.Thread(target=runner.run, daemon=True)
+    t.start()
+    with Live(console=err, refresh_per_second=4, transient=True) as live:
+        try:
+            while t.is_alive():
+                st = runner.stats
+                rate = st.events / max(time.perf_counter() - st.started, 1e-9)
+                live.update(f"{st.samples} sample(s) reported, {st.events:,} events, {rate:,.0f} events/s, current: {st.current or '-'}")
+                t.join(0.25)
+        except KeyboardInterrupt:
+            runner.stop()
+            t.join(5)
+
+
+@app.command()
+def replay(
+    archives: List[Path] = typer.Argument(..., help="Frame archives written by edgehema stream (or any captured byte stream)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle (default: reference-tflite-int8; float: reference)."),
+    adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Per-sample adaptation (as the stream had it)."),
+) -> None:
+    """Recompute results from archived frames, exactly as the stream computed them (JSON lines)."""
+    from ..classifier import Classifier
+    from ..stream.runner import replay_bytes
+
+    clf = Classifier(model, adapt=adapt)
+    failed = 0
+    for path in archives:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            failed += 1
+            error(f"{path}: cannot read: {exc.strerror}")
+            continue
+        results = replay_bytes(data, clf)
+        if not results:
+            failed += 1
+            error(f"{path}: no sample in this archive (not an edgehema frame stream?)")
+        for r in results:
+            typer.echo(json.dumps(r, separators=(",", ":")))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    samples: int = typer.Option(3, "--samples", min=1, help="Samples the simulated instrument measures."),
+    events: int = typer.Option(60_000, "--events", "-n", min=1000, help="Events per sample."),
+    rate: float = typer.Option(40_000.0, "--rate", min=0.0, help="Events per second on the link."),
+    species: str = typer.Option("cat", "--species", "-s", help="Species preset."),
+    seed: int = typer.Option(1, "--seed", help="Random seed."),
+    workdir: Path = typer.Option(Path("edgehema-demo"), "--workdir", help="Where the demo's journal and archive go."),
+) -> None:
+    """The whole chain on this machine: a simulated instrument on a pseudo-terminal, edgehema streaming
+    from it, live progress, and each sample's counts next to the simulator's truth."""
+    import threading
+
+    from ..emulator import InstrumentEmulator, start_pty_instrument
+    from ..stream.runner import StreamConfig, StreamRunner
+
+    emu = InstrumentEmulator(species, samples, events, seed)
+    # The instrument runs in a process of its own, as a real one would. (Pinning the two to separate
+    # cores, as the TCP benchmark does, made pty latencies worse here: the kernel's tty work then
+    # shares the stream's core.)
+    instrument, port_name, truths, go = start_pty_instrument(emu, rate)
+    box = {"port": port_name}
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    cfg = StreamConfig(port=box["port"], journal=workdir / "journal.sqlite", archive_dir=workdir / "archive",
+                       reconnect=False, max_samples=samples, idle_exit=10.0)
+    logs: list[str] = []
+
+    def log(line: str) -> None:
+        logs.append(line)
+        if line.startswith("connected to"):
+            go.set()  # the host has the port open: the instrument may start
+
+    runner = StreamRunner(cfg, results.append, log=log)
+    out.print(f"simulated instrument on {box['port']}: {samples} {species} samples x {events:,} events at {rate:,.0f} events/s")
+    out.print(f"model {runner.classifier.bundle.name} on {runner.classifier.backend_name}")
+    t = threading.Thread(target=runner.run, daemon=True)
+    t.start()
+    from rich.live import Live
+
+    with Live(console=out, refresh_per_second=4, auto_refresh=False, transient=True) as live:
+        while t.is_alive():
+            st = runner.stats
+            rate_now = st.events / max(time.perf_counter() - st.started, 1e-9)
+            live.update(f"streaming: {st.samples}/{samples} samples done, {st.events:,} events, "
+                        f"{rate_now:,.0f} events/s, current {st.current or '-'}", refresh=True)
+            t.join(0.25)
+    columns = [Column("sample", "left", keep=9), Column("events", keep=3), Column("RBC cells", keep=7),
+               Column("truth", keep=7), Column("PLT cells", keep=7), Column("truth", keep=7), Column("retic %", keep=6),
+               Column("truth", keep=6), Column("RBC x10^6/uL", keep=2), Column("PLT x10^3/uL", keep=2),
+               Column("flags", "left", keep=8, wrap=True), Column("latency ms", keep=1)]
+    rows = []
+    for r, lat in zip(results, runner.stats.result_latency_ms):
+        truth = next((t for t in truths if t["sample_id"] == r["sample_id"]), None)
+        if truth is None:
+            continue
+        k = r["concentration"]
+        rows.append([r["sample_id"], f"{r['events']['total']:,}", f"{r['cells']['rbc']:,}", f"{truth['cells']['rbc']:,}",
+                     f"{r['cells']['plt']:,}", f"{truth['cells']['plt']:,}", f"{r['retic_percent']:.2f}",
+                     f"{truth['retic_percent']:.2f}",
+                     "-" if k["rbc_per_uL"] is None else f"{k['rbc_per_uL'] / 1e6:.2f}",
+                     "-" if k["plt_per_uL"] is None else f"{k['plt_per_uL'] / 1e3:.0f}",
+                     ", ".join(r["flags"]) or "ok", f"{lat:.0f}"])
+    render("edgehema stream vs simulator truth (cells counted per sample; concentrations in blood)", columns, rows,
+           sys.stdout)
+    out.print(f"journal {cfg.journal}, archives in {cfg.archive_dir}; replay one with: edgehema replay {cfg.archive_dir}/<file>.ehw")
+    if len(results) < samples:
+        raise EdgehemaError(f"only {len(results)} of {samples} samples came through: {'; '.join(logs[-3:])}")
