@@ -50,8 +50,17 @@ class SampleInfo:
         return cls(**known)
 
     def merged(self, **overrides: Any) -> "SampleInfo":
-        """A copy with the given non-None fields replaced (command-line options win over files)."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        """A copy with the given fields replaced; ``None`` and ``""`` mean "not given" and change nothing."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None and v != ""})
+
+    def given(self) -> dict[str, Any]:
+        """The fields that are set (neither ``None`` nor ``""``)."""
+        return {k: v for k, v in self.to_dict().items() if v is not None and v != ""}
+
+    def overlay(self, overrides: "SampleInfo | None") -> "SampleInfo":
+        """This info with every field that ``overrides`` sets put over it (command-line options win
+        over what a file says; a field the options leave unset keeps the file's value)."""
+        return self if overrides is None else self.merged(**overrides.given())
 
 
 @dataclass

@@ -96,7 +96,7 @@ def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | No
         base = base.merged(sample_id=path.stem)
     base = base.merged(source=str(path))
     if info is not None:
-        base = base.merged(**info.to_dict())
+        base = base.overlay(info)
     return Sample(events=events, profile=prof, info=base, auxiliary=aux)
 
 
@@ -136,6 +136,14 @@ def describe(path: Path, profile: Profile | str | None = None) -> dict:
         info["profile"] = None
         info["profile_mismatch"] = str(exc).split(": ", 1)[1]
     table = load_numeric_table(path, names, delimiter)
+    # inspect must refuse what classify refuses: the profile's ranges, or at least finite numbers.
+    if info["profile"]:
+        prof = get_profile(info["profile"]) if profile is None else get_profile(profile)
+        lower = [n.lower() for n in names]
+        check_events(table[:, [lower.index(n.lower()) for n in prof.feature_names]], prof, path)
+    elif not np.isfinite(table).all():
+        r, c = np.argwhere(~np.isfinite(table))[0]
+        raise InputFileError(path, f"{table[r, c]} in column {names[c]} (events must be finite numbers)", f"line {r + 2}")
     info["events"] = int(table.shape[0])
     info["channels"] = names
     side = read_sidecar(path)

@@ -219,7 +219,7 @@ def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | No
     check_events(events, prof, path, locate="event", first_index=1)
     meta = _info_from_text(parsed.flow.text, path)
     if info is not None:
-        meta = meta.merged(**info.to_dict())
+        meta = meta.overlay(info)
     return Sample(events=events.astype(np.float32), profile=prof, info=meta)
 
 
@@ -255,6 +255,8 @@ def describe(path: Path, profile: Profile | str | None = None, dataset: int = 0)
     if order is None:
         prof = None
     raw = _event_array(flow, path, preprocess=False)
+    if order is not None:  # inspect refuses what classify refuses
+        check_events(_event_array(flow, path, preprocess=True)[:, order], prof, path, locate="event", first_index=1)
     out = {
         "format": "fcs",
         "version": str(flow.version),

@@ -73,7 +73,7 @@ def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | No
     base = read_sidecar(files[0]) or SampleInfo()
     base = base.merged(sample_id=base.sample_id or sample_name(files[0]), source=str(files[0]))
     if info is not None:
-        base = base.merged(**info.to_dict())
+        base = base.overlay(info)
     return Sample(events=events, profile=prof, info=base, auxiliary=aux)
 
 
