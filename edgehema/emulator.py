@@ -54,8 +54,10 @@ def feature_scales(profile: Profile) -> tuple[P.FeatureScale, ...]:
     return tuple(out)
 
 
-def parse_faults(specs: list[str]) -> dict[int, set[str]]:
-    """``KIND[@SAMPLE]`` (1-based sample number, default 2) -> {sample index: {kinds}}."""
+def parse_faults(specs: list[str], samples: int | None = None) -> dict[int, set[str]]:
+    """``KIND[@SAMPLE]`` (1-based sample number, default 2) -> {sample index: {kinds}}.
+
+    With ``samples``, a fault aimed past the last sample is refused (it would inject nothing)."""
     out: dict[int, set[str]] = {}
     for spec in specs:
         kind, _, at = spec.partition("@")
@@ -67,6 +69,9 @@ def parse_faults(specs: list[str]) -> dict[int, set[str]]:
             raise SimulationError(f"fault {spec!r}: the sample after @ must be a number") from None
         if n < 1:
             raise SimulationError(f"fault {spec!r}: samples are numbered from 1")
+        if samples is not None and n > samples:
+            raise SimulationError(f"fault {spec!r}: there are only {samples} sample(s) (--samples), so it would "
+                                  f"inject nothing")
         out.setdefault(n - 1, set()).add(kind)
     return out
 
@@ -97,6 +102,10 @@ class InstrumentEmulator:
         self._seq = 0
         self._rng = np.random.default_rng(self.seed + 77)
         self._per_frame = P.max_events_per_frame(self._profile.n_features)
+        self._host = codec.FrameDecoder()
+        #: What the host sent: (message type name, tag or None), for tests and for an engineer watching.
+        self.received: list[tuple[str, int | None]] = []
+        self._sent_seq: int | None = None  # number of the last frame that reached the link
 
     def _frame(self, message) -> bytes:
         wire = codec.encode_message(message, self._seq)
@@ -106,6 +115,26 @@ class InstrumentEmulator:
     def hello(self) -> bytes:
         self._seq = 0
         return b"\x00" + self._frame(P.Hello(self.instrument_id, FIRMWARE, self._profile.name, self._scales))
+
+    def answer(self, data: bytes) -> bytes:
+        """The instrument's reply to bytes from the host: a HELLO for every HELLO_REQUEST (PROTOCOL.md:
+        the instrument introduces itself and carries on, so its frame numbering goes on too)."""
+        reply = b""
+        for frame in self._host.feed(data):
+            name = P.NAMES.get(frame.type, hex(frame.type))
+            tag = int.from_bytes(frame.payload[:4], "little") if frame.type in (P.ACK, P.RESEND) else None
+            self.received.append((name, tag))
+            if frame.type == P.HELLO_REQUEST:
+                # A reply takes no number of its own: it carries the number of the frame sent before
+                # it, so the frames around it stay consecutive (PROTOCOL.md, HELLO_REQUEST).
+                seq = self._sent_seq if self._sent_seq is not None else 65535
+                hello = P.Hello(self.instrument_id, FIRMWARE, self._profile.name, self._scales)
+                reply += codec.encode_message(hello, seq)
+        return reply
+
+    def sent(self) -> None:
+        """The chunk last taken from :meth:`chunks` reached the link (chunks are made one at a time)."""
+        self._sent_seq = (self._seq - 1) % 65536
 
     def quantize(self, events: np.ndarray) -> np.ndarray:
         return np.clip(np.rint(events / self._scale), 0, 65535).astype(np.uint16)
@@ -165,18 +194,33 @@ class InstrumentEmulator:
             yield Chunk(self._frame(P.Heartbeat(int(time.monotonic() * 1000) & 0xFFFFFFFF, 0)))
 
 
-def wait_for_host(fd: int, timeout: float) -> bool:
-    """Wait for the host's HELLO_REQUEST (any bytes from it) before the first HELLO, as firmware would."""
+def wait_for_host(fd: int, timeout: float) -> bytes | None:
+    """Wait for the host's first bytes (its HELLO_REQUEST) before sending, as firmware would; the bytes."""
     import select
 
     ready, _, _ = select.select([fd], [], [], timeout)
     if ready:
         try:
-            os.read(fd, 4096)
+            return os.read(fd, 4096)
         except OSError:
-            return False
-        return True
-    return False
+            return None
+    return None
+
+
+def host_bytes(fd: int) -> bytes:
+    """Whatever the host has sent, without waiting."""
+    import select
+
+    data = b""
+    while select.select([fd], [], [], 0)[0]:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 class Pacer:
@@ -217,9 +261,21 @@ def serve_tcp(emulator: InstrumentEmulator, port: int, rate: float, host: str = 
                 except socket.timeout:
                     break  # no host came back: the instrument gives up on this run
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                wait_for_host(conn.fileno(), 2.0)
+                first = wait_for_host(conn.fileno(), 2.0) or b""
+                # A new host (a restarted stream) asks who we are; the chunk about to go may be a
+                # HELLO already (after a disconnect), then the reply is a second, harmless one.
+                hello = emulator.answer(first)
+                if hello:
+                    try:
+                        conn.sendall(hello)
+                    except OSError:
+                        conn.close()
+                        conn = None
+                        continue
             try:
-                conn.sendall(chunk.data)
+                reply = emulator.answer(host_bytes(conn.fileno()))
+                conn.sendall(reply + chunk.data)
+                emulator.sent()
             except OSError:  # the host went away; what it missed is lost, as on a real link
                 conn.close()
                 conn = None
@@ -230,7 +286,8 @@ def serve_tcp(emulator: InstrumentEmulator, port: int, rate: float, host: str = 
                 conn.close()
                 conn = None
         if conn is not None:
-            time.sleep(0.2)  # let the host read the tail before the close
+            time.sleep(0.3)  # let the host read the tail (and acknowledge it) before the close
+            emulator.answer(host_bytes(conn.fileno()))
     finally:
         if conn is not None:
             conn.close()
@@ -259,10 +316,11 @@ def write_pty(emulator: InstrumentEmulator, rate: float, ready=None, start=None,
     sent = 0
     try:
         for chunk in emulator.chunks():
-            view = memoryview(chunk.data)
+            view = memoryview(emulator.answer(host_bytes(master)) + chunk.data)
             while view:
                 n = os.write(master, view)
                 view = view[n:]
+            emulator.sent()
             sent += len(chunk.data)
             pacer.after(chunk.events)
         time.sleep(0.5)

@@ -53,3 +53,9 @@ class BundleError(EdgehemaError):
 
 class BackendError(EdgehemaError):
     """An inference backend is unavailable or cannot run the bundle's model."""
+
+
+class StorageFullError(EdgehemaError):
+    """The device's storage cannot take a write (disk full, quota, I/O error): the journal or an
+    archive could not be written. The stream keeps results in memory and does not acknowledge them
+    until they are stored."""

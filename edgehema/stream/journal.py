@@ -1,18 +1,26 @@
 """Embedded SQLite journal (WAL): a result is committed here before it is reported anywhere.
 
 One row per sample attempt: ``open`` when its SAMPLE_BEGIN arrives, then ``complete`` or
-``incomplete`` with the result JSON. After a crash (kill -9), rows still ``open`` are the samples
-that were interrupted; recovery recomputes them from their archives and reports them incomplete.
+``incomplete`` with the result JSON, then ``emitted_at`` once the result has been written to the
+sinks. After a crash (kill -9), rows still ``open`` are the samples that were interrupted (recovery
+recomputes them from their archives and reports them incomplete), and rows with a result but no
+``emitted_at`` are results that were stored but never delivered: they are emitted at the next start.
+The journal also remembers each instrument's last HELLO, so that a host restarted mid-session can
+still decode (flagged) what an instrument sends before it introduces itself again.
+
+A write that fails because the storage is full (or failing) raises :class:`StorageFullError`; every
+other method keeps working for reading, so a full disk never stops start-up.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..exceptions import EdgehemaError
+from ..exceptions import EdgehemaError, StorageFullError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -24,9 +32,15 @@ CREATE TABLE IF NOT EXISTS samples (
     archive TEXT NOT NULL,
     opened_at TEXT NOT NULL,
     closed_at TEXT,
-    result TEXT
+    result TEXT,
+    emitted_at TEXT
 );
 CREATE INDEX IF NOT EXISTS samples_status ON samples(status);
+CREATE TABLE IF NOT EXISTS instruments (
+    instrument_id TEXT PRIMARY KEY,
+    hello BLOB NOT NULL,
+    received_at TEXT NOT NULL
+);
 """
 
 
@@ -34,38 +48,91 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+def storage_failure(exc: BaseException) -> bool:
+    """True when ``exc`` says the storage cannot take a write (full, over quota, I/O error)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return "full" in text or "disk i/o" in text or "readonly" in text or "read-only" in text
+    return False
+
+
 class Journal:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if not self.path.parent.is_dir():
+            # A mistyped path should not silently grow a directory tree on the device.
+            raise EdgehemaError(f"{self.path}: the journal's folder {self.path.parent} does not exist")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")  # a reported result survives power loss
             self.db.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.Error as exc:
             raise EdgehemaError(f"{self.path}: cannot open the result journal: {exc}") from None
 
+    def _migrate(self) -> None:
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(samples)")}
+        if "emitted_at" not in cols:
+            # Journals from before emission was recorded: their results were emitted when stored.
+            self.db.execute("ALTER TABLE samples ADD COLUMN emitted_at TEXT")
+            self.db.execute("UPDATE samples SET emitted_at = closed_at WHERE result IS NOT NULL")
+
+    def _write(self, sql: str, args: tuple) -> sqlite3.Cursor:
+        try:
+            return self.db.execute(sql, args)
+        except sqlite3.Error as exc:
+            if storage_failure(exc):
+                raise StorageFullError(f"{self.path}: cannot write the result journal: {exc}") from None
+            raise EdgehemaError(f"{self.path}: result journal: {exc}") from None
+
     def open_sample(self, tag: int, sample_id: str, instrument_id: str, archive: str) -> int:
-        cur = self.db.execute(
+        cur = self._write(
             "INSERT INTO samples (tag, sample_id, instrument_id, status, archive, opened_at) VALUES (?, ?, ?, 'open', ?, ?)",
             (tag, sample_id, instrument_id, archive, _now()),
         )
         return int(cur.lastrowid)
 
-    def commit_result(self, row: int, result: dict, complete: bool) -> None:
-        self.db.execute(
-            "UPDATE samples SET status = ?, closed_at = ?, result = ? WHERE id = ?",
-            ("complete" if complete else "incomplete", _now(), json.dumps(result, separators=(",", ":")), row),
-        )
+    def commit_result(self, row: int | None, result: dict, complete: bool, tag: int = 0, sample_id: str = "",
+                      instrument_id: str | None = None, archive: str = "") -> int:
+        """Store a result; ``row`` None (its SAMPLE_BEGIN could not be journaled) inserts the whole row."""
+        status = "complete" if complete else "incomplete"
+        text = json.dumps(result, separators=(",", ":"))
+        if row is None:
+            now = _now()
+            cur = self._write(
+                "INSERT INTO samples (tag, sample_id, instrument_id, status, archive, opened_at, closed_at, result) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (tag, sample_id, instrument_id, status, archive, now, now, text))
+            return int(cur.lastrowid)
+        self._write("UPDATE samples SET status = ?, closed_at = ?, result = ? WHERE id = ?", (status, _now(), text, row))
+        return row
+
+    def mark_emitted(self, row: int) -> None:
+        self._write("UPDATE samples SET emitted_at = ? WHERE id = ?", (_now(), row))
 
     def interrupted(self) -> list[tuple[int, int, str, str]]:
         """(row, tag, sample_id, archive) of samples left open by a crash."""
         return list(self.db.execute("SELECT id, tag, sample_id, archive FROM samples WHERE status = 'open' ORDER BY id"))
 
+    def unemitted(self) -> list[tuple[int, dict]]:
+        """(row, result) of results stored but never written to the sinks, oldest first."""
+        return [(r[0], json.loads(r[1])) for r in self.db.execute(
+            "SELECT id, result FROM samples WHERE result IS NOT NULL AND emitted_at IS NULL ORDER BY id")]
+
     def results(self) -> list[dict]:
         return [json.loads(r[0]) for r in self.db.execute(
             "SELECT result FROM samples WHERE result IS NOT NULL ORDER BY id")]
+
+    def remember_hello(self, instrument_id: str, frame: bytes) -> None:
+        self._write("INSERT OR REPLACE INTO instruments (instrument_id, hello, received_at) VALUES (?, ?, ?)",
+                    (instrument_id, frame, _now()))
+
+    def last_hello(self) -> tuple[bytes, str] | None:
+        """(HELLO frame, when it was received) of the instrument heard from last."""
+        row = self.db.execute("SELECT hello, received_at FROM instruments ORDER BY received_at DESC LIMIT 1").fetchone()
+        return (bytes(row[0]), row[1]) if row else None
 
     def close(self) -> None:
         self.db.close()

@@ -26,11 +26,12 @@ from firmware_bridge import codec
 from firmware_bridge import protocol as P
 
 from ..classifier import Classifier, EventInference
-from ..exceptions import EdgehemaError
+from ..exceptions import EdgehemaError, StorageFullError
 from ..profiles import get_profile
 from ..result import result_from_inference
 from ..sample import Sample, SampleInfo
 from .journal import Journal
+from .log_limit import RateLimitedLog
 from .session import EventBatch, Notice, OpenSample, SampleClosed, SampleOpened, WireSession
 
 BLOCK = 4096
@@ -86,10 +87,12 @@ class SampleAssembler:
         self.latencies += [done - t for t in self._arrivals]
         self._arrivals = []
         s = self.sample
-        n_features = len(s.features)
-        events = np.concatenate(self.events) if self.events else np.zeros((0, n_features), np.float32)
-        profile = get_profile(s.profile)
-        self.classifier.check(profile, f"instrument {s.instrument_id}")
+        if s.features:
+            profile = get_profile(s.profile)
+            self.classifier.check(profile, f"instrument {s.instrument_id}")
+        else:  # nothing could be decoded (no HELLO): an empty result that carries the sample's flags
+            profile = self.classifier.bundle.profile()
+        events = np.concatenate(self.events) if self.events else np.zeros((0, profile.n_features), np.float32)
         volume_ul = closed.volume_nl / 1000.0 if closed.volume_nl else None
         info = SampleInfo(
             sample_id=s.sample_id, species=s.species or None, dilution=s.dilution or None, volume_ul=volume_ul,
@@ -148,6 +151,9 @@ class StreamConfig:
     idle_exit: float | None = None
     ack: bool = True
     read_size: int = 65536
+    #: Results held in memory while the storage is full, at most; past that the stream stops (their
+    #: results are then written to the sinks flagged ``not_stored``, never dropped).
+    max_held: int = 500
 
 
 @dataclass
@@ -161,19 +167,53 @@ class StreamStats:
     result_breakdown_ms: list[tuple[float, float]] = field(default_factory=list)  # (classify+count, journal)
 
 
+@dataclass
+class _Held:
+    """A result that could not be stored yet (storage full): kept in memory, not acknowledged."""
+
+    row: int | None
+    result: dict
+    complete: bool
+    tag: int
+    sample_id: str
+    instrument_id: str | None
+    archive: str
+    ack: bool  # acknowledge to the instrument once stored
+
+
+@dataclass
+class _OpenArchive:
+    assembler: SampleAssembler
+    row: int | None
+    path: Path
+    fh: object | None  # None once the archive could not be written (storage full)
+
+
 class StreamRunner:
     def __init__(self, cfg: StreamConfig, emit: Callable[[dict], None], log: Callable[[str], None] = lambda s: None,
                  classifier: Classifier | None = None):
+        check_port_url(cfg.port)
         self.cfg = cfg
         self.emit = emit
-        self.log = log
+        self.log = RateLimitedLog(log)
         self.classifier = classifier or Classifier(cfg.model, backend=cfg.backend, adapt=cfg.adapt)
+        if cfg.archive_dir.exists() and not cfg.archive_dir.is_dir():
+            raise EdgehemaError(f"{cfg.archive_dir}: the archive folder is a file, not a folder")
         self.journal = Journal(cfg.journal)
-        cfg.archive_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cfg.archive_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgehemaError(f"{cfg.archive_dir}: cannot create the archive folder: {exc.strerror}") from None
         self.stats = StreamStats()
         self._stop = False
         self._last_sync = time.monotonic()
-        self._open: dict[int, tuple[SampleAssembler, int, Path, object, int]] = {}
+        self._open: dict[int, _OpenArchive] = {}
+        self._held: list[_Held] = []  # results waiting for storage, in order
+        self._unmarked: list[int] = []  # rows emitted but not yet marked so in the journal
+        self._undelivered: list[tuple[int, dict]] = []  # stored, but the sink could not write them
+        self.storage_full: str | None = None  # why, while the storage cannot take writes
+        self._last_storage_try = 0.0
+        self._port = None
 
     # ------------------------------------------------------------ recovery
     def warm_up(self, events: int = 150_000) -> None:
@@ -194,21 +234,32 @@ class StreamRunner:
         count_sample(fake, inf.probabilities, inf.labels, profile, SampleInfo(), DEFAULT_AREA_FEATURES)
 
     def recover(self) -> int:
-        """Report samples a crash left open, recomputed from their archives, as incomplete."""
+        """At start: emit results that were stored but never delivered, then report samples a crash
+        left open, recomputed from their archives, as incomplete. Works on a full disk: what cannot
+        be stored is held in memory and stored later."""
+        for row, result in self.journal.unemitted():
+            self._deliver(row, result)
+            self.log(f"emitted stored result of sample {result.get('sample_id')} that was not delivered before")
         n = 0
         for row, tag, sample_id, archive in self.journal.interrupted():
             path = Path(archive)
-            data = path.read_bytes() if path.exists() else b""
+            try:
+                data = path.read_bytes() if path.exists() else b""
+            except OSError:
+                data = b""
             results = replay_bytes(data, self.classifier) if data else []
-            result = results[-1] if results else {"sample_id": sample_id, "tag": tag, "events": {"total": 0},
-                                                  "flags": ["incomplete"], "complete": False}
+            if results:
+                result = results[-1]
+            else:
+                empty = OpenSample(tag, sample_id, "", 0.0, 0, (), "", "")
+                empty.flag("incomplete", "the host stopped before any event of this sample was archived")
+                result = SampleAssembler(empty, self.classifier).finish(SampleClosed(empty, complete=False), time.perf_counter())
             result.setdefault("flags", [])
             if "interrupted" not in result["flags"]:
                 result["flags"].append("interrupted")
                 result.setdefault("flag_details", {})["interrupted"] = "the host stopped (crash or kill) during this sample"
             result["complete"] = False
-            self.journal.commit_result(row, result, complete=False)
-            self.emit(result)
+            self._store(_Held(row, result, False, tag, sample_id, None, archive, ack=False))
             n += 1
             self.log(f"recovered interrupted sample {sample_id} (tag {tag}) from {path}")
         return n
@@ -220,44 +271,59 @@ class StreamRunner:
     def run(self) -> int:
         import serial
 
-        self.recover()
-        self.warm_up()
+        try:
+            self.recover()
+            self.warm_up()
+            self._run(serial)
+        finally:
+            self._finish()
+        return self.stats.samples
+
+    def _run(self, serial) -> None:
         last_data = time.monotonic()
         while not self._stop:
             try:
                 port = serial.serial_for_url(self.cfg.port, baudrate=self.cfg.baud, timeout=0.02)
-            except (serial.SerialException, OSError, ValueError) as exc:
+            except (serial.SerialException, OSError, ValueError, OverflowError) as exc:
                 if not self.cfg.reconnect:
-                    raise EdgehemaError(f"{self.cfg.port}: cannot open the port: {exc}") from None
-                self.log(f"{self.cfg.port}: not available ({exc}); retrying")
+                    raise EdgehemaError(f"{self.cfg.port}: cannot open the port: {_port_problem(exc)}") from None
+                self.log(f"{self.cfg.port}: not available ({_port_problem(exc)}); retrying every "
+                         f"{self.cfg.reconnect_delay:g} s", kind="port_retry")
                 if self.cfg.idle_exit and time.monotonic() - last_data > self.cfg.idle_exit:
                     break
                 time.sleep(self.cfg.reconnect_delay)
+                self._retry_storage()
                 continue
-            session = WireSession()
-            try:  # opening the port flushed anything waiting: ask the instrument to introduce itself
-                port.write(codec.encode_frame(P.HELLO_REQUEST, 0, b""))
-            except Exception as exc:  # noqa: BLE001 - an instrument that cannot hear us still talks
-                self.log(f"could not send HELLO_REQUEST: {exc}")
+            session = WireSession(self.journal.last_hello())
+            self._port = port
+            self._request_hello(session)
             clf = self.classifier
             self.log(f"connected to {self.cfg.port}; model {clf.bundle.name} {clf.bundle.version} on {clf.backend_name}")
             self._session = session
+            last_request = time.monotonic()
             try:
                 while not self._stop:
                     data = port.read(self.cfg.read_size)
+                    now = time.monotonic()
                     if data:
-                        last_data = time.monotonic()
-                        self._handle_all(session.feed(data), port)
+                        last_data = now
+                        self._handle_all(session.feed(data))
                         self._flush_archives()
-                    elif self.cfg.idle_exit and time.monotonic() - last_data > self.cfg.idle_exit:
+                        if session.waiting_for_hello and now - last_request > 1.0:
+                            self._request_hello(session)  # the instrument may not have heard the first
+                            last_request = now
+                    elif self.cfg.idle_exit and now - last_data > self.cfg.idle_exit:
                         self._stop = True
+                    if (self._held or self._undelivered) and now - self._last_storage_try > 1.0:
+                        self._retry_storage()
                     if self.cfg.max_samples and self.stats.samples >= self.cfg.max_samples:
                         self._stop = True
             except (serial.SerialException, OSError) as exc:
                 self.log(f"{self.cfg.port}: link lost ({exc})")
             finally:
                 # The link is gone (or we stop): an open sample is incomplete.
-                self._handle_all(session.disconnect(), None)
+                self._handle_all(session.disconnect())
+                self._port = None
                 try:
                     port.close()
                 except Exception:  # noqa: BLE001 - closing a dead port may fail any way
@@ -266,74 +332,241 @@ class StreamRunner:
                 break
             if not self._stop:
                 time.sleep(self.cfg.reconnect_delay)
+
+    def _finish(self) -> None:
+        """Last try to store what is held; what still cannot be stored goes to the sinks flagged
+        ``not_stored`` (never dropped), and the run ends with an error."""
+        self._retry_storage(force=True)
+        self.log.flush()
+        held, self._held = self._held, []
+        for h in held:
+            h.result.setdefault("flags", []).append("not_stored")
+            h.result.setdefault("flag_details", {})["not_stored"] = (
+                f"storage full: this result could not be written to the journal ({self.storage_full})")
+            h.result["complete"] = False
+            self.emit(h.result)
         self.journal.close()
-        return self.stats.samples
+        if held:
+            raise StorageFullError(f"{self.cfg.journal}: storage full: {len(held)} result(s) could not be stored; "
+                                   f"they were written to the output flagged not_stored ({self.storage_full})")
+
+    def _request_hello(self, session: WireSession) -> None:
+        try:  # opening the port flushed anything waiting: ask the instrument to introduce itself
+            self._port.write(codec.encode_frame(P.HELLO_REQUEST, 0, b""))
+            session.request_hello()
+        except Exception as exc:  # noqa: BLE001 - an instrument that cannot hear us still talks
+            self.log(f"could not send HELLO_REQUEST: {exc}", kind="hello_request")
 
     # ------------------------------------------------------------- helpers
-    def _handle_all(self, items, port) -> None:
+    def _handle_all(self, items) -> None:
         for item in items:
             if isinstance(item, SampleOpened):
-                s = item.sample
-                path = self.cfg.archive_dir / f"{_safe(s.sample_id)}-{s.tag}-{int(time.time() * 1000)}.ehw"
-                fh = open(path, "ab")
-                row = self.journal.open_sample(s.tag, s.sample_id, s.instrument_id, str(path))
-                self._open[id(s)] = (SampleAssembler(s, self.classifier), row, path, fh, 0)
-                self.stats.current = s.sample_id
+                self._opened(item.sample)
             elif isinstance(item, EventBatch):
-                self._open[id(item.sample)][0].add(item.events)
+                self._open[id(item.sample)].assembler.add(item.events)
                 self.stats.events += len(item.events)
             elif isinstance(item, SampleClosed):
-                self._close(item, port)
+                self._close(item)
             elif isinstance(item, Notice):
-                self.log(item.text)
+                self.log(item.text, kind=item.kind if item.kind != "hello" else "")
+                if item.kind == "hello" and self._session.hello is not None:
+                    self._remember_hello(self._session)
 
-    def _close(self, item: SampleClosed, port) -> None:
+    def _remember_hello(self, session: WireSession) -> None:
+        try:
+            self.journal.remember_hello(session.hello.instrument_id, session.hello_frame)
+        except StorageFullError as exc:
+            self._storage_problem(str(exc))
+
+    def _opened(self, s: OpenSample) -> None:
+        path = self.cfg.archive_dir / f"{_safe(s.sample_id)}-{s.tag}-{int(time.time() * 1000)}.ehw"
+        fh = None
+        try:
+            fh = open(path, "ab")
+        except OSError as exc:
+            self._storage_problem(f"{path}: cannot create the archive: {exc.strerror}")
+            s.flag("archive_incomplete", f"the raw frames of this sample could not be archived ({exc.strerror})")
+        row = None
+        try:
+            row = self.journal.open_sample(s.tag, s.sample_id, s.instrument_id, str(path))
+        except StorageFullError as exc:
+            self._storage_problem(str(exc))
+        self._open[id(s)] = _OpenArchive(SampleAssembler(s, self.classifier), row, path, fh)
+        self.stats.current = s.sample_id
+
+    def _close(self, item: SampleClosed) -> None:
         # No garbage-collector pause inside the result's critical path (it creates no cycles).
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
             t0 = time.perf_counter()
             self._flush_archives()
-            assembler, row, path, fh, _ = self._open.pop(id(item.sample))
-            result = assembler.finish(item, t0)
+            entry = self._open.pop(id(item.sample))
+            result = entry.assembler.finish(item, t0)
             t1 = time.perf_counter()
-            self.stats.batch_latency_s += assembler.latencies
+            self.stats.batch_latency_s += entry.assembler.latencies
+            s = item.sample
+            held = _Held(entry.row, result, item.complete, s.tag, s.sample_id, s.instrument_id, str(entry.path),
+                         ack=item.complete)
             # The journal commit is the durable point (fsync); the result goes out only after it.
-            self.journal.commit_result(row, result, complete=item.complete)
+            stored = self._store(held)
             t2 = time.perf_counter()
-            self.emit(result)
-            self.stats.result_breakdown_ms.append((1000 * (t1 - t0), 1000 * (t2 - t1)))
-            self.stats.result_latency_ms.append(1000 * (time.perf_counter() - t0))
+            if stored:
+                self.stats.result_breakdown_ms.append((1000 * (t1 - t0), 1000 * (t2 - t1)))
+                self.stats.result_latency_ms.append(1000 * (time.perf_counter() - t0))
         finally:
             if gc_was_enabled:
                 gc.enable()
         self.stats.samples += 1
         # The archive is already in the OS (safe from a crash of this process); make it safe from
         # power loss too, off the result's critical path.
-        os.fsync(fh.fileno())
-        fh.close()
-        if port is not None and self.cfg.ack and item.complete:
-            ack = P.Ack(item.sample.tag, P.ACK_CLEAN if result["complete"] else P.ACK_FLAGGED)
+        if entry.fh is not None:
             try:
-                port.write(codec.encode_message(ack, self.stats.samples))
+                os.fsync(entry.fh.fileno())
+            except OSError as exc:
+                self._storage_problem(f"{entry.path}: {exc.strerror}")
+            finally:
+                try:
+                    entry.fh.close()
+                except OSError:
+                    pass
+
+    def _store(self, h: _Held) -> bool:
+        """Journal, then emit, then acknowledge. With the storage full, hold the result (in order)."""
+        if self._held and h is not self._held[0]:
+            self._retry_storage()
+            if self._held:  # still full: keep the order of results
+                return self._hold(h)
+        try:
+            h.row = self.journal.commit_result(h.row, h.result, h.complete, h.tag, h.sample_id, h.instrument_id,
+                                               h.archive)
+        except StorageFullError as exc:
+            self._storage_problem(str(exc))
+            return self._hold(h)
+        if self.storage_full:
+            self.log(f"storage available again: results are stored and acknowledged ({len(self._held)} still held)")
+            self.storage_full = None
+        self._deliver(h.row, h.result)
+        if h.ack and self.cfg.ack and self._port is not None:
+            ack = P.Ack(h.tag, P.ACK_CLEAN if h.result.get("complete") else P.ACK_FLAGGED)
+            try:
+                self._port.write(codec.encode_message(ack, self.stats.samples))
             except Exception as exc:  # noqa: BLE001 - the result is safe; the ACK is a courtesy
                 self.log(f"could not send ACK: {exc}")
+        return True
+
+    def _hold(self, h: _Held) -> bool:
+        if not any(x is h for x in self._held):
+            self._held.append(h)
+        self.log(f"storage full: {len(self._held)} result(s) held in memory and not acknowledged until stored "
+                 f"({self.storage_full})", kind="storage_full")
+        if len(self._held) > self.cfg.max_held:
+            self._stop = True  # cannot go on: _finish writes them out flagged and ends with an error
+        return False
+
+    def _retry_storage(self, force: bool = False) -> None:
+        self._last_storage_try = time.monotonic()
+        while self._held:
+            h = self._held[0]
+            try:
+                h.row = self.journal.commit_result(h.row, h.result, h.complete, h.tag, h.sample_id, h.instrument_id,
+                                                   h.archive)
+            except StorageFullError as exc:
+                self.storage_full = str(exc)
+                break
+            self._held.pop(0)
+            self._deliver(h.row, h.result)
+            if h.ack and self.cfg.ack and self._port is not None:
+                ack = P.Ack(h.tag, P.ACK_CLEAN if h.result.get("complete") else P.ACK_FLAGGED)
+                try:
+                    self._port.write(codec.encode_message(ack, self.stats.samples))
+                except Exception:  # noqa: BLE001 - a late ACK is a courtesy too
+                    pass
+        undelivered, self._undelivered = self._undelivered, []
+        for row, result in undelivered:
+            self._deliver(row, result)
+        for row in list(self._unmarked):
+            try:
+                self.journal.mark_emitted(row)
+                self._unmarked.remove(row)
+            except StorageFullError:
+                break
+        if not self._held and not self._undelivered and self.storage_full:
+            self.log("storage available again: every held result is stored")
+            self.storage_full = None
+
+    def _deliver(self, row: int, result: dict) -> None:
+        """Write a stored result to the sinks, then record that it went out (re-emitted after a restart
+        if that record cannot be written). A sink that cannot write (an output file on a full disk)
+        leaves the result stored and undelivered: it is retried, and emitted at the next start."""
+        try:
+            self.emit(result)
+        except OSError as exc:
+            self._storage_problem(f"cannot write the result to the output: {exc.strerror or exc}")
+            self._undelivered.append((row, result))
+            return
+        try:
+            self.journal.mark_emitted(row)
+        except StorageFullError as exc:
+            self._storage_problem(str(exc))
+            self._unmarked.append(row)
+
+    def _storage_problem(self, why: str) -> None:
+        if not self.storage_full:
+            self.log(f"storage full or failing: {why}; results are kept in memory and not acknowledged until stored")
+        self.storage_full = why
 
     def _flush_archives(self) -> None:
         now = time.monotonic()
         sync = now - self._last_sync > 1.0  # fsync about once a second, not on every read
         if sync:
             self._last_sync = now
-        for key, (assembler, row, path, fh, written) in list(self._open.items()):
-            frames = assembler.sample.frames
-            if len(frames) > written:
-                fh.write(b"".join(frames[written:]))
-                fh.flush()
+        for entry in self._open.values():
+            frames = entry.assembler.sample.frames
+            if not frames:
+                continue
+            # Frames already on disk (or that cannot be written) need not stay in memory.
+            entry.assembler.sample.frames = []
+            if entry.fh is None:
+                continue
+            try:
+                entry.fh.write(b"".join(frames))
+                entry.fh.flush()
                 if sync:
-                    os.fsync(fh.fileno())
-                # Frames already on disk need not stay in memory.
-                assembler.sample.frames = []
-                self._open[key] = (assembler, row, path, fh, 0)
+                    os.fsync(entry.fh.fileno())
+            except OSError as exc:
+                self._storage_problem(f"{entry.path}: {exc.strerror}")
+                entry.assembler.sample.flag("archive_incomplete",
+                                            f"the raw frames of this sample could not all be archived ({exc.strerror})")
+                try:
+                    entry.fh.close()
+                except OSError:
+                    pass
+                entry.fh = None
+
+
+def _port_problem(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, OverflowError) or "port must be 0-65535" in text:
+        return "the TCP port must be a number from 1 to 65535"
+    return text
+
+
+def check_port_url(url: str) -> None:
+    """Refuse a network port URL whose host or port cannot be right, before pyserial gives an
+    unrelated message for it (it reports a bad port number as a bad logging option)."""
+    from urllib.parse import urlsplit
+
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ("socket", "rfc2217"):
+        return
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or not 1 <= port <= 65535:
+        raise EdgehemaError(f"{url}: a {scheme}:// port needs HOST:PORT with PORT a number from 1 to 65535")
 
 
 def _safe(name: str) -> str:

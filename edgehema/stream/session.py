@@ -68,16 +68,35 @@ class SampleClosed:
 
 @dataclass
 class Notice:
-    """Something worth a log line that is not about a sample (STATUS, a new HELLO, protocol errors)."""
+    """Something worth a log line that is not about a sample (STATUS, a new HELLO, protocol errors).
+
+    ``kind`` groups notices that can repeat many times a second (corrupted frames under a garbage
+    flood, frames before HELLO), so that a log can count them instead of printing each."""
 
     text: str
+    kind: str = ""
+
+
+#: Frames held while waiting for HELLO, at most (a minute of a fast instrument); past that the
+#: held samples are reported undecoded so that memory stays bounded.
+MAX_WAITING_BYTES = 32 * 1024 * 1024
 
 
 class WireSession:
-    def __init__(self) -> None:
+    """``fallback_hello``: (HELLO frame, when received) of the instrument's last session, used to
+    decode frames that arrive before this session's HELLO (samples flagged ``hello_missing`` until a
+    HELLO that matches it arrives). Without it such frames wait for the HELLO; if none comes, their
+    samples are reported ``no_hello`` with their frames, so a sample is never dropped."""
+
+    def __init__(self, fallback_hello: tuple[bytes, str] | None = None) -> None:
         self.decoder = codec.FrameDecoder()
+        self.fallback_hello = fallback_hello
         self.hello: P.Hello | None = None
         self.hello_frame: bytes | None = None
+        self.hello_assumed = False  # decoding with fallback_hello, not yet confirmed
+        self.hello_requested = False  # the host asked: the next HELLO is a reply, not a restart
+        self._waiting: list[tuple[codec.Frame, bytes]] = []
+        self._waiting_bytes = 0
         self.scales: np.ndarray | None = None
         self.offsets: np.ndarray | None = None
         self.open: OpenSample | None = None
@@ -91,8 +110,18 @@ class WireSession:
             yield from self._frame(frame)
         yield from self._check_corruption()
 
+    def request_hello(self) -> None:
+        """The host sent HELLO_REQUEST: a HELLO that follows answers it (the instrument carries on)."""
+        self.hello_requested = True
+
+    @property
+    def waiting_for_hello(self) -> bool:
+        """Sample frames arrived that cannot be decoded (or only with an assumed HELLO)."""
+        return bool(self._waiting) or self.hello_assumed
+
     def disconnect(self) -> Iterator[object]:
         """The link went away: an open sample can no longer complete."""
+        yield from self._report_undecodable("the link was lost before the instrument sent HELLO")
         if self.open is not None:
             s, self.open = self.open, None
             s.flag("incomplete", "the link was lost before SAMPLE_END")
@@ -109,7 +138,7 @@ class WireSession:
             self._bad_seen = bad
             if self.open is not None:
                 self.open.flag("corrupted_frames", f"{n} or more frames dropped for CRC/COBS/length errors")
-            yield Notice(f"{n} corrupted frame(s) dropped")
+            yield Notice(f"{n} corrupted frame(s) dropped", kind="corrupted")
 
     def _frame(self, frame: codec.Frame) -> Iterator[object]:
         self.frames_seen += 1
@@ -117,6 +146,9 @@ class WireSession:
         wire = codec.encode_frame(frame.type, frame.seq, frame.payload, frame.version)
         if frame.type == P.HELLO:
             yield from self._hello(frame, wire)
+            return
+        if self.hello is None and not self._assume_hello():
+            yield from self._wait(frame, wire)
             return
         if self.expected_seq is not None and frame.seq != self.expected_seq:
             lost = (frame.seq - self.expected_seq) % 65536
@@ -146,20 +178,80 @@ class WireSession:
         except P.ProtocolError as exc:
             yield Notice(f"unreadable HELLO: {exc}")
             return
-        if self.open is not None:  # the instrument restarted mid-sample
+        reply, self.hello_requested = self.hello_requested, False
+        same = self.hello is not None and _same_scaling(self.hello, hello)
+        if self.open is not None and not (reply and same):  # the instrument restarted mid-sample
             s, self.open = self.open, None
             s.flag("incomplete", "the instrument restarted (HELLO) before SAMPLE_END")
             yield SampleClosed(s, complete=False)
-        self.hello, self.hello_frame = hello, wire
+        if self.open is not None and self.hello_assumed:
+            # The HELLO we asked for confirms the scaling the open sample was decoded with.
+            self.open.flags.pop("hello_missing", None)
+        self.hello, self.hello_frame, self.hello_assumed = hello, wire, False
         self.scales, self.offsets = hello.scales, hello.offsets
-        self.expected_seq = (frame.seq + 1) % 65536
         yield Notice(f"HELLO from {hello.instrument_id} firmware {hello.firmware}, profile {hello.profile}, "
-                     f"{len(hello.features)} features")
+                     f"{len(hello.features)} features", kind="hello")
+        # Frames that waited for this HELLO are decoded now, in their order, before what follows it.
+        waiting, self._waiting, self._waiting_bytes = self._waiting, [], 0
+        self.expected_seq = waiting[0][0].seq if waiting else None
+        for f, _w in waiting:
+            yield from self._frame(f)
+        self.expected_seq = (frame.seq + 1) % 65536
+
+    def _assume_hello(self) -> bool:
+        """Decode with the instrument's last known HELLO (from an earlier session), flagged."""
+        if self.fallback_hello is None:
+            return False
+        frames = list(codec.FrameDecoder().feed(b"\x00" + self.fallback_hello[0]))
+        try:
+            hello = P.Hello.unpack(frames[0].payload)
+        except (IndexError, P.ProtocolError):
+            self.fallback_hello = None
+            return False
+        self.hello, self.hello_frame, self.hello_assumed = hello, self.fallback_hello[0], True
+        self.scales, self.offsets = hello.scales, hello.offsets
+        return True
+
+    def _wait(self, frame: codec.Frame, wire: bytes) -> Iterator[object]:
+        self._waiting.append((frame, wire))
+        self._waiting_bytes += len(wire)
+        yield Notice(f"frame {frame.seq} ({P.NAMES.get(frame.type, hex(frame.type))}) before HELLO: held until the "
+                     f"instrument introduces itself", kind="before_hello")
+        if self._waiting_bytes > MAX_WAITING_BYTES:
+            yield from self._report_undecodable(f"more than {MAX_WAITING_BYTES >> 20} MB arrived without a HELLO")
+
+    def _report_undecodable(self, why: str) -> Iterator[object]:
+        """Samples whose frames never got a HELLO: reported with their frames (archived), no events decoded."""
+        waiting, self._waiting, self._waiting_bytes = self._waiting, [], 0
+        samples: dict[int, OpenSample] = {}
+        order: list[OpenSample] = []
+        for frame, wire in waiting:
+            tag, sample_id, species, dilution, started = None, None, "", 0.0, 0
+            try:
+                if frame.type == P.SAMPLE_BEGIN:
+                    b = P.SampleBegin.unpack(frame.payload)
+                    tag, sample_id, species, dilution, started = b.tag, b.sample_id, b.species, b.dilution, b.started_unix_us
+                elif frame.type in (P.EVENTS, P.SAMPLE_END) and len(frame.payload) >= 4:
+                    tag = int.from_bytes(frame.payload[:4], "little")
+            except P.ProtocolError:
+                tag = None
+            if tag is None:
+                continue
+            s = samples.get(tag)
+            if s is None:
+                s = OpenSample(tag, sample_id or f"tag-{tag}", species, dilution, started, (), "", "")
+                s.flag("no_hello", f"the instrument never introduced itself (no HELLO) during this sample: its frames "
+                                   f"are archived but its events could not be decoded ({why})")
+                samples[tag] = s
+                order.append(s)
+            if frame.type == P.EVENTS and len(frame.payload) >= 10:
+                s.received += int.from_bytes(frame.payload[8:10], "little")
+            s.frames.append(wire)
+        for s in order:
+            yield SampleOpened(s)
+            yield SampleClosed(s, complete=False)
 
     def _begin(self, msg: P.SampleBegin, wire: bytes) -> Iterator[object]:
-        if self.hello is None:
-            yield Notice(f"SAMPLE_BEGIN {msg.tag} before HELLO: ignored until the instrument introduces itself")
-            return
         if self.open is not None:
             s, self.open = self.open, None
             s.flag("incomplete", f"sample {msg.tag} began before SAMPLE_END of this one")
@@ -169,6 +261,7 @@ class WireSession:
             tuple(f.name for f in self.hello.features), self.hello.profile, self.hello.instrument_id,
         )
         self.open.frames += [self.hello_frame, wire]
+        self._flag_assumed(self.open)
         yield SampleOpened(self.open)
 
     def _events(self, msg: P.Events, wire: bytes) -> Iterator[object]:
@@ -179,6 +272,7 @@ class WireSession:
                                        self.hello.profile, self.hello.instrument_id)
             s.flag("missing_sample_begin", "SAMPLE_BEGIN was not received: sample id, species and dilution unknown")
             s.frames.append(self.hello_frame)
+            self._flag_assumed(s)
             yield SampleOpened(s)
         if s is None or msg.tag != s.tag:
             yield Notice(f"EVENTS for sample {msg.tag} while {'no sample' if s is None else f'sample {s.tag}'} is open: dropped")
@@ -206,3 +300,12 @@ class WireSession:
         self.open = None
         yield SampleClosed(s, complete=True, event_total=msg.event_total, elapsed_us=msg.elapsed_us,
                            volume_nl=msg.volume_nl)
+
+    def _flag_assumed(self, s: OpenSample) -> None:
+        if self.hello_assumed and self.fallback_hello is not None:
+            s.flag("hello_missing", f"no HELLO on this connection: events decoded with the scaling of the instrument's "
+                                    f"last HELLO (received {self.fallback_hello[1]}), unverified")
+
+
+def _same_scaling(a: P.Hello, b: P.Hello) -> bool:
+    return (a.instrument_id, a.profile, a.features) == (b.instrument_id, b.profile, b.features)
