@@ -149,14 +149,26 @@ def test_kill_9_recovery(tmp_path):
     # Restart: nothing to connect to any more; the interrupted sample is recovered from its archive.
     proc = subprocess.run(cmd[:-2] + ["--output", str(tmp_path / "out2.jsonl"), "--idle-exit", "1"],
                           capture_output=True, text=True, timeout=60)
-    recovered = [json.loads(line) for line in (tmp_path / "out2.jsonl").read_text().splitlines()]
-    assert len(recovered) == 1, proc.stderr
-    r = recovered[0]
+    after = [json.loads(line) for line in (tmp_path / "out2.jsonl").read_text().splitlines()]
+    # The instrument carried on while the host was down. On restart the host asks it to introduce
+    # itself (HELLO_REQUEST), it answers, and nothing it sends after that is dropped: the interrupted
+    # sample is recovered from its archive, the rest of that sample arrives flagged (its SAMPLE_BEGIN
+    # went to the dead host), and sample 3 is counted normally.
+    assert len(after) == 3, (proc.stderr, [r["sample_id"] for r in after])
+    r = after[0]
     assert r["sample_id"] == emu.truths[1]["sample_id"] and r["complete"] is False
     assert "incomplete" in r["flags"] and "interrupted" in r["flags"]
     assert 0 < r["events"]["total"] < 40_000
+    tail = after[1]
+    assert tail["tag"] == 2 and tail["complete"] is False and "missing_sample_begin" in tail["flags"]
+    assert r["events"]["total"] + tail["events"]["total"] <= 40_000
+    assert after[2]["sample_id"] == emu.truths[2]["sample_id"] and after[2]["events"]["total"] == 40_000
+    assert "before HELLO" not in proc.stderr
     with sqlite3.connect(journal) as db:
-        assert [row[0] for row in db.execute("SELECT status FROM samples ORDER BY id")] == ["complete", "incomplete"]
+        rows = [row[0] for row in db.execute("SELECT status FROM samples ORDER BY id")]
+        assert rows[:2] == ["complete", "incomplete"] and len(rows) == 4 and "open" not in rows
+        # Every stored result was delivered.
+        assert db.execute("SELECT count(*) FROM samples WHERE emitted_at IS NULL").fetchone()[0] == 0
 
 
 def test_config_file_and_bad_port(tmp_path):
