@@ -28,7 +28,10 @@ from edgehema.bundle import Bundle  # noqa: E402
 from edgehema.formats import read_sample, write_sample  # noqa: E402
 from edgehema.simulator import SPECIES, SampleSimulator  # noqa: E402
 
+from _util import Measured, machine  # noqa: E402
+
 PAPER_SECONDS = 60.6
+PAPER_FILES = 109
 
 
 def make_files(folder: Path, n: int, events: int) -> list[str]:
@@ -107,6 +110,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 2))
     ap.add_argument("--no-peer", action="store_true")
     args = ap.parse_args()
+    print(f"machine: {machine()} (figures hold only on an otherwise idle machine: compare the ratios)")
     t0 = time.perf_counter()
     paths = make_files(args.dir / f"{args.events}", args.files, args.events)
     print(f"{len(paths)} files x {args.events:,} events ready in {time.perf_counter() - t0:.1f} s ({args.dir})")
@@ -117,12 +121,12 @@ def main() -> None:
     for label, model, backend in (("default model (int8 TFLite, LiteRT)", None, "auto"),
                                   ("float reference (onnxruntime)", "reference", "onnx")):
         job = BatchJob(model, backend, True, None, None, None, None)
-        t0 = time.perf_counter()
-        runs[label] = [v for _, status, v in classify_files(paths, job, args.jobs) if status == "ok"]
-        timings[label] = time.perf_counter() - t0
+        with Measured() as m:
+            runs[label] = [v for _, status, v in classify_files(paths, job, args.jobs) if status == "ok"]
+        timings[label] = m.wall
         assert len(runs[label]) == len(paths)
-        print(f"edgehema, {label}, {args.jobs} processes: {timings[label]:.2f} s, "
-              f"{total / timings[label] / 1e6:.2f} M events/s, {PAPER_SECONDS / timings[label]:.1f}x the paper's 60.6 s")
+        print(f"edgehema, {label}, {args.jobs} processes: {m}; {total / timings[label] / 1e6:.2f} M events/s, "
+              f"{PAPER_SECONDS * len(paths) / PAPER_FILES / timings[label]:.1f}x the paper's rate (60.6 s for 109 files)")
     ours = timings["float reference (onnxruntime)"]
     results = runs["float reference (onnxruntime)"]
     d, f = runs["default model (int8 TFLite, LiteRT)"], results
@@ -136,11 +140,11 @@ def main() -> None:
     except ImportError:
         print("peer skipped: torch is not installed (pip install -e '.[export]')")
         return
-    t0 = time.perf_counter()
-    peer = run_peer(paths, args.jobs)
-    theirs = time.perf_counter() - t0
+    with Measured() as m:
+        peer = run_peer(paths, args.jobs)
+    theirs = m.wall
     same = sum(a["cells"] == b["cells"] for a, b in zip(results, peer))
-    print(f"same pipeline, PyTorch eager graph ({args.jobs} processes): {theirs:.2f} s, "
+    print(f"same pipeline, PyTorch eager graph ({args.jobs} processes): {m}; "
           f"{total / theirs / 1e6:.2f} M events/s")
     print(f"ratio PyTorch eager / edgehema float: {theirs / ours:.2f}x; identical cell counts in {same}/{len(paths)} samples")
 

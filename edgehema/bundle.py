@@ -155,10 +155,17 @@ class Bundle:
     def check_profile(self, profile: Profile, where: str = "input") -> None:
         """Refuse events whose features are not the ones the bundle was trained on, in order."""
         if tuple(n.lower() for n in profile.feature_names) != tuple(n.lower() for n in self.feature_names):
+            fitting = shipped_for(profile)
+            if fitting:
+                hint = f"use --model {' or --model '.join(fitting)}"
+            else:
+                hint = (f"no shipped model is trained for profile {profile.name} (they read "
+                        f"{', '.join(sorted(shipped_profiles()))}): these files can be read and inspected, but "
+                        f"classifying them needs a model trained on this instrument's data, given with --model BUNDLE")
             raise ProfileMismatchError(
                 f"{where}: model {self.name} expects profile {self.manifest['profile']} features "
                 f"({', '.join(self.feature_names[:4])}...), the data has profile {profile.name} "
-                f"({', '.join(profile.feature_names[:4])}...)"
+                f"({', '.join(profile.feature_names[:4])}...); {hint}"
             )
 
     def preprocess(self, events: np.ndarray) -> np.ndarray:
@@ -201,3 +208,25 @@ def resolve_bundle_path(path: str | os.PathLike | None) -> Path:
     if p.exists():
         raise BundleError(f"{p}: a model bundle is a directory holding {MANIFEST}")
     raise BundleError(f"{path}: no such model bundle (shipped: {', '.join(bundled_models()) or 'none'})")
+
+
+def _shipped_manifests() -> dict[str, dict]:
+    out = {}
+    for name in bundled_models():
+        try:
+            out[name] = json.loads((bundled_root() / name / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def shipped_profiles() -> set[str]:
+    """The instrument profiles the shipped models read."""
+    return {m.get("profile", "") for m in _shipped_manifests().values()}
+
+
+def shipped_for(profile: Profile) -> list[str]:
+    """Shipped bundles whose features are the profile's, in order."""
+    want = tuple(n.lower() for n in profile.feature_names)
+    return [name for name, m in _shipped_manifests().items()
+            if tuple(n.lower() for n in m.get("features", ())) == want]

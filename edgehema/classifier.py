@@ -67,6 +67,20 @@ class Classifier:
     def backend_name(self) -> str:
         return self.backend.name
 
+    @property
+    def ran(self) -> dict:
+        """What computed the latents: the bundle's file this backend runs, its sha256 and precision.
+        A TFLite bundle also carries its float ONNX graph, and ``--backend onnx`` runs that one."""
+        m = self.bundle.manifest
+        target = m.get("target", "onnx-fp32")
+        if self.backend.name == "tflite":
+            file = m["model"]["tflite"]["file"]
+            precision = "int8" if target.endswith("int8") else "float32"
+        else:
+            file = m["model"]["file"]
+            precision = "int8" if target == "onnx-int8" else "float32"
+        return {"file": file, "file_sha256": m.get("files", {}).get(file, ""), "precision": precision}
+
     def check(self, profile: Profile, where: str) -> None:
         self.bundle.check_profile(profile, where)
 

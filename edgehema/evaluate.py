@@ -16,13 +16,15 @@ import numpy as np
 from . import classes as C
 from .batch import single_threaded_workers
 from .baselines import FixedGateClassifier, GaussianMixtureClassifier
-from .bundle import REFERENCE_BUNDLE, Bundle
+from .bundle import DEFAULT_BUNDLE, REFERENCE_BUNDLE, Bundle
 from .classifier import Classifier
 from .counting import count_sample
 from .result import DEFAULT_AREA_FEATURES, elapsed_seconds
 from .simulator import InstrumentSettings, SampleSimulator
 
-METHODS = ("reference", "reference-no-adapt", "fixed-gate", "gmm-raw", "supervised-mlp")
+#: ``default`` is the model the device runs by default (int8, on its own engine); ``reference`` the
+#: float model it was exported from (or ``--model``).
+METHODS = ("default", "reference", "reference-no-adapt", "fixed-gate", "gmm-raw", "supervised-mlp")
 #: Seeds for evaluation samples start here: the training recipe uses seeds below 10^8.
 EVAL_SEED_BASE = 900_000_000
 
@@ -103,6 +105,8 @@ def _init(cfg: EvalConfig) -> None:
         bundle = Bundle.load(cfg.model or REFERENCE_BUNDLE)
         methods["reference"] = Classifier(bundle, adapt=True, threads=1)
         methods["reference-no-adapt"] = Classifier(bundle, adapt=False, threads=1)
+    if "default" in cfg.methods:
+        methods["default"] = Classifier(DEFAULT_BUNDLE, adapt=True, threads=1)
     if "fixed-gate" in cfg.methods:
         methods["fixed-gate"] = FixedGateClassifier()
     if "gmm-raw" in cfg.methods:

@@ -90,7 +90,7 @@ def result_from_inference(
         elapsed_s=elapsed_seconds(sample),
         complete=complete,
     )
-    for code, text in (extra_flags or {}).items():
+    for code, text in {**sample.flags, **(extra_flags or {})}.items():
         if code not in counts.flag_details:
             counts.flags.append(code)
             counts.flag_details[code] = text
@@ -99,6 +99,7 @@ def result_from_inference(
         "version": classifier.bundle.version,
         "sha256": classifier.bundle.sha256,
         "backend": classifier.backend_name,
+        **classifier.ran,
         "adaptation": inf.adaptation,
     }
     return SampleResult(

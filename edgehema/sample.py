@@ -72,6 +72,9 @@ class Sample:
     info: SampleInfo = field(default_factory=SampleInfo)
     #: Bookkeeping columns some exports carry (e.g. Sysmex ParticleID): kept for round trips.
     auxiliary: dict[str, np.ndarray] = field(default_factory=dict)
+    #: What the file itself says is wrong (code -> text), e.g. an FCS $TOT that disagrees with its
+    #: DATA: each becomes a flag of the sample's result, so it is never reported clean.
+    flags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ev = np.ascontiguousarray(self.events, dtype=np.float32)

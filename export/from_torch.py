@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgehema.bundle import MANIFEST, Bundle, seal
 
-from .quantize import ExportError
+from .common import ExportError
 
 
 def bundle_from_torch(model_path: Path, manifest_path: Path, out: Path) -> Bundle:

@@ -31,7 +31,8 @@ import numpy as np
 from edgehema._held_back import held_back
 from edgehema.bundle import Bundle
 
-from .quantize import CALIBRATION_BATCH, ExportError, head_outputs
+from .common import CALIBRATION_BATCH, ExportError
+from .graph import head_outputs
 
 TFLITE_BATCH = 4096
 #: Calibration batches for the int8 converter at most (one million events; more adds time, not accuracy).

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field

@@ -86,8 +86,12 @@ def test_release_gate_fails_with_one_line(tmp_path, calib):
     assert proc.returncode == 0, proc.stderr
     gates = Bundle.load(tmp_path / "fp32b")
     assert json.loads((gates.path / "parity.json").read_text())["gates"]["thresholds"] == {"agreement": 0.995, "count_delta_pct": 0.2}
-    # ... and the int8 ONNX target is held to the size target, which this model misses (39 %).
+    # ... and the int8 ONNX target is held to a size gate: the default (40 %) passes what the shipped
+    # model meets (39 %, the README's example), the 35 % target fails it with one line.
     proc = run("export", "--target", "onnx-int8", "--calibration", str(calib[0]), "--out", str(tmp_path / "int8"))
+    assert proc.returncode == 0, proc.stderr
+    proc = run("export", "--target", "onnx-int8", "--calibration", str(calib[0]), "--out", str(tmp_path / "int8b"),
+               "--fail-under", "agreement=0.995,count_delta_pct=0.2,size_ratio=0.35")
     assert proc.returncode == 1 and "release gate failed: size 39% of float > 35%" in proc.stderr
 
 

@@ -149,10 +149,13 @@ def test_simulate_to_a_folder_is_read_back(tmp_path):
 
 # 5 ---------------------------------------------------------------------------------------------
 def _peak_rss_of(args, cwd):
-    code = ("import resource, sys, runpy; sys.argv = ['edgehema'] + sys.argv[1:]\n"
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of a big pytest process
+    # would report the parent's peak.
+    code = ("import sys, runpy; sys.argv = ['edgehema'] + sys.argv[1:]\n"
             "try:\n    runpy.run_module('edgehema', run_name='__main__')\n"
             "except SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+            "print(hwm, file=sys.stderr); sys.exit(code)")
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
     lines = proc.stderr.strip().splitlines()
     return proc.returncode, lines[:-1], int(lines[-1]) // 1024
@@ -196,17 +199,120 @@ def test_inspect_refuses_what_classify_refuses(tmp_path, cat_files):
             assert proc.returncode == 1 and "line 4" in proc.stderr and needle in proc.stderr, proc.stderr
 
 
-def test_block_reading_matches_whole_file_reading(tmp_path, cat_files, monkeypatch):
+def test_long_line_deep_in_a_file_is_found_with_its_line_number(tmp_path, cat_files, monkeypatch):
     from edgehema.formats import _table
 
-    whole = read_sample(cat_files / "s.csv")
-    monkeypatch.setattr(_table, "BLOCK_BYTES", 997)  # blocks end mid-line, many of them
-    again = read_sample(cat_files / "s.csv")
-    np.testing.assert_array_equal(whole.events, again.events)
-    # Line numbers in errors count across blocks.
+    monkeypatch.setattr(_table, "BLOCK_BYTES", 997)  # line counting crosses many blocks
+    lines = (cat_files / "s.csv").read_text().splitlines()
+    lines[15_000] = "1" * 1_100_000  # over MAX_LINE: always caught (a shorter one is just parsed)
+    path = tmp_path / "long.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(Exception, match="line 15001: a line of more than 524,288 characters"):
+        read_sample(path)
+    # Line numbers of parse errors are right deep in a file too.
     lines = (cat_files / "s.csv").read_text().splitlines()
     lines[12_345] = lines[12_345].replace(",", ",oops", 1)
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(Exception, match="line 12346: non-numeric value 'oops"):
         read_sample(bad)
+    nul = tmp_path / "nul.csv"
+    nul.write_bytes(("\n".join(lines[:100]) + "\n").encode() + b"1,2\x00,3\n")
+    with pytest.raises(Exception, match="line 101: NUL byte"):
+        read_sample(nul)
+
+
+# 6 ---------------------------------------------------------------------------------------------
+def test_fcs_whose_tot_disagrees_with_data_is_flagged(tmp_path, cat_files):
+    data = (cat_files / "s.fcs").read_bytes()
+    i = data.find(b"$TOT")
+    sep = data[i + 4:i + 5]
+    bad = tmp_path / "tot.fcs"
+    bad.write_bytes(data.replace(b"$TOT" + sep + b"20000", b"$TOT" + sep + b"19990"))
+    proc = run("classify", str(bad), "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["events"]["total"] == 20000 and "file_event_total_mismatch" in r["flags"]
+    assert "19,990" in r["flag_details"]["file_event_total_mismatch"]
+    clean = json.loads(run("classify", str(cat_files / "s.fcs"), "--json").stdout)
+    assert "file_event_total_mismatch" not in clean["flags"]
+
+
+# 7 ---------------------------------------------------------------------------------------------
+def test_sysmex_files_say_plainly_that_no_shipped_model_reads_them(tmp_path):
+    run("simulate", "--events", "3000", "--out", str(tmp_path / "x.116.csv"), "-q")
+    assert run("inspect", str(tmp_path / "x.116.csv")).returncode == 0
+    proc = run("classify", str(tmp_path / "x.116.csv"))
+    assert proc.returncode == 1 and "no shipped model is trained for profile sysmex-xn-ret" in proc.stderr
+    assert "--model BUNDLE" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# 8 ---------------------------------------------------------------------------------------------
+def test_shipped_int8_model_passes_the_default_export_gates():
+    pytest.importorskip("onnx", reason="the export extra is not installed")
+    from export.quantize import default_gates
+
+    parity = json.loads((ROOT / "edgehema" / "models" / "reference-int8" / "parity.json").read_text())
+    gates = default_gates("onnx-int8")
+    assert parity["size_ratio"] <= gates["size_ratio"], (parity["size_ratio"], gates)
+
+
+def test_export_without_the_extra_names_the_extra(tmp_path, cat_files):
+    code = ("import sys\nfor m in ('onnx', 'onnx2tf', 'tensorflow', 'torch'): sys.modules[m] = None\n"
+            "sys.argv = ['edgehema', 'export', '--target', 'onnx-int8', '--calibration', sys.argv[1], '--out', sys.argv[2]]\n"
+            "from edgehema.cli import main\nmain()")
+    proc = subprocess.run([sys.executable, "-c", code, str(cat_files / "s.csv"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert "pip install 'edgehema[export]'" in lines[0] and "missing here: onnx" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_result_names_the_graph_that_ran(cat_files):
+    tfl = json.loads(run("classify", str(cat_files / "s.csv"), "--json").stdout)["model"]
+    onx = json.loads(run("classify", str(cat_files / "s.csv"), "--json", "--backend", "onnx").stdout)["model"]
+    assert (tfl["backend"], tfl["file"], tfl["precision"]) == ("tflite", "model.tflite", "int8")
+    assert (onx["backend"], onx["file"], onx["precision"]) == ("onnx", "model.onnx", "float32")
+    assert tfl["file_sha256"] != onx["file_sha256"] and len(onx["file_sha256"]) == 64
+
+
+def test_info_and_models_show_the_default_model():
+    from edgehema.bundle import DEFAULT_BUNDLE
+
+    proc = run("info")
+    assert proc.returncode == 0 and "(the default model)" in proc.stdout.splitlines()[0]
+    assert "tflite-int8" in proc.stdout.splitlines()[0]
+    proc = run("models")
+    marked = [line for line in proc.stdout.splitlines() if "(default)" in line]
+    assert len(marked) == 1 and marked[0].startswith(DEFAULT_BUNDLE)
+
+
+def test_evaluate_measures_the_default_model_next_to_the_float_one():
+    proc = run("evaluate", "--species", "dog", "--samples", "1", "--events", "20000", "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    methods = [s["method"] for s in json.loads(proc.stdout)["summary"]]
+    assert methods[:2] == ["default", "reference"]
+
+
+# 10 --------------------------------------------------------------------------------------------
+def test_readme_python_example_runs_after_the_readme_commands(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    commands = readme.split("```text", 1)[1].split("```", 1)[0]
+    first = commands.strip().splitlines()[0].split("#")[0].split()
+    assert first[:2] == ["edgehema", "simulate"]
+    assert run(*first[1:], cwd=tmp_path).returncode == 0
+    example = readme.split("```python", 1)[1].split("```", 1)[0]
+    proc = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_demo_leaves_nothing_behind_and_shows_concentrations(tmp_path):
+    proc = run("demo", "--samples", "1", "--events", "5000", "--rate", "50000", cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert "x10^6/uL" in proc.stdout and "…" not in proc.stdout
+    kept = tmp_path / "kept"
+    proc = run("demo", "--samples", "1", "--events", "5000", "--rate", "50000", "--workdir", str(kept), cwd=tmp_path,
+               timeout=180)
+    assert proc.returncode == 0 and (kept / "journal.sqlite").exists() and list((kept / "archive").glob("*.ehw"))

@@ -19,11 +19,11 @@ def evaluate(
     samples: int = typer.Option(20, "--samples", min=1, help="Fresh simulated samples per species."),
     events: int = typer.Option(150_000, "--events", min=1000, help="Events per sample."),
     seed: int = typer.Option(0, "--seed", help="Evaluation seed (sample seeds never overlap the training recipe's)."),
-    methods: str = typer.Option(",".join(("reference", "reference-no-adapt", "fixed-gate", "gmm-raw", "supervised-mlp")), "--methods", help="Comma-separated methods."),
+    methods: str = typer.Option(",".join(("default", "reference", "reference-no-adapt", "fixed-gate", "gmm-raw", "supervised-mlp")), "--methods", help="Comma-separated methods: default (the int8 model the device runs), reference (its float source, or --model), reference-no-adapt, fixed-gate, gmm-raw, supervised-mlp."),
     pathology: Optional[str] = typer.Option(None, "--pathology", help="Evaluate on one pathology preset."),
     gain: float = typer.Option(1.0, "--gain", min=0.1, help="Static detector gain of the evaluation instrument."),
     gain_drift: float = typer.Option(0.0, "--gain-drift", min=-0.9, help="Gain drift over each evaluation sample (e.g. 0.1 or -0.1)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundle to evaluate as 'reference' (default: the shipped float reference)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundle to evaluate as 'reference' (default: the shipped float reference; 'default' is always the device's default model)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes (0: one per core, at most 2 here)."),
 ) -> None:

@@ -23,7 +23,7 @@ def export(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the new bundle (must not exist or be empty)."),
     method: str = typer.Option("minmax", "--method", help="Calibration: minmax, entropy or percentile."),
     heldout: List[Path] = typer.Option([], "--heldout", help="Event files for the held-out part of the parity report. Repeatable."),
-    fail_under: Optional[str] = typer.Option(None, "--fail-under", help="Release gates, e.g. agreement=0.995,count_delta_pct=0.2,size_ratio=0.35 (default those; size_ratio for onnx-int8 only; 'none' for no gate)."),
+    fail_under: Optional[str] = typer.Option(None, "--fail-under", help="Release gates, e.g. agreement=0.995,count_delta_pct=0.2,size_ratio=0.40 (default those; size_ratio for onnx-int8 only; 'none' for no gate)."),
 ) -> None:
     """Workstation: turn a float bundle into a device bundle (quantized), with a parity report.
 

@@ -173,22 +173,37 @@ def demo(
     rate: float = typer.Option(40_000.0, "--rate", min=0.0, help="Events per second on the link."),
     species: str = typer.Option("cat", "--species", "-s", help="Species preset."),
     seed: int = typer.Option(1, "--seed", help="Random seed."),
-    workdir: Path = typer.Option(Path("edgehema-demo"), "--workdir", help="Where the demo's journal and archive go."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Keep the demo's journal and archives in this folder (default: a temporary folder, removed at the end)."),
 ) -> None:
     """The whole chain on this machine: a simulated instrument on a pseudo-terminal, edgehema streaming
     from it, live progress, and each sample's counts next to the simulator's truth."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgehema-demo-") as tmp:
+        _demo(samples, events, rate, species, seed, workdir, Path(tmp))
+
+
+def _demo(samples: int, events: int, rate: float, species: str, seed: int, workdir: Optional[Path], tmp: Path) -> None:
     import threading
 
     from ..emulator import InstrumentEmulator, start_pty_instrument
     from ..stream.runner import StreamConfig, StreamRunner
 
+    keep = workdir is not None
+    if keep:
+        if workdir.exists() and not workdir.is_dir():
+            raise EdgehemaError(f"{workdir}: is a file; --workdir names a folder")
+        if not workdir.parent.is_dir():
+            raise EdgehemaError(f"{workdir}: the folder {workdir.parent} does not exist")
+        workdir.mkdir(exist_ok=True)
+    else:
+        workdir = tmp
     emu = InstrumentEmulator(species, samples, events, seed)
     # The instrument runs in a process of its own, as a real one would. (Pinning the two to separate
     # cores, as the TCP benchmark does, made pty latencies worse here: the kernel's tty work then
     # shares the stream's core.)
     instrument, port_name, truths, go = start_pty_instrument(emu, rate)
     box = {"port": port_name}
-    workdir.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     cfg = StreamConfig(port=box["port"], journal=workdir / "journal.sqlite", archive_dir=workdir / "archive",
                        reconnect=False, max_samples=samples, idle_exit=10.0)
@@ -231,6 +246,9 @@ def demo(
                      ", ".join(r["flags"]) or "ok", f"{lat:.0f}"])
     render("edgehema stream vs simulator truth (cells counted per sample; concentrations in blood)", columns, rows,
            sys.stdout)
-    out.print(f"journal {cfg.journal}, archives in {cfg.archive_dir}; replay one with: edgehema replay {cfg.archive_dir}/<file>.ehw")
+    if keep:
+        out.print(f"journal {cfg.journal}, archives in {cfg.archive_dir}; replay one with: edgehema replay {cfg.archive_dir}/<file>.ehw")
+    else:
+        out.print("(the journal and archives were in a temporary folder, now removed: --workdir DIR keeps them)")
     if len(results) < samples:
         raise EdgehemaError(f"only {len(results)} of {samples} samples came through: {'; '.join(logs[-3:])}")

@@ -18,11 +18,12 @@ from ..exceptions import InputFileError
 from ..profiles import Profile
 
 
-#: Longest line accepted, in characters. An event row is a few hundred characters (thousands of
-#: columns fit); a longer line means the file is not an event table (binary data, a runaway cell),
-#: and reading it whole would take memory the device does not have.
+#: Longest line accepted, in characters (lines of more than half of it are refused, see
+#: check_lines). An event row is a few hundred characters (thousands of columns fit); a longer line
+#: means the file is not an event table (binary data, a runaway cell), and reading it whole would
+#: take memory the device does not have.
 MAX_LINE = 1 << 20
-#: Bytes read and parsed at a time: memory stays bounded whatever the file's size.
+#: Bytes counted at a time when an error needs a line number.
 BLOCK_BYTES = 8 << 20
 #: Longest piece of a file's content quoted in an error line.
 QUOTE = 40
@@ -69,95 +70,92 @@ def _quote(text: str) -> str:
     return repr(text if len(text) <= QUOTE else text[:QUOTE] + "...")
 
 
-def _locate_bad_cell(path: Path, lines: Sequence[str], first_line: int, delimiter: str,
-                     names: Sequence[str]) -> InputFileError:
-    """Find the first cell numpy could not parse in a block of lines (slow path, errors only)."""
-    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE))
-    for lineno, row in enumerate(csv.reader(lines, delimiter=delimiter), start=first_line):
-        if not row or all(not c.strip() for c in row):
-            return InputFileError(path, "blank line inside the event table", f"line {lineno}")
-        if len(row) != len(names):
-            return InputFileError(path, f"{len(row)} cells where the header has {len(names)} columns", f"line {lineno}")
-        for name, cell in zip(names, row):
-            try:
-                float(cell)
-            except ValueError:
-                return InputFileError(path, f"non-numeric value {_quote(cell.strip())} in column {name}", f"line {lineno}")
-    return InputFileError(path, "the event table could not be parsed", f"lines {first_line}-{first_line + len(lines) - 1}")
-
-
-def _line_blocks(path: Path):
-    """(first line number, lines) blocks of the data rows below the header, about BLOCK_BYTES each.
-
-    Reads bytes, so a file without line breaks is refused after MAX_LINE bytes, not after it has
-    filled the memory."""
+def _locate_bad_cell(path: Path, delimiter: str, names: Sequence[str]) -> InputFileError:
+    """Walk the file to find the first cell numpy could not parse (slow path, errors only)."""
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE))  # lines are at most MAX_LINE long
     with open(path, "rb") as fh:
-        header = fh.readline(MAX_LINE + 1)
-        if len(header) > MAX_LINE:
-            raise InputFileError(path, f"the header line is longer than {MAX_LINE:,} characters", "line 1")
-        lineno, carry = 2, b""
-        while True:
-            chunk = fh.read(BLOCK_BYTES)
-            data = carry + chunk
-            if not chunk:
-                if data.strip():
-                    yield lineno, _decode(path, data, lineno).splitlines()
-                return
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                if len(data) > MAX_LINE:
-                    raise InputFileError(path, f"line longer than {MAX_LINE:,} characters: not an event table",
-                                         f"line {lineno}")
-                carry = data
-                continue
-            body, carry = data[:cut], data[cut:]
-            lines = _decode(path, body, lineno).splitlines()
-            if len(carry) > MAX_LINE:
-                raise InputFileError(path, f"line longer than {MAX_LINE:,} characters: not an event table",
-                                     f"line {lineno + len(lines)}")
-            yield lineno, lines
-            lineno += len(lines)
+        fh.readline()
+        for lineno, raw in enumerate(fh, start=2):
+            if b"\x00" in raw:
+                return InputFileError(path, "NUL byte: a binary file, not an event table", f"line {lineno}")
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return InputFileError(path, f"not a text file (byte {exc.start} of the line is not UTF-8)",
+                                      f"line {lineno}")
+    with open(path, "r", encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        next(reader, None)
+        rows = 0
+        for lineno, row in enumerate(reader, start=2):
+            rows += 1
+            if not row or all(not c.strip() for c in row):
+                return InputFileError(path, "blank line inside the event table", f"line {lineno}")
+            if len(row) != len(names):
+                return InputFileError(path, f"{len(row)} cells where the header has {len(names)} columns",
+                                      f"line {lineno}")
+            for name, cell in zip(names, row):
+                try:
+                    float(cell)
+                except ValueError:
+                    return InputFileError(path, f"non-numeric value {_quote(cell.strip())} in column {name}",
+                                          f"line {lineno}")
+    if rows == 0:
+        return InputFileError(path, "no events: the file has a header but no data rows")
+    return InputFileError(path, "the event table could not be parsed")
 
 
-def _decode(path: Path, data: bytes, lineno: int) -> str:
+def check_lines(path: Path) -> None:
+    """Refuse, before parsing, a file whose lines are too long to be an event table (binary data, a
+    2 GB file without a line break): every window of MAX_LINE / 2 bytes must hold a line break.
+    ``mmap.find`` stops at the first break of each window, so a normal file costs a few pages; the
+    parser then never holds a giant line in memory."""
+    import mmap
+
+    half = MAX_LINE // 2
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = lineno + data.count(b"\n", 0, exc.start)
-        raise InputFileError(path, f"not a text file (byte {exc.start} of this block is not UTF-8)", f"line {line}") from None
-    if "\x00" in text:
-        line = lineno + text.count("\n", 0, text.index("\x00"))
-        raise InputFileError(path, "NUL byte in the event table: a binary file, not an event table", f"line {line}")
-    return text
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            size = len(mm)
+            for start in range(0, size, half):
+                end = min(start + half, size)
+                if end - start == half and mm.find(b"\n", start, end) < 0:
+                    line_start = mm.rfind(b"\n", 0, start) + 1
+                    line = 1 + _count_newlines(mm, line_start)
+                    raise InputFileError(path, f"a line of more than {half:,} characters: not an event table",
+                                         f"line {line}")
+    except ValueError:  # an empty file cannot be mapped; read_header has said so already
+        return
+
+
+def _count_newlines(mm, end: int) -> int:
+    n = 0
+    for start in range(0, end, BLOCK_BYTES):
+        n += mm[start:min(start + BLOCK_BYTES, end)].count(b"\n")
+    return n
 
 
 def load_numeric_table(path: Path, names: Sequence[str], delimiter: str, dtype=np.float32) -> np.ndarray:
-    """Load every data row below the header, shape (rows, len(names)), block by block.
+    """Load every data row below the header, shape (rows, len(names)).
 
     float32 by default: events are float32 anyway and parsing straight into it is faster; a number
-    beyond float32's range becomes inf and is then reported as not finite. Memory: the result plus
-    one block of text, whatever the file's size.
+    beyond float32's range becomes inf and is then reported as not finite. The file is checked
+    first (:func:`check_lines`); numpy's parser then reads it in chunks, so memory stays about the
+    size of the result whatever the file holds.
     """
-    parts = []
+    check_lines(path)
     try:
-        for first, lines in _line_blocks(path):
-            if not any(x.strip() for x in lines):
-                continue
-            try:
-                with warnings_as_errors():
-                    block = np.loadtxt(lines, delimiter=delimiter, dtype=dtype, ndmin=2, comments=None)
-            except (ValueError, UserWarning):
-                raise _locate_bad_cell(path, lines, first, delimiter, names) from None
-            # numpy skips blank lines (as the reader always has); any other shortfall is an error.
-            if block.shape[1] != len(names) or (block.shape[0] != len(lines)
-                                                and block.shape[0] != sum(1 for x in lines if x.strip())):
-                raise _locate_bad_cell(path, lines, first, delimiter, names)
-            parts.append(block)
+        with warnings_as_errors():
+            data = np.loadtxt(path, delimiter=delimiter, skiprows=1, dtype=dtype, ndmin=2, encoding="utf-8-sig",
+                              comments=None)
+    except (ValueError, UserWarning):  # (UnicodeDecodeError is a ValueError)
+        raise _locate_bad_cell(path, delimiter, names) from None
     except OSError as exc:
         raise InputFileError(path, f"cannot read: {exc.strerror}") from None
-    if not parts:
+    if data.shape[0] == 0:
         raise InputFileError(path, "no events: the file has a header but no data rows")
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if data.shape[1] != len(names):
+        raise _locate_bad_cell(path, delimiter, names)
+    return data
 
 
 class warnings_as_errors:

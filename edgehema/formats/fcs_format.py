@@ -220,7 +220,12 @@ def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | No
     meta = _info_from_text(parsed.flow.text, path)
     if info is not None:
         meta = meta.overlay(info)
-    return Sample(events=events.astype(np.float32), profile=prof, info=meta)
+    flags = {}
+    declared = int(parsed.flow.event_count)
+    if declared != data.shape[0]:
+        flags["file_event_total_mismatch"] = (f"the file's $TOT says {declared:,} events but its DATA segment holds "
+                                              f"{data.shape[0]:,}: the {data.shape[0]:,} events in DATA were counted")
+    return Sample(events=events.astype(np.float32), profile=prof, info=meta, flags=flags)
 
 
 def write(sample: Sample, path: Path) -> list[Path]:

@@ -8,7 +8,7 @@ from typing import IO
 COLUMNS = [
     "sample_id", "species", "events_total", "events_rbc", "events_retic", "events_coincidence", "events_plt",
     "events_noise", "cells_rbc", "cells_retic", "cells_plt", "retic_percent", "rbc_per_uL", "plt_per_uL",
-    "retic_per_uL", "flags", "model", "model_sha256", "backend", "source",
+    "retic_per_uL", "flags", "model", "model_sha256", "backend", "source", "model_file", "model_precision",
 ]
 
 
@@ -25,6 +25,7 @@ class CsvSink:
             e["noise"], c["rbc"], c["retic"], c["plt"], "" if r["retic_percent"] is None else r["retic_percent"],
             *("" if k[key] is None else k[key] for key in ("rbc_per_uL", "plt_per_uL", "retic_per_uL")),
             ";".join(r["flags"]), r["model"]["name"], r["model"]["sha256"], r["model"]["backend"], r.get("source") or "",
+            r["model"].get("file", ""), r["model"].get("precision", ""),
         ])
         self.stream.flush()
 

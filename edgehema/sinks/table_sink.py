@@ -48,5 +48,6 @@ class TableSink:
             return
         model = self.rows[0]["model"]
         title = (f"{len(self.rows)} sample(s): model {model['name']} {model['version']} "
-                 f"({model['sha256'][:12]}), backend {model['backend']}")
+                 f"({model['sha256'][:12]}), backend {model['backend']} running {model.get('file', '?')} "
+                 f"({model.get('precision', '?')})")
         render(title, COLUMNS, [result_row(r) for r in self.rows], self.stream)
