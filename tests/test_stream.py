@@ -1,7 +1,6 @@
 """Streaming end to end: TCP and pty, the fault matrix, exact replay, kill -9 recovery."""
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -182,7 +181,9 @@ def test_config_file_and_bad_port(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_ctrl_c_exits_cleanly_and_reports_the_open_sample(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_exits_cleanly_and_reports_the_open_sample(tmp_path, sig):
+    """Ctrl-C, and SIGTERM (systemd's stop), close the open sample cleanly."""
     emu = InstrumentEmulator("human", samples=2, events=60_000, seed=9)
     t, port = start_tcp_instrument(emu, rate=30_000.0)
     journal = tmp_path / "j.sqlite"
@@ -201,7 +202,7 @@ def test_ctrl_c_exits_cleanly_and_reports_the_open_sample(tmp_path):
             except sqlite3.Error:
                 pass
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     t.join(10)
     assert proc.returncode == 0, err

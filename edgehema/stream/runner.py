@@ -447,13 +447,17 @@ class StreamRunner:
             self.log(f"storage available again: results are stored and acknowledged ({len(self._held)} still held)")
             self.storage_full = None
         self._deliver(h.row, h.result)
+        self._acknowledge(h)
+        return True
+
+    def _acknowledge(self, h: _Held) -> None:
+        """ACK a stored result to the instrument (late, for one that was held)."""
         if h.ack and self.cfg.ack and self._port is not None:
             ack = P.Ack(h.tag, P.ACK_CLEAN if h.result.get("complete") else P.ACK_FLAGGED)
             try:
                 self._port.write(codec.encode_message(ack, self.stats.samples))
             except Exception as exc:  # noqa: BLE001 - the result is safe; the ACK is a courtesy
-                self.log(f"could not send ACK: {exc}")
-        return True
+                self.log(f"could not send ACK: {exc}", kind="ack")
 
     def _hold(self, h: _Held) -> bool:
         if not any(x is h for x in self._held):
@@ -476,12 +480,7 @@ class StreamRunner:
                 break
             self._held.pop(0)
             self._deliver(h.row, h.result)
-            if h.ack and self.cfg.ack and self._port is not None:
-                ack = P.Ack(h.tag, P.ACK_CLEAN if h.result.get("complete") else P.ACK_FLAGGED)
-                try:
-                    self._port.write(codec.encode_message(ack, self.stats.samples))
-                except Exception:  # noqa: BLE001 - a late ACK is a courtesy too
-                    pass
+            self._acknowledge(h)
         undelivered, self._undelivered = self._undelivered, []
         for row, result in undelivered:
             self._deliver(row, result)
