@@ -189,8 +189,9 @@ class WireSession:
             self.open.flags.pop("hello_missing", None)
         self.hello, self.hello_frame, self.hello_assumed = hello, wire, False
         self.scales, self.offsets = hello.scales, hello.offsets
-        yield Notice(f"HELLO from {hello.instrument_id} firmware {hello.firmware}, profile {hello.profile}, "
-                     f"{len(hello.features)} features", kind="hello")
+        if not same:  # a HELLO that repeats the current one (a reply to our request) changes nothing
+            yield Notice(f"HELLO from {hello.instrument_id} firmware {hello.firmware}, profile {hello.profile}, "
+                         f"{len(hello.features)} features", kind="hello")
         # Frames that waited for this HELLO are decoded now, in their order, before what follows it.
         waiting, self._waiting, self._waiting_bytes = self._waiting, [], 0
         self.expected_seq = waiting[0][0].seq if waiting else None
