@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -134,15 +136,86 @@ def _count_newlines(mm, end: int) -> int:
     return n
 
 
+#: Which parser reads event tables: ``auto`` (pandas' C engine where it is installed and loaded,
+#: else numpy), ``pandas`` or ``numpy``. Environment: EDGEHEMA_CSV_ENGINE.
+CSV_ENGINE = os.environ.get("EDGEHEMA_CSV_ENGINE", "auto").strip().lower()
+#: Smaller files go to numpy: pandas' gain there is a few ms (benchmarks/bench_csv.py).
+FAST_PARSER_MIN_BYTES = 1 << 20
+
+
+def load_fast_parser(threads: int | None = None) -> str:
+    """Load pandas, where installed and allowed, so that the next tables are parsed by its C engine.
+
+    Importing pandas takes about 0.3 s, which a single small file does not win back: batch workers
+    call this once for many files; one file on the command line is parsed by numpy. Returns the
+    engine that will parse large tables."""
+    if CSV_ENGINE == "numpy":
+        return "numpy"
+    try:
+        import pandas
+    except ImportError:
+        return "numpy"
+    if threads is not None:  # worker processes use one core each: no parse threads of pandas' own
+        try:
+            pandas.set_option("mode.max_threads", threads)
+        except (KeyError, ValueError, pandas.errors.OptionError):
+            pass  # older pandas parse on one thread anyway
+    return "pandas"
+
+
+def csv_engine(size: int = FAST_PARSER_MIN_BYTES) -> str:
+    """The parser a table of ``size`` bytes gets now."""
+    if CSV_ENGINE == "numpy":
+        return "numpy"
+    if CSV_ENGINE == "pandas":  # asked for: whatever the size (tests run every file through it)
+        return load_fast_parser()
+    if size < FAST_PARSER_MIN_BYTES:
+        return "numpy"
+    return "pandas" if "pandas" in sys.modules else "numpy"
+
+
+def _parse_with_pandas(path: Path, delimiter: str, n_columns: int, dtype) -> np.ndarray | None:
+    """pandas' C engine on the happy path; None sends the file to the numpy path, whose results
+    and error lines are the reference (so both engines accept and refuse exactly the same files)."""
+    import warnings
+
+    import pandas as pd
+
+    try:
+        with warnings.catch_warnings():
+            # A warning is pandas bending the table (a row longer than the header loses a field with
+            # only a ParserWarning): make it an error, so that numpy decides about that file.
+            warnings.simplefilter("error")
+            # header=0 with names, not skiprows=1: skiprows takes pandas off its fast path (17 ms here).
+            frame = pd.read_csv(path, sep=delimiter, header=0, names=list(range(n_columns)), index_col=False, dtype=dtype, engine="c",
+                                na_filter=False, quoting=csv.QUOTE_NONE, skip_blank_lines=False, encoding="utf-8")
+    except Exception:  # noqa: BLE001 - any refusal: the numpy path names the problem
+        return None
+    data = frame.to_numpy()
+    # A short row, a blank line or a line of spaces becomes NaN in pandas (blank lines are kept so
+    # that they do): numpy decides about those files (no NaN is valid anyway).
+    if data.ndim != 2 or data.shape[1] != n_columns or data.dtype != dtype or np.isnan(data).any():
+        return None
+    return np.ascontiguousarray(data)
+
+
 def load_numeric_table(path: Path, names: Sequence[str], delimiter: str, dtype=np.float32) -> np.ndarray:
     """Load every data row below the header, shape (rows, len(names)).
 
     float32 by default: events are float32 anyway and parsing straight into it is faster; a number
     beyond float32's range becomes inf and is then reported as not finite. The file is checked
-    first (:func:`check_lines`); numpy's parser then reads it in chunks, so memory stays about the
+    first (:func:`check_lines`); the parsers then read it in chunks, so memory stays about the
     size of the result whatever the file holds.
     """
     check_lines(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputFileError(path, f"cannot read: {exc.strerror}") from None
+    if csv_engine(size) == "pandas":
+        data = _parse_with_pandas(path, delimiter, len(names), np.dtype(dtype))
+        if data is not None and data.shape[0]:
+            return data
     try:
         with warnings_as_errors():
             data = np.loadtxt(path, delimiter=delimiter, skiprows=1, dtype=dtype, ndmin=2, encoding="utf-8-sig",

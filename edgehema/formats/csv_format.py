@@ -83,7 +83,10 @@ def read_table(path: Path, profile: Profile | str | None) -> tuple[Profile, np.n
     # Bookkeeping integers (Sysmex ParticleID) may exceed float32's exact range: float64 then.
     table = load_numeric_table(path, names, delimiter, np.float64 if aux_cols else np.float32)
     order = [lower.index(n.lower()) for n in prof.feature_names]
-    events = np.ascontiguousarray(table[:, order], dtype=np.float32)
+    if order == list(range(table.shape[1])):  # already in profile order (edgehema's own files): no copy
+        events = np.ascontiguousarray(table, dtype=np.float32)
+    else:
+        events = np.ascontiguousarray(table[:, order], dtype=np.float32)
     check_events(events, prof, path)
     aux = {a: table[:, lower.index(a.lower())].astype(np.int64) for a in aux_cols}
     return prof, events, aux
