@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import classes as C
-from .backends import create_backend
+from .backends import create_backend, engine_order
 from .bundle import Bundle
 from .clustering import DiagonalGMM, adapt_centroids, student_t_assign
-from .exceptions import BundleError
+from .exceptions import BackendError, BundleError
 from .profiles import Profile
+from .selftest import SelfTest, check
 
 #: Events used to adapt the mixtures to a sample (an evenly spaced subset of larger samples).
 ADAPT_EVENTS = 15_000
@@ -43,10 +44,10 @@ class Classifier:
         batch_size: int = 4096,  # cache-sized: 2.7x faster than one 150k batch (intermediates stay in cache)
         threads: int | None = None,
         adapt_prior: float = 3.0,
+        selftest: bool = True,
     ) -> None:
         self.adapt_prior = adapt_prior
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        self.backend = create_backend(self.bundle, backend, threads)
         self.adapt = adapt
         self.batch_size = batch_size
         if self.bundle.kind == "two-stage-idec-vade":
@@ -62,6 +63,31 @@ class Classifier:
                 raise BundleError(f"{self.bundle.path}: stage class maps must be noise/plt/rbc_side and rbc/retic/coincidence")
         if tuple(self.bundle.classes) != C.EVENT_CLASSES:
             raise BundleError(f"{self.bundle.path}: classes {self.bundle.classes} are not {C.EVENT_CLASSES}")
+        #: Why engines were passed over (not installed, or failed the known-answer self-test).
+        self.refused: list[str] = []
+        self.selftest: SelfTest | None = None
+        self.backend = self._choose_engine(backend, threads, selftest)
+
+    def _choose_engine(self, name: str, threads: int | None, verify: bool):
+        """The first engine that loads and passes the bundle's known answer (docs/device.md). An
+        engine named explicitly that fails is an error; with ``auto`` the next engine is tried."""
+        for engine in engine_order(self.bundle, name):
+            try:
+                self.backend = create_backend(self.bundle, engine, threads)
+            except BackendError as exc:
+                if name != "auto":
+                    raise
+                self.refused.append(f"{engine}: {exc}")
+                continue
+            result = check(self) if verify else None
+            if result is not None and not result.passed:
+                if name != "auto":
+                    raise BackendError(f"{self.bundle.name}: {result.line()}")
+                self.refused.append(result.line())
+                continue
+            self.selftest = result
+            return self.backend
+        raise BackendError(f"{self.bundle.name}: no inference engine can count with this bundle: " + "; ".join(self.refused))
 
     @property
     def backend_name(self) -> str:

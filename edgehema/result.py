@@ -100,6 +100,7 @@ def result_from_inference(
         "sha256": classifier.bundle.sha256,
         "backend": classifier.backend_name,
         **classifier.ran,
+        "selftest": classifier.selftest.summary() if classifier.selftest else None,
         "adaptation": inf.adaptation,
     }
     return SampleResult(

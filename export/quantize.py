@@ -22,10 +22,11 @@ import numpy as np
 from edgehema import classes as C
 from edgehema.bundle import MANIFEST, REFERENCE_BUNDLE, Bundle, seal
 from edgehema.classifier import Classifier
-from edgehema.exceptions import BundleError, ProfileMismatchError
+from edgehema.exceptions import BundleError, EdgehemaError, ProfileMismatchError
 from edgehema.formats import read_sample
 from edgehema.result import classify_sample
 from edgehema.sample import Sample
+from edgehema.selftest import attach_known_answer, compare, spread_events
 
 from .common import CALIBRATION_BATCH, ExportError
 from .graph import float_graph_outputs, compact_names, head_outputs, name_nodes_and_find_heads  # noqa: F401 - re-exported
@@ -313,9 +314,23 @@ def _export(source, target, calibration_files, out, method, heldout_files, gates
         report["heldout_files"] = [str(f) for f in heldout_files or []]
         gates = default_gates(target) if gates is None else gates
         failures = check_gates(report, gates)
+        # The known answer the device checks its engine against at start-up: calibration events and
+        # the classes the float source gives them. The new model must pass it here first.
+        events = spread_events([s.events for s in calibration])
+        answer = Classifier(src, backend="onnx", adapt=False, selftest=False).infer(events, adapt=False).labels
+        engine = "tflite" if target.startswith("tflite") else "onnx"
+        try:
+            result = compare(Classifier(new, backend=engine, selftest=False), events, answer)
+            report["selftest"] = result.to_dict()
+            if not result.passed:
+                failures.append(result.line())
+        except EdgehemaError as exc:
+            report["selftest"] = None
+            failures.append(f"known-answer self-test could not run on {engine}: {exc}")
         report["gates"] = {"thresholds": gates, "failures": failures}
         (out / "parity.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         manifest["files"] = dict(files, **{"parity.json": ""})
+        manifest = attach_known_answer(manifest, out, events, answer)
         manifest["parity_summary"] = {
             "label_agreement": report["label_agreement"], "max_count_delta_pct": report["max_count_delta_pct"],
             "max_retic_delta_pt": report["max_retic_delta_pt"], "mean_count_delta_pct": report["mean_count_delta_pct"],

@@ -29,7 +29,9 @@ import torch
 from torch import nn
 
 from edgehema import classes as C
-from edgehema.bundle import FORMAT, MANIFEST, seal
+from edgehema.bundle import FORMAT, MANIFEST, Bundle, seal
+from edgehema.classifier import Classifier
+from edgehema.selftest import attach_known_answer, simulated_known_answer
 from edgehema.profiles import get_profile
 from edgehema.simulator import PATHOLOGIES, InstrumentSettings, SampleSimulator
 
@@ -331,6 +333,12 @@ def export_onnx(module: nn.Module, n_features: int, outputs: list[str], path: Pa
 
 
 def write_bundle(directory: Path, manifest: dict) -> dict:
+    """Seal and write the bundle, then give it its known answer (the self-test the device runs at
+    start-up: simulated events and the classes this float model gives them) and seal again."""
+    sealed = seal(manifest, directory)
+    (directory / MANIFEST).write_text(json.dumps(sealed, indent=1) + "\n", encoding="utf-8")
+    float_model = Classifier(Bundle.load(directory), backend="onnx", adapt=False, selftest=False)
+    manifest = attach_known_answer(manifest, directory, *simulated_known_answer(float_model))
     sealed = seal(manifest, directory)
     (directory / MANIFEST).write_text(json.dumps(sealed, indent=1) + "\n", encoding="utf-8")
     return sealed

@@ -140,7 +140,7 @@ def test_tflite_int8_export(tmp_path, calib, capfd):
     chatter = capfd.readouterr()
     assert "fully_quantize" not in chatter.err + chatter.out  # the converter's logging is held back
     b = Bundle.load(res.bundle)
-    assert b.manifest["target"] == "tflite-int8" and set(b.manifest["files"]) == {"model.onnx", "model.tflite", "parity.json"}
+    assert b.manifest["target"] == "tflite-int8" and set(b.manifest["files"]) == {"model.onnx", "model.tflite", "parity.json", "selftest.npz"}
     assert set(b.manifest["model"]["tflite"]["outputs"]) == {"z1", "recon_err", "z2"}
     # Full integer except the heads: the latents come from float layers, everything else is int8.
     q = b.manifest["quantization"]

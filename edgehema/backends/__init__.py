@@ -36,6 +36,19 @@ def _tflite(bundle: Bundle, threads: int | None) -> Backend:
 BACKENDS = {"onnx": _onnx, "tflite": _tflite}
 
 
+def engine_order(bundle: Bundle, name: str = "auto") -> list[str]:
+    """The engines to try for ``name``: one, or for ``auto`` all, the bundle's own first."""
+    if name != "auto":
+        if name not in BACKENDS:
+            raise BackendError(f"unknown backend {name!r} (known: auto, {', '.join(BACKENDS)})")
+        return [name]
+    order = list(BACKENDS)
+    # A TFLite bundle was made to run on TFLite: try that engine first for it.
+    if str(bundle.manifest.get("target", "")).startswith("tflite"):
+        order.sort(key=lambda k: k != "tflite")
+    return order
+
+
 def create_backend(bundle: Bundle, name: str = "auto", threads: int | None = None) -> Backend:
     if name == "auto":
         errors = []
@@ -55,4 +68,4 @@ def create_backend(bundle: Bundle, name: str = "auto", threads: int | None = Non
     return BACKENDS[name](bundle, threads)
 
 
-__all__ = ["BACKENDS", "Backend", "create_backend"]
+__all__ = ["BACKENDS", "Backend", "create_backend", "engine_order"]

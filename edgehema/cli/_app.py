@@ -82,6 +82,22 @@ def open_output(path: Path, mode: str = "w"):
 MAX_ERROR = 600
 
 
+def warn(message: str) -> None:
+    """One line on stderr for something the user should know that does not stop the command."""
+    sys.stderr.write(f"edgehema: warning: {' '.join(message.splitlines())[:MAX_ERROR]}\n")
+
+
+def open_classifier(model, backend: str = "auto", adapt: bool = True):
+    """The classifier a command counts with: its engine passed the bundle's known answer; an engine
+    passed over (not installed, or failed the self-test) is one warning line each."""
+    from ..classifier import Classifier
+
+    clf = Classifier(model, backend=backend, adapt=adapt)
+    for line in clf.refused:
+        warn(f"{clf.bundle.name}: {line}; counting on {clf.backend_name}")
+    return clf
+
+
 def error(message: str) -> None:
     # One line, no markup interpretation of file names.
     line = " ".join(message.splitlines())

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from ._app import app, error, open_output, progress
+from ._app import app, error, open_classifier, open_output, progress
 
 
 @app.command()
@@ -31,14 +31,13 @@ def classify(
     Exit status 1 if any file failed; the results of the others are still written.
     """
     from ..batch import BatchJob, classify_files
-    from ..bundle import Bundle
     from ..sample import SampleInfo
     from ..sinks import open_sink
     from ..species import check_species
 
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
-    Bundle.load(model)  # refuse a bad bundle once, before any worker starts
+    open_classifier(model, backend, adapt)  # a bad bundle or an engine that fails its self-test: once, before any worker
     if species is not None:
         species = check_species(species)
     info = SampleInfo().merged(species=species, dilution=dilution, volume_ul=volume_ul)

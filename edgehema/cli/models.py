@@ -112,6 +112,10 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
         out.print(f"  quantization: {', '.join(p for p in parts if p)}")
     elif isinstance(q, str):
         out.print(f"  quantization: {q}")
+    if "selftest.npz" in m["files"]:
+        out.print("  known answer: selftest.npz (checked on the engine at every start; edgehema selftest runs it)")
+    else:
+        out.print("  known answer: none (a bundle made before the self-test existed: its engine is not checked)")
     p = m.get("parity_summary")
     if p:
         out.print(f"  parity vs float: label agreement {p['label_agreement']:.4%}, largest count delta "
@@ -120,6 +124,44 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
                      f"{p['float_gain_step_max_count_delta_pct']:.3f} %)" if "mean_count_delta_pct" in p else "")
                   + f", retic delta {p['max_retic_delta_pt']:.3f} pt, size {p['size_ratio']:.0%}, "
                   f"speed {p['speedup_vs_float']:.2f}x; gate failures: {'; '.join(p['gate_failures']) or 'none'}")
+
+
+@app.command()
+def selftest(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundle directory or shipped name (default: the default model)."),
+) -> None:
+    """Run the bundle's known answer on every inference engine of this machine and measure the frame
+    decoder: what start-up checks before counting (docs/device.md).
+
+    Exit status 1 if an engine that loads here fails, or none passes.
+    """
+    from firmware_bridge.codec import decode_speed
+
+    from ..backends import engine_order
+    from ..bundle import Bundle
+    from ..classifier import Classifier
+    from ..exceptions import BackendError
+    from ..selftest import check
+
+    b = Bundle.load(model)
+    passed = failed = 0
+    for engine in engine_order(b, "auto"):
+        try:
+            clf = Classifier(b, backend=engine, selftest=False)
+        except BackendError as exc:
+            out.print(f"engine {engine}: not available here ({exc})")
+            continue
+        result = check(clf)
+        if result is None:
+            raise EdgehemaError(f"{b.path}: the bundle carries no known answer (selftest.npz): it was made before "
+                                f"the self-test existed; export or train it again")
+        out.print(f"{b.name}: {result.line()}")
+        passed += result.passed
+        failed += not result.passed
+    name, speed = decode_speed(0.5)
+    out.print(f"frame decoder: {name}, {speed:,.0f} MB/s (a 3 Mbaud link carries 0.375 MB/s)")
+    if failed or not passed:
+        raise typer.Exit(1)
 
 
 @app.command()

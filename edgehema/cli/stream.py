@@ -13,7 +13,7 @@ import typer
 
 from ..exceptions import EdgehemaError
 from ..text_table import Column, render
-from ._app import app, err, error, open_output, out
+from ._app import app, err, error, open_classifier, open_output, out
 
 
 @app.command()
@@ -144,10 +144,9 @@ def replay(
     adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Per-sample adaptation (as the stream had it)."),
 ) -> None:
     """Recompute results from archived frames, exactly as the stream computed them (JSON lines)."""
-    from ..classifier import Classifier
     from ..stream.runner import replay_bytes
 
-    clf = Classifier(model, adapt=adapt)
+    clf = open_classifier(model, adapt=adapt)
     failed = 0
     for path in archives:
         try:

@@ -196,9 +196,16 @@ class StreamRunner:
         self.cfg = cfg
         self.emit = emit
         self.log = RateLimitedLog(log)
-        self.classifier = classifier or Classifier(cfg.model, backend=cfg.backend, adapt=cfg.adapt)
+        # Settings that cannot work are refused before anything is loaded or logged.
         if cfg.archive_dir.exists() and not cfg.archive_dir.is_dir():
             raise EdgehemaError(f"{cfg.archive_dir}: the archive folder is a file, not a folder")
+        if not Path(cfg.journal).parent.is_dir():
+            raise EdgehemaError(f"{cfg.journal}: the journal's folder {Path(cfg.journal).parent} does not exist")
+        self.classifier = classifier or Classifier(cfg.model, backend=cfg.backend, adapt=cfg.adapt)
+        for line in self.classifier.refused:  # engines passed over: not installed, or failed the self-test
+            self.log(f"{self.classifier.bundle.name}: {line}; counting on {self.classifier.backend_name}")
+        if self.classifier.selftest is not None:
+            self.log(self.classifier.selftest.line())
         self.journal = Journal(cfg.journal)
         try:
             cfg.archive_dir.mkdir(parents=True, exist_ok=True)
