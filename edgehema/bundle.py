@@ -150,6 +150,11 @@ class Bundle:
         return str(self.manifest["integrity"]["manifest_sha256"])
 
     def profile(self) -> Profile:
+        """The instrument profile: shipped by name, or the bundle's own ``profile_file`` (a model
+        trained on a user's profile carries it)."""
+        own = self.manifest.get("profile_file")
+        if own:
+            return get_profile(str(self.path / own))
         return get_profile(self.manifest["profile"])
 
     def check_profile(self, profile: Profile, where: str = "input") -> None:

@@ -305,6 +305,9 @@ def _export(source, target, calibration_files, out, method, heldout_files, gates
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 raise ExportError(f"{src.model_file}: int8 quantization failed: {first}") from None
         manifest["model"] = dict(manifest["model"], file="model.onnx")
+        if manifest.get("profile_file"):  # a user's own profile travels with the model
+            shutil.copy2(src.path / manifest["profile_file"], out / manifest["profile_file"])
+            files[manifest["profile_file"]] = ""
         manifest["files"] = dict(files)
         (out / MANIFEST).write_text(json.dumps(seal(manifest, out), indent=1) + "\n", encoding="utf-8")
         new = Bundle.load(out)
@@ -329,7 +332,8 @@ def _export(source, target, calibration_files, out, method, heldout_files, gates
             failures.append(f"known-answer self-test could not run on {engine}: {exc}")
         report["gates"] = {"thresholds": gates, "failures": failures}
         (out / "parity.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        manifest["files"] = dict(files, **{"parity.json": ""})
+        files["parity.json"] = ""
+        manifest["files"] = dict(files)
         manifest = attach_known_answer(manifest, out, events, answer)
         manifest["parity_summary"] = {
             "label_agreement": report["label_agreement"], "max_count_delta_pct": report["max_count_delta_pct"],

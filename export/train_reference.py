@@ -18,9 +18,7 @@ used, except by the separate supervised MLP baseline, which exists to show the u
 from __future__ import annotations
 
 import argparse
-import json
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,13 +27,13 @@ import torch
 from torch import nn
 
 from edgehema import classes as C
-from edgehema.bundle import FORMAT, MANIFEST, Bundle, seal
-from edgehema.classifier import Classifier
-from edgehema.selftest import attach_known_answer, simulated_known_answer
+from edgehema.bundle import FORMAT
 from edgehema.profiles import get_profile
 from edgehema.simulator import PATHOLOGIES, InstrumentSettings, SampleSimulator
 
 from .models import IDEC, InferenceGraph, SupervisedMLP, VaDE
+# One implementation of the shared steps: edgehema train (export/training) uses the same ones.
+from .training.fit import _step, entropy, export_onnx, kmeans, write_bundle
 
 STAGE1_CLASSES = ("noise", "plt", "rbc_side")
 STAGE2_CLASSES = ("rbc", "retic", "coincidence")
@@ -141,22 +139,6 @@ def class_weights(props: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(w / w.sum() * len(w)).float()
 
 
-def kmeans(z: torch.Tensor, k: int, seed: int, iterations: int = 30) -> torch.Tensor:
-    """Plain k-means (k-means++ start); returns centres."""
-    g = torch.Generator().manual_seed(seed)
-    centres = z[torch.randint(len(z), (1,), generator=g)]
-    for _ in range(k - 1):
-        d = torch.cdist(z, centres).min(1).values ** 2
-        centres = torch.cat([centres, z[torch.multinomial(d / d.sum(), 1, generator=g)]])
-    for _ in range(iterations):
-        a = torch.cdist(z, centres).argmin(1)
-        for j in range(k):
-            m = a == j
-            if m.any():
-                centres[j] = z[m].mean(0)
-    return centres
-
-
 def cluster_composition(hist: torch.Tensor, props: torch.Tensor, steps: int = 3000) -> torch.Tensor:
     """Class composition of each fine cluster from sample-level counts only.
 
@@ -188,19 +170,6 @@ def init_from_counts(latents: list[torch.Tensor], props: list[np.ndarray], n_fin
     mean = (w.T @ pool) / nk[:, None]
     var = ((w.T @ (pool * pool)) / nk[:, None] - mean**2).clamp_min(1e-3)
     return mean, var, nk / nk.sum(), m
-
-
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, history: list | None = None) -> None:
-    """One optimiser step; the loss joins ``history`` (the recipe test checks that it falls)."""
-    if history is not None:
-        history.append(float(loss.item()))
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-
-
-def entropy(q: torch.Tensor) -> torch.Tensor:
-    return -(q * q.clamp_min(1e-10).log()).sum(1).mean()
 
 
 def bag(rng: np.random.Generator, data: list[TrainingSample], size: int, select=None):
@@ -319,31 +288,6 @@ def train_supervised(recipe: Recipe, data: list[TrainingSample], log) -> Supervi
 
 
 # ---------------------------------------------------------------- export
-def export_onnx(module: nn.Module, n_features: int, outputs: list[str], path: Path) -> None:
-    module.eval()
-    example = torch.zeros(8, n_features)
-    # The TorchScript exporter keeps parameter names as ONNX initializer names (enc1.0.weight, ...),
-    # which the benchmark relies on to run the very same weights in PyTorch eager.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module, (example,), str(path), input_names=["x"], output_names=outputs,
-            dynamic_axes={"x": {0: "events"}, **{o: {0: "events"} for o in outputs}}, opset_version=17, dynamo=False,
-        )
-
-
-def write_bundle(directory: Path, manifest: dict) -> dict:
-    """Seal and write the bundle, then give it its known answer (the self-test the device runs at
-    start-up: simulated events and the classes this float model gives them) and seal again."""
-    sealed = seal(manifest, directory)
-    (directory / MANIFEST).write_text(json.dumps(sealed, indent=1) + "\n", encoding="utf-8")
-    float_model = Classifier(Bundle.load(directory), backend="onnx", adapt=False, selftest=False)
-    manifest = attach_known_answer(manifest, directory, *simulated_known_answer(float_model))
-    sealed = seal(manifest, directory)
-    (directory / MANIFEST).write_text(json.dumps(sealed, indent=1) + "\n", encoding="utf-8")
-    return sealed
-
-
 def recon_threshold(model: IDEC, data: list[TrainingSample]) -> float:
     with torch.no_grad():
         errs = []

@@ -99,6 +99,22 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
     if t:
         out.print(f"  trained on {t.get('samples')} samples x {t.get('events_per_sample')} events of "
                   f"{', '.join(t.get('species', []))} ({t.get('seconds')} s, torch {t.get('torch')})")
+    card = m.get("model_card")
+    if card:
+        d = card["data"]
+        species = ", ".join(f"{k} {v}" for k, v in d["species"].items())
+        out.print(f"  model card: {d['files']} files of profile {d['profile']} ({d['with_reference']} with reference values, "
+                  f"{d['unsupervised']} unsupervised; {species}); reference {card['reference']['file']} columns "
+                  f"{', '.join(card['reference']['columns'].values())}; coincidences {', '.join(card['supervision']['coincidences'])}; "
+                  f"edgehema {card['edgehema']}, seed {card['seed']}, {card.get('seconds')} s"
+                  + (f"; fine-tuned from {card['init']['name']} {card['init']['sha256'][:12]}" if card.get("init") else ""))
+        cv = card.get("crossval")
+        if cv:
+            parts = [f"{label} p95 {cv[k]['p95_abs']:.2f} {unit} (bias {cv[k]['bias']:+.2f})"
+                     for k, label, unit in (("rbc_err_pct", "RBC", "%"), ("plt_err_pct", "PLT", "%"), ("retic_err_pt", "RET", "pt"))
+                     if cv.get(k, {}).get("n")]
+            r2 = f", R^2 PLT:RBC {cv['plt_rbc_r2']:.4f}" if cv.get("plt_rbc_r2") is not None else ""
+            out.print(f"  cross-validation ({cv['folds']} folds, {cv['samples']} samples): {'; '.join(parts) or 'no values'}{r2}")
     tfl = m["model"].get("tflite")
     if tfl:
         out.print(f"  TFLite model {tfl['file']} (batch {tfl['batch']}, {tfl['converter']}); float ONNX graph kept for --backend onnx")

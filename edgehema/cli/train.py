@@ -1,0 +1,93 @@
+"""``train`` (workstation): a model from an instrument's own event files and reference counts."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..exceptions import EdgehemaError
+from ._app import app, err, error, out
+
+
+class _Progress:
+    """One bar per training phase on a terminal (losses, ETA); a line every few seconds otherwise."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+        self.bar = None
+        self.task = None
+        self.label = None
+        self.last = 0.0
+
+    def __call__(self, label: str, step: int, total: int, losses: dict) -> None:
+        text = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+        if self.tty:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            if self.bar is None:
+                self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[losses]}"),
+                                    TimeRemainingColumn(), console=err, transient=True)
+                self.bar.start()
+            if label != self.label:
+                if self.task is not None:
+                    self.bar.remove_task(self.task)
+                self.task = self.bar.add_task(label, total=total, losses="")
+                self.label = label
+            self.bar.update(self.task, completed=step, losses=text)
+        elif time.monotonic() - self.last > 10 or step == total:
+            self.last = time.monotonic()
+            sys.stderr.write(f"edgehema: {label} {step}/{total}: {text}\n")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@app.command()
+def train(
+    data: List[Path] = typer.Argument(..., help="Event files or folders (CSV, FCS, Sysmex XN), one sample per file."),
+    reference: Path = typer.Option(..., "--reference", "-r", help="CSV of reference counts per sample: sample_id or file; rbc, plt (unit in the header), retic_percent; optional dilution, volume_ul."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="New folder for the trained float bundle."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Instrument profile name or TOML file (default: recognised from the files)."),
+    init: Optional[str] = typer.Option(None, "--init", help="Fine-tune from this float bundle (e.g. reference) instead of training from scratch."),
+    folds: int = typer.Option(5, "--folds", min=0, help="K-fold cross-validation by sample (0: none); the final model uses every sample."),
+    tune: int = typer.Option(0, "--tune", min=0, help="Optuna trials of hyperparameter search on the cross-validated count error (0: none)."),
+    device: str = typer.Option("cpu", "--device", help="cpu (deterministic) or cuda."),
+    seed: int = typer.Option(1, "--seed", help="Random seed; the same seed and data give the same model on CPU."),
+    scale: str = typer.Option("full", "--scale", help="full, or tiny (a few steps: to check the data and the pipeline)."),
+    events_per_sample: Optional[int] = typer.Option(None, "--events-per-sample", min=1000, help="Events kept per sample for training (default 20,000)."),
+    cache_mb: float = typer.Option(1024.0, "--cache-mb", min=1.0, help="Memory for cached training events; beyond it files are read again."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in the manifest (default: the folder's name)."),
+) -> None:
+    """Workstation: train the two-stage model on an instrument's own event files from sample-level
+    reference counts (PLT:RBC, RET %), cross-validated by sample. Needs the export extra."""
+    try:
+        from export.training import FitSettings, TrainingDataProblems
+        from export.training import train as run_training
+    except ImportError as exc:
+        raise EdgehemaError(f"edgehema train needs the workstation extra: pip install 'edgehema[export]' ({exc})") from None
+    if scale not in ("full", "tiny"):
+        raise typer.BadParameter("--scale: full or tiny")
+    settings = FitSettings.tiny() if scale == "tiny" else FitSettings()
+    if events_per_sample:
+        settings.events_per_sample = events_per_sample
+    if init is not None and scale == "full":
+        settings = settings.fine_tune()
+    bar = _Progress()
+    try:
+        result = run_training(list(data), reference, out_dir, profile=profile, init=init, folds=folds, tune=tune,
+                              device=device, seed=seed, settings=settings, cache_mb=cache_mb, name=name,
+                              log=out.print, progress=bar)
+    except TrainingDataProblems as exc:
+        bar.close()
+        for line in exc.problems:
+            error(line)
+        error(f"{len(exc.problems)} problem(s) above; nothing was trained")
+        raise typer.Exit(1) from None
+    finally:
+        bar.close()
+    out.print(f"next: edgehema export {result.bundle} --target onnx-int8 --calibration FILES --out {result.bundle}-int8")

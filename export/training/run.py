@@ -1,0 +1,251 @@
+"""``edgehema train``: an instrument's own event files + reference counts -> a float bundle with a
+model card, cross-validated by sample (docs/training.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgehema import __version__
+from edgehema.bundle import Bundle
+
+from . import crossval
+from .dataset import discover, scan
+from .errors import TrainingDataProblems, TrainingError
+from .fit import FitSettings, Preprocessing, fit, load_init, save_bundle, settings_dict
+from .reference import ReferenceProblems, read_reference
+from .supervision import targets_for
+
+
+@dataclass
+class TrainResult:
+    bundle: Path
+    crossval: dict | None
+    notices: list[str]
+    seconds: float
+    manifest: dict
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TrainingError(f"{out}: exists and is not an empty folder; name a new folder for the model")
+    if not out.parent.exists():
+        raise TrainingError(f"{out}: the folder {out.parent} does not exist")
+
+
+def _need_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise TrainingError("--tune needs optuna, which is in the workstation extra: pip install 'edgehema[export]'") from None
+    return optuna
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "cpu":
+        return name
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingError(f"--device {name}: no CUDA GPU is available to torch {torch.__version__} here; use --device cpu")
+        return name
+    raise TrainingError(f"--device {name}: unknown device (cpu or cuda)")
+
+
+def train(
+    data: list[str | Path],
+    reference: str | Path,
+    out: str | Path,
+    profile: str | None = None,
+    init: str | None = None,
+    folds: int = 5,
+    tune: int = 0,
+    device: str = "cpu",
+    seed: int = 1,
+    settings: FitSettings | None = None,
+    cache_mb: float = 1024.0,
+    name: str | None = None,
+    log: Callable[[str], None] = print,
+    progress=None,
+    scan_progress=None,
+) -> TrainResult:
+    """Check everything first (every problem listed together), then cross-validate, then train the
+    final model on every sample and write it to ``out``."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    _check_out(out)
+    if folds == 1 or folds < 0:
+        raise TrainingError(f"--folds {folds}: give 0 (no cross-validation) or 2 or more")
+    if tune and not folds:
+        raise TrainingError("--tune needs cross-validation: give --folds 2 or more")
+    if tune:
+        _need_optuna()
+    cfg = replace(settings or FitSettings(), seed=seed, device=_device(device))
+    problems: list[str] = []
+    try:
+        table = read_reference(reference)
+    except ReferenceProblems as exc:
+        problems += exc.problems
+        table = None
+    paths, missing = discover(data, exclude=[Path(reference)])
+    problems += missing
+    init_bundle = None
+    if init is not None:
+        try:
+            init_bundle = Bundle.load(init)
+        except Exception as exc:  # BundleError: one line, listed with the rest
+            problems.append(f"--init: {exc}")
+    found, store = scan(paths, table, profile, cfg.events_per_sample, cache_mb, scan_progress)
+    problems += found.problems
+    if table is None and not problems:
+        problems.append(f"{reference}: could not be read")
+    n_sup = sum(f.supervised for f in found.files)
+    if folds and n_sup and n_sup < folds:
+        problems.append(f"--folds {folds}: only {n_sup} sample(s) have reference values; give --folds {max(n_sup, 2)} or fewer, or 0")
+    if problems:
+        raise TrainingDataProblems(problems)
+    for line in found.notices:
+        log(f"note: {line}")
+    files = found.files
+    prof = found.profile
+    if init_bundle is not None:
+        idec0, vade0, pre, arch = load_init(init_bundle, prof)
+        cfg = replace(cfg.fine_tune() if settings is None else cfg, **arch)
+        init_pair = (idec0, vade0)
+    else:
+        pre = Preprocessing(found.log_mean, found.log_std)
+        init_pair = None
+    tau = prof.coincidence_window_us
+    targets = [targets_for(f, tau) for f in files]
+    how = {t.coincidence for t in targets if t.supervised}
+    log(f"training data: {len(files)} files of profile {prof.name}, {n_sup} with reference values "
+        f"({', '.join(table.columns.get(k, '') for k in ('rbc', 'plt', 'retic_percent') if k in table.columns)}); "
+        f"coincidences {'from Poisson occupancy' if how == {'poisson'} else 'learned unsupervised' if how == {'unsupervised'} else 'from Poisson occupancy where the file has its acquisition time, else unsupervised'}")
+
+    report: dict = {"folds": folds, "seed": seed}
+    fold_of = crossval.folds_for(files, folds, seed) if folds else [-1] * len(files)
+
+    def cross_validate(c: FitSettings, label: str) -> tuple[dict, list]:
+        preds = []
+        for k in range(folds):
+            train_idx = [i for i, f in enumerate(fold_of) if f != k]
+            held = [files[i] for i, f in enumerate(fold_of) if f == k]
+            fitted = fit(c, store, train_idx, targets, pre, init_pair, _tagged(progress, f"{label} fold {k + 1}/{folds}"))
+            with tempfile.TemporaryDirectory() as tmp:
+                b = Path(tmp) / "fold"
+                save_bundle(fitted, prof, b, f"fold-{k + 1}", "cross-validation fold", {},
+                            [store.events(i) for i in train_idx[:20]], profile_file=_profile_file(prof))
+                preds += crossval.predict(b, held, k, prof)
+        return crossval.summarize(preds), preds
+
+    if tune:
+        optuna = _need_optuna()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+
+        def objective(trial) -> float:
+            c = replace(
+                cfg,
+                latent1=trial.suggest_int("latent1", 2, 8), latent2=trial.suggest_int("latent2", 2, 8),
+                hidden=(trial.suggest_categorical("width", [32, 64, 128]),) * 1 + (trial.suggest_categorical("width2", [16, 32, 64]),),
+                fine_clusters=trial.suggest_int("fine_clusters", max(6, cfg.fine_clusters // 2), cfg.fine_clusters * 2),
+                llp_weight=trial.suggest_float("llp_weight", 5.0, 60.0, log=True),
+                entropy_weight=trial.suggest_float("entropy_weight", 0.2, 3.0, log=True),
+                lr=trial.suggest_float("lr", 5e-4, 5e-3, log=True),
+            )
+            if init_pair is not None:  # a fine-tuned model keeps its architecture
+                c = replace(c, latent1=cfg.latent1, latent2=cfg.latent2, hidden=cfg.hidden)
+            s, _ = cross_validate(c, f"tune {trial.number + 1}/{tune}")
+            value = crossval.score(s)
+            log(f"tune trial {trial.number + 1}/{tune}: score {value:.3f} ({trial.params})")
+            return value if math.isfinite(value) else 1e9
+
+        study.optimize(objective, n_trials=tune)
+        best = study.best_trial.params
+        cfg = replace(cfg, lr=best["lr"], llp_weight=best["llp_weight"], entropy_weight=best["entropy_weight"],
+                      fine_clusters=best["fine_clusters"])
+        if init_pair is None:
+            cfg = replace(cfg, latent1=best["latent1"], latent2=best["latent2"], hidden=(best["width"], best["width2"]))
+        report["tuning"] = {"trials": tune, "sampler": f"optuna TPESampler(seed={seed})", "best_score": study.best_value,
+                            "best": best, "scores": [t.value for t in study.trials]}
+        log(f"tuning: best score {study.best_value:.3f} with {best}")
+
+    summary = None
+    preds: list = []
+    if folds:
+        summary, preds = cross_validate(cfg, "cross-validation")
+        for line in crossval.format_summary(summary, f"{folds}-fold cross-validation"):
+            log(line)
+        report["summary"] = summary
+
+    fitted = fit(cfg, store, list(range(len(files))), targets, pre, init_pair, _tagged(progress, "final model"))
+    species: dict[str, int] = {}
+    for f in files:
+        species[f.species or "not given"] = species.get(f.species or "not given", 0) + 1
+    card = {
+        "data": {"files": len(files), "with_reference": n_sup, "unsupervised": len(files) - n_sup, "profile": prof.name,
+                 "species": species, "events_per_file_median": int(np.median([f.n_events for f in files])),
+                 "events_kept_per_sample": cfg.events_per_sample,
+                 "files_with_acquisition_time": sum(f.elapsed_s is not None for f in files)},
+        "reference": {"file": Path(reference).name, "columns": table.columns, "encoding": table.encoding},
+        "supervision": {"coincidences": sorted(how), "noise": "unsupervised (share held under "
+                        f"{cfg.noise_cap:.0%} by a prior)", "shares": sorted({s.name for t in targets for s in t.stage1 + t.stage2})},
+        "crossval": None if summary is None else {"folds": folds, **summary},
+        "tuning": report.get("tuning"),
+        "init": None if init_bundle is None else {"name": init_bundle.name, "version": init_bundle.version,
+                                                  "sha256": init_bundle.sha256},
+        "settings": settings_dict(cfg),
+        "edgehema": __version__,
+        "seed": seed,
+        "machine": f"{platform.machine()}, torch device {cfg.device}",
+    }
+    training = {"species": sorted(species), "samples": len(files), "events_per_sample": cfg.events_per_sample,
+                "recipe": "edgehema train (export/training)", "recipe_settings": settings_dict(cfg),
+                "torch": _torch_version(), "seconds": None}
+    extra_files = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if summary is not None:
+            rp = Path(tmp) / "crossval.json"
+            rp.write_text(json.dumps({**report, "predictions": [{**p.__dict__, **p.errors()} for p in preds]}, indent=1) + "\n",
+                          encoding="utf-8")
+            extra_files = {"crossval.json": rp, "crossval.csv": crossval.write_predictions(Path(tmp) / "crossval.csv", preds)}
+        training["seconds"] = round(time.perf_counter() - t0, 1)
+        card["seconds"] = training["seconds"]
+        manifest = save_bundle(
+            fitted, prof, out, name or out.name, "Two-stage deep clustering (AE + IDEC, then VaDE) trained with "
+            "edgehema train on an instrument's own event files and sample-level reference counts", training,
+            [store.events(i) for i in range(min(len(files), 40))], extra={"model_card": card}, extra_files=extra_files,
+            profile_file=_profile_file(prof))
+    log(f"wrote {out} in {time.perf_counter() - t0:.1f} s (files read from disk again: {store.reads})")
+    return TrainResult(out, summary, found.notices, time.perf_counter() - t0, manifest)
+
+
+def _profile_file(profile) -> Path | None:
+    """A profile loaded from the user's TOML file travels in the bundle; shipped ones go by name."""
+    from edgehema.profiles import builtin_profiles
+
+    if profile.name in builtin_profiles():
+        return None
+    src = getattr(profile, "source", None)
+    return Path(src) if src else None
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _tagged(progress, label: str):
+    if progress is None:
+        return None
+    return lambda stage, step, total, losses: progress(f"{label}: {stage}", step, total, losses)

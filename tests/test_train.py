@@ -1,0 +1,308 @@
+"""``edgehema train``: the reference CSV, the supervision it turns into, bad input, and a tiny
+end-to-end run (train -> info -> export int8 -> classify) on a simulated instrument the shipped
+model was not designed on. The accuracy figures at full scale are in docs/training.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+torch = pytest.importorskip("torch", reason="edgehema train needs torch (pip install -e '.[export]')")
+
+from edgehema.bundle import Bundle  # noqa: E402
+from edgehema.cli import app  # noqa: E402
+from edgehema.exceptions import EdgehemaError  # noqa: E402
+from edgehema.simulator import SampleSimulator  # noqa: E402
+from export.training import FitSettings, TrainingDataProblems, read_reference, train  # noqa: E402
+from export.training.dataset import EventStore, discover, scan  # noqa: E402
+from export.training.fit import Preprocessing, fit  # noqa: E402
+from export.training.reference import ReferenceProblems  # noqa: E402
+from export.training.simulated import simulate_instrument  # noqa: E402
+from export.training.supervision import targets_for, unit_rate  # noqa: E402
+
+runner = CliRunner()
+
+
+def _csv(tmp_path: Path, text: str | bytes, name: str = "ref.csv") -> Path:
+    p = tmp_path / name
+    p.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return p
+
+
+# ------------------------------------------------------------------ the reference CSV
+def test_reference_units_as_analyzers_report_them(tmp_path):
+    p = _csv(tmp_path, "sample_id,RBC (10^12/L),PLT [10^9/L],RET %,dilution,volume_ul,comment\n"
+                       "A,4.5,250,1.2,625,0.5,ok\nB,,180,,,,\n")
+    t = read_reference(p)
+    a, b = t.rows
+    assert a.rbc_per_ul == pytest.approx(4.5e6) and a.plt_per_ul == pytest.approx(250e3)
+    assert a.retic_percent == 1.2 and a.dilution == 625 and a.volume_ul == 0.5
+    assert a.plt_to_rbc == pytest.approx(250e3 / 4.5e6)
+    assert b.rbc_per_ul is None and b.plt_per_ul == pytest.approx(180e3) and b.plt_to_rbc is None
+    assert t.columns["rbc"] == "RBC (10^12/L)"
+
+
+@pytest.mark.parametrize("encoding,bom", [("utf-8", b"\xef\xbb\xbf"), ("utf-16", b""), ("cp1252", b"")])
+def test_reference_encodings_and_bom(tmp_path, encoding, bom):
+    text = "sample_id;rbc (cells/\u00b5L);plt (cells/\u00b5L);retic_percent\r\nS1;4500000;250000;1,5\r\n"
+    p = _csv(tmp_path, bom + text.encode(encoding))
+    (row,) = read_reference(p).rows
+    assert row.key == "S1" and row.rbc_per_ul == 4.5e6 and row.plt_per_ul == 2.5e5
+    assert row.retic_percent == 1.5  # decimal comma with semicolons
+
+
+def test_reference_problems_are_listed_together(tmp_path):
+    p = _csv(tmp_path, "sample_id,rbc,plt (10^9/L),retic_percent\n"
+                       "A,4.5,250,1\n"          # RBC without a unit, as 10^12/L: implausible
+                       "B,4500000,-3,1\n"       # negative
+                       "C,4500000,abc,1\n"      # not a number
+                       "D,4500000,200,140\n"    # over 100 %
+                       "E,4500000,200,1\n"
+                       "E,4600000,210,1\n")     # duplicated id
+    with pytest.raises(ReferenceProblems) as exc:
+        read_reference(p)
+    lines = exc.value.problems
+    assert len(lines) == 5, lines
+    joined = "\n".join(lines)
+    for expected in ("line 2: rbc 4.5 cells/uL is implausible", "line 3: plt (10^9/L) -3 is negative",
+                     "line 4: plt (10^9/L) 'abc' is not a number", "line 5: retic_percent 140 is over 100 %",
+                     "line 7: sample_id 'E' again (first on line 6)"):
+        assert expected in joined
+
+
+def test_reference_header_problems(tmp_path):
+    with pytest.raises(ReferenceProblems, match="no sample_id or file column"):
+        read_reference(_csv(tmp_path, "name,rbc\nA,4500000\n"))
+    with pytest.raises(ReferenceProblems, match="unit 'mmol/l'"):
+        read_reference(_csv(tmp_path, "sample_id,rbc (mmol/L)\nA,4\n"))
+    with pytest.raises(ReferenceProblems, match="is empty"):
+        read_reference(_csv(tmp_path, b""))
+
+
+# ------------------------------------------------------------------ supervision
+def test_unit_rate_inverts_the_recorded_rate():
+    for lam, tau in ((0.001, 5.0), (0.01, 5.0), (0.05, 3.0)):
+        assert unit_rate(lam * math.exp(-lam * tau), tau) == pytest.approx(lam, rel=1e-6)
+
+
+def test_poisson_targets_match_the_simulators_event_counts(tmp_path):
+    """From PLT:RBC, RET % and the acquisition time alone, the event shares each stage is trained on
+    are those the simulator actually produced (which the trainer never sees), within what Poisson
+    occupancy cannot know: aggregates (rouleaux, platelet clumps) are coincidences by adhesion, not
+    by chance, and move the shares by up to 9 % (coincidence) and 8 % (platelets) here."""
+    files, ref, truths = simulate_instrument("optical-b", tmp_path / "d", 6, 60_000, seed=11)
+    found, _ = scan(files, read_reference(ref), None, 2000, 64.0)
+    assert not found.problems
+    for f, t in zip(found.files, truths):
+        tg = targets_for(f, found.profile.coincidence_window_us)
+        assert tg.coincidence == "poisson"
+        e = t["events"]
+        side = e["rbc"] + e["retic"] + e["coincidence"]
+        shares = {s.name: s.target for s in tg.stage1 + tg.stage2}
+        assert shares["plt/(plt+rbc_side)"] == pytest.approx(e["plt"] / (e["plt"] + side), rel=0.10), f.stem
+        assert shares["coincidence/side"] == pytest.approx(e["coincidence"] / side, rel=0.2), f.stem
+        assert shares["retic/(rbc+retic)"] == pytest.approx(e["retic"] / (e["rbc"] + e["retic"]), rel=0.1, abs=2e-4)
+
+
+def test_event_store_rereads_what_its_budget_cannot_hold(tmp_path):
+    files, ref, _ = simulate_instrument("optical-b", tmp_path / "d", 4, 5000, seed=3)
+    found, store = scan(files, read_reference(ref), None, 3000, cache_mb=0.2)  # 3000 x 11 x 4 B = 0.13 MB each
+    assert store.cached_mb <= 0.2
+    first = [store.events(i).copy() for i in range(4)]
+    assert store.reads >= 3
+    again = EventStore(found.files, found.profile, 3000, 1024.0)
+    for i in range(4):
+        np.testing.assert_array_equal(again.events(i), first[i])
+
+
+# ------------------------------------------------------------------ bad input through the CLI
+@pytest.fixture(scope="module")
+def instrument_b(tmp_path_factory):
+    d = tmp_path_factory.mktemp("optical-b")
+    files, ref, truths = simulate_instrument("optical-b", d / "train", 9, 8000, seed=5)
+    held, held_ref, _ = simulate_instrument("optical-b", d / "held", 3, 8000, seed=6)
+    return d, files, ref, held, held_ref
+
+
+def _train(args):
+    return runner.invoke(app, ["train", *map(str, args)])
+
+
+def _error_lines(result) -> list[str]:
+    """The error lines a user sees: printed ones, and the EdgehemaError edgehema.cli.main prints."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("edgehema: error:")]
+    if isinstance(result.exception, EdgehemaError):
+        lines.append(f"edgehema: error: {result.exception}")
+    return lines
+
+
+def test_bad_data_is_listed_line_by_line_and_nothing_is_trained(instrument_b, tmp_path):
+    d, files, ref, _, _ = instrument_b
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in files[:4]:
+        (data / f.name).write_bytes(f.read_bytes())
+    (data / "empty.csv").write_bytes(b"")
+    other = SampleSimulator("dog", profile="sysmex-xn-ret", seed=1).generate(3000)
+    from edgehema.formats import write_sample
+
+    write_sample(other.sample, data / "other.116.csv", "sysmex-xn")
+    rows = ref.read_text(encoding="utf-8").splitlines()
+    bad = "\n".join(rows[:5] + [rows[4], "ghost-sample,7.1,300,1.0,300,0.8", rows[1].split(",")[0] + "x,-1,300,1,300,0.8"]) + "\n"
+    ref2 = _csv(tmp_path, bad)
+    result = _train([data, "--reference", ref2, "--out", tmp_path / "m", "--scale", "tiny", "--folds", "0"])
+    assert result.exit_code == 1
+    lines = _error_lines(result)
+    text = "\n".join(lines)
+    # Every problem of the reference and of the data, together, before anything is trained.
+    assert "line 6: sample_id" in lines[0] and "again (first on line 5)" in lines[0]  # duplicated id
+    assert "line 8: rbc (10^12/L) -1 is negative" in lines[1]
+    assert "empty.csv: empty file" in lines[2]
+    assert "other.116.csv: profile sysmex-xn-ret, the other files are optical-11" in lines[3]
+    assert lines[4].endswith("4 problem(s) above; nothing was trained") and len(lines) == 5, text
+    assert "Traceback" not in result.output and not (tmp_path / "m").exists()
+
+
+def test_tune_without_optuna_is_one_line(instrument_b, tmp_path, monkeypatch):
+    d, files, ref, _, _ = instrument_b
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if the extra were not installed
+    result = _train([d / "train", "--reference", ref, "--out", tmp_path / "m", "--tune", "2", "--folds", "2"])
+    assert result.exit_code == 1
+    (line,) = _error_lines(result)
+    assert "--tune needs optuna" in line and "edgehema[export]" in line
+
+
+def test_init_from_a_bundle_of_another_profile_is_refused(tmp_path):
+    files, ref, _ = simulate_instrument("sysmex-c", tmp_path / "s", 3, 3000, seed=2)
+    result = _train([tmp_path / "s", "--reference", ref, "--init", "reference", "--out", tmp_path / "m",
+                     "--scale", "tiny", "--folds", "0"])
+    assert result.exit_code == 1
+    (line,) = _error_lines(result)
+    assert "trained on profile optical-11" in line and "train from scratch" in line
+
+
+def test_cuda_without_a_gpu_is_one_line(instrument_b, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    d, files, ref, _, _ = instrument_b
+    result = _train([d / "train", "--reference", ref, "--out", tmp_path / "m", "--device", "cuda", "--scale", "tiny"])
+    assert result.exit_code == 1 and "no CUDA GPU" in _error_lines(result)[0]
+
+
+# ------------------------------------------------------------------ end to end, tiny
+@pytest.fixture(scope="module")
+def trained(instrument_b, tmp_path_factory):
+    d, files, ref, held, held_ref = instrument_b
+    # One file loses its row: it is used unsupervised, and said so.
+    rows = ref.read_text(encoding="utf-8").splitlines()
+    ref2 = d / "partial.csv"
+    ref2.write_text("\n".join(rows[:-1]) + "\n", encoding="utf-8")
+    out = tmp_path_factory.mktemp("model") / "b-model"
+    # Files named one by one (the folder also holds the full reference CSV, which is no event file).
+    result = _train([*files, "--reference", ref2, "--out", out, "--scale", "tiny", "--folds", "3", "--seed", "4"])
+    return out, result, held, held_ref
+
+
+def test_train_writes_a_bundle_with_model_card_and_report(trained):
+    out, result, _, _ = trained
+    assert result.exit_code == 0, result.output
+    assert "3-fold cross-validation: 8 held-out samples" in result.stdout
+    assert "used unsupervised" in result.stdout
+    b = Bundle.load(out)  # every member hash-checked, crossval files included
+    card = b.manifest["model_card"]
+    assert card["data"]["files"] == 9 and card["data"]["with_reference"] == 8 and card["data"]["unsupervised"] == 1
+    assert card["data"]["species"] == {"cat": 3, "dog": 3, "horse": 3}
+    assert card["supervision"]["coincidences"] == ["poisson"]
+    assert card["crossval"]["samples"] == 8 and card["crossval"]["plt_err_pct"]["n"] == 8
+    assert card["seed"] == 4 and card["settings"]["seed"] == 4
+    report = json.loads((out / "crossval.json").read_text())
+    assert len(report["predictions"]) == 8 and {p["fold"] for p in report["predictions"]} == {0, 1, 2}
+    assert (out / "crossval.csv").read_text().count("\n") == 9
+    info = runner.invoke(app, ["info", str(out)])
+    assert info.exit_code == 0 and "model card: 9 files" in info.stdout and "cross-validation (3 folds, 8 samples)" in info.stdout
+
+
+def test_trained_model_exports_to_int8_and_classifies_held_out_files(trained, tmp_path):
+    out, _, held, held_ref = trained
+    int8 = tmp_path / "int8"
+    r = runner.invoke(app, ["export", str(out), "--target", "onnx-int8", "--calibration", str(held[0]),
+                            "--out", str(int8), "--fail-under", "none"])
+    assert r.exit_code == 0, r.output
+    assert Bundle.load(int8).manifest["model_card"]["data"]["files"] == 9
+    r = runner.invoke(app, ["classify", "--json", "--model", str(int8), *map(str, held)])
+    assert r.exit_code == 0, r.output
+    results = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["events"]["total"] for x in results] == [8000] * 3
+    assert all(x["model"]["precision"] == "int8" for x in results)
+
+
+def test_fit_is_deterministic_on_cpu(instrument_b):
+    d, files, ref, _, _ = instrument_b
+    found, store = scan(files[:4], read_reference(ref), None, 2000, 64.0)
+    targets = [targets_for(f, found.profile.coincidence_window_us) for f in found.files]
+    pre = Preprocessing(found.log_mean, found.log_std)
+    cfg = FitSettings.tiny(pretrain_steps=20, stage1_steps=30, stage2_steps=30, events_per_sample=2000)
+    a = fit(cfg, store, [0, 1, 2, 3], targets, pre)
+    b = fit(cfg, store, [0, 1, 2, 3], targets, pre)
+    assert torch.equal(a.idec.centroids, b.idec.centroids) and torch.equal(a.vade.mu_c, b.vade.mu_c)
+    assert np.mean(a.history["stage1"][-5:]) < np.mean(a.history["stage1"][:5])
+
+
+def test_fine_tune_from_reference_and_own_profile_file(tmp_path):
+    """--init reference keeps the shipped architecture; a user's TOML profile (here the 4-feature
+    Sysmex profile under another name) travels inside the bundle and the bundle runs without it."""
+    files, ref, _ = simulate_instrument("optical-b", tmp_path / "b", 3, 4000, seed=8)
+    res = train([tmp_path / "b"], ref, tmp_path / "ft", init="reference", folds=0,
+                settings=FitSettings.tiny(pretrain_steps=10, stage1_steps=20, stage2_steps=20), log=lambda _: None)
+    card = res.manifest["model_card"]
+    assert card["init"]["name"] == "edgehema-reference"
+    assert res.manifest["training"]["recipe_settings"]["hidden"] == [64, 32]
+    shipped = Bundle.load("reference").manifest["preprocessing"]
+    assert res.manifest["preprocessing"] == shipped  # the fine-tuned weights read the same inputs
+
+    from importlib import resources
+
+    text = (resources.files("edgehema.profiles") / "sysmex-xn-ret.toml").read_text(encoding="utf-8")
+    own = tmp_path / "my-xn.toml"
+    own.write_text(text.replace('name = "sysmex-xn-ret"', 'name = "my-xn"'), encoding="utf-8")
+    sim_files = []
+    from edgehema.formats import write_sample
+
+    (tmp_path / "x").mkdir()
+    rows = ["sample_id,rbc,plt,retic_percent"]
+    for k in range(3):
+        s = SampleSimulator(["human", "dog", "cattle"][k], profile=str(own), seed=k).generate(4000)
+        sim_files += write_sample(s.sample, tmp_path / "x" / f"x{k}.csv", "csv")[:1]
+        rows.append(f"x{k},{s.truth['cells']['rbc'] * 100},{s.truth['cells']['plt'] * 100},{s.truth['retic_percent']}")
+    ref = _csv(tmp_path, "\n".join(rows) + "\n", "x.csv")
+    res = train(sim_files, ref, tmp_path / "xm", profile=str(own), folds=0,
+                settings=FitSettings.tiny(pretrain_steps=10, stage1_steps=20, stage2_steps=20), log=lambda _: None)
+    b = Bundle.load(tmp_path / "xm")
+    assert b.manifest["profile"] == "my-xn" and "profile.toml" in b.manifest["files"]
+    own.unlink()  # the device has no copy of the user's profile: the bundle's own is used
+    assert b.profile().feature_names == ("FSC", "SSC", "SFL", "FSCW")
+    assert res.manifest["model_card"]["supervision"]["coincidences"] == ["unsupervised"]  # CSV without times
+    r = runner.invoke(app, ["selftest", "--model", str(tmp_path / "xm")])
+    assert r.exit_code == 0, r.output
+
+
+def test_discover_skips_reference_truth_and_part_files(tmp_path):
+    (tmp_path / "a.csv").write_text("x")
+    (tmp_path / "a.truth.json").write_text("{}")
+    (tmp_path / "S.116.csv").write_text("x")
+    (tmp_path / "S.116(1).csv").write_text("x")
+    (tmp_path / "ref.csv").write_text("x")
+    found, problems = discover([tmp_path, tmp_path / "missing"], exclude=[tmp_path / "ref.csv"])
+    assert [f.name for f in found] == ["S.116.csv", "a.csv"]
+    assert problems == [f"{tmp_path / 'missing'}: no such file or folder"]
+
+
+def test_training_data_problems_name_every_line():
+    exc = TrainingDataProblems(["a.csv: empty", "b.csv: profile x"])
+    assert exc.problems == ["a.csv: empty", "b.csv: profile x"] and "2 problem(s)" in str(exc)
