@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import classes as C
+from . import plausibility
 from .profiles import Profile
 from .sample import SampleInfo
 
@@ -33,6 +34,8 @@ CLUMP_SHARE_OF_PLT = 0.03
 MAX_CELLS_PER_EVENT = 15
 #: A platelet-like coincidence with a pulse this much longer than a platelet's is a clump.
 CLUMP_WIDTH_RATIO = 1.25
+#: Platelet events below this share of red-cell events: severe thrombocytopenia, clumps are rare.
+SCARCE_PLATELETS = 0.02
 
 FLAG_TEXT = {
     "too_few_events": "fewer than {limit:,} events: counts are statistically weak",
@@ -97,6 +100,11 @@ def coincidence_cells(
             in_plt = area[coinc] / a_plt
             # Platelet-like: a platelet signature and the area of a few platelets, not of red cells.
             plt_like = (side_ratio(coinc) > cut) & (in_plt <= MAX_CELLS_PER_EVENT)
+            # A red-cell-sized event read as many small platelets (human platelets are ~1/18 of a red cell,
+            # so 0.8 red cells would be a 14-platelet clump) is, where platelets are scarce, far likelier
+            # one young, less dense red cell: big clumps need many platelets.
+            if plt.sum() < SCARCE_PLATELETS * red.sum():
+                plt_like &= ~((area[coinc] > 0.6 * a_red) & (in_plt > 6))
             n_rbc[plt_like] = 0
             n_plt[plt_like] = 1
             # A clump is several platelets in a row, so its pulse is longer than a platelet's; a
@@ -133,10 +141,18 @@ def count_sample(
     coincidence_window_us: float | None = None,
     elapsed_s: float | None = None,
     complete: bool = True,
+    adaptation: dict | None = None,
 ) -> Counts:
     n = len(labels)
+    assigned = labels
+    # Platelet-class events without platelet stain are debris or lipid, not platelets (plausibility).
+    unstained = plausibility.unstained_platelet_events(events, labels, profile)
+    if unstained is not None and unstained.any():
+        labels = labels.copy()
+        labels[unstained] = C.NOISE
     ev = C.event_counts(labels)
-    n_rbc_c, n_plt_c = coincidence_cells(events, labels, profile, area_features)
+    # Coincidences are read against the populations as the model assigned them.
+    n_rbc_c, n_plt_c = coincidence_cells(events, assigned, profile, area_features)
     single_red = ev["rbc"] + ev["retic"]
     retic_share = ev["retic"] / single_red if single_red else 0.0
     plt_visible = ev["plt"] + float(n_plt_c.sum())
@@ -159,9 +175,10 @@ def count_sample(
     qc = {
         "coincidence_fraction": ev["coincidence"] / n if n else 0.0,
         # The top probability is the one of the assigned class (a gather, not a row-wise max).
-        "ambiguous_fraction": float(np.mean(probabilities[np.arange(n), labels] < AMBIGUOUS_PROBABILITY)) if n else 0.0,
+        "ambiguous_fraction": float(np.mean(probabilities[np.arange(n), assigned] < AMBIGUOUS_PROBABILITY)) if n else 0.0,
         "hidden_platelets": round(hidden_plt, 1),
         "platelets_in_coincidences": int(n_plt_c.sum()),
+        "plt_unstained_excluded": int(unstained.sum()) if unstained is not None else 0,
     }
     clumped = float(n_plt_c[n_plt_c >= 2].sum())
     qc["platelet_clump_share"] = clumped / cells["plt"] if cells["plt"] else 0.0
@@ -174,7 +191,10 @@ def count_sample(
 
     if n < MIN_EVENTS:
         flag("too_few_events", n, MIN_EVENTS)
-    if qc["coincidence_fraction"] > MAX_COINCIDENCE_FRACTION:
+    # The checks see the classes as the model assigned them, before the exclusion.
+    checks = plausibility.check(events, assigned, probabilities, profile, qc, adaptation, elapsed_s, unstained)
+    # Diluting helps only when the coincidences are what the concentration predicts.
+    if qc["coincidence_fraction"] > MAX_COINCIDENCE_FRACTION and "coincidence_implausible" not in checks:
         flag("high_coincidence", qc["coincidence_fraction"], MAX_COINCIDENCE_FRACTION)
     if qc["platelet_clump_share"] > CLUMP_SHARE_OF_PLT:
         flag("platelet_clumps_suspected", qc["platelet_clump_share"], CLUMP_SHARE_OF_PLT)
@@ -182,6 +202,7 @@ def count_sample(
         flag("out_of_distribution", qc["ood_fraction"], MAX_OOD_FRACTION)
     if qc["ambiguous_fraction"] > MAX_AMBIGUOUS_FRACTION:
         flag("ambiguous_assignments", qc["ambiguous_fraction"], MAX_AMBIGUOUS_FRACTION)
+    flags.update(checks)
     if not complete:
         flags["incomplete"] = FLAG_TEXT["incomplete"]
     return Counts(ev, cells, retic_percent, conc, list(flags), flags, qc)

@@ -161,21 +161,28 @@ def summarize(scores: list[SampleScore]) -> list[MethodSummary]:
 
 def run(cfg: EvalConfig, jobs: int = 0, progress=None) -> tuple[list[MethodSummary], list[SampleScore]]:
     tasks = [(sp, k) for sp in cfg.species for k in range(cfg.samples)]
+    scores = run_tasks(tasks, _init, cfg, _evaluate_one, jobs, progress)
+    return summarize(scores), scores
+
+
+def run_tasks(tasks: list, init, cfg, one, jobs: int = 0, progress=None) -> list:
+    """``one(task)`` for every task (each returns a list), in order: in this process with ``jobs``
+    1, else in single-threaded worker processes set up by ``init(cfg)``."""
     jobs = jobs or min(os.cpu_count() or 1, 2)
-    scores: list[SampleScore] = []
+    rows: list = []
     if jobs <= 1:
-        _init(cfg)
+        init(cfg)
         for t in tasks:
-            scores.extend(_evaluate_one(t))
+            rows.extend(one(t))
             if progress:
                 progress()
     else:
-        with single_threaded_workers(jobs, _init, (cfg,)) as pool:
-            for res in pool.map(_evaluate_one, tasks, chunksize=1):
-                scores.extend(res)
+        with single_threaded_workers(jobs, init, (cfg,)) as pool:
+            for res in pool.map(one, tasks, chunksize=1):
+                rows.extend(res)
                 if progress:
                     progress()
-    return summarize(scores), scores
+    return rows
 
 
 def overall_r2(scores: list[SampleScore], method: str) -> float:

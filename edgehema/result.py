@@ -89,7 +89,17 @@ def result_from_inference(
         coincidence_window_us=sample.profile.coincidence_window_us,
         elapsed_s=elapsed_seconds(sample),
         complete=complete,
+        adaptation=inf.adaptation,
     )
+    trained = manifest.get("training", {}).get("species")
+    species = (sample.info.species or "").strip().lower()
+    if species and trained and species not in {str(t).lower() for t in trained}:
+        # A veterinary analyzer counts only the species it was validated for; the data checks may miss
+        # an unseen species whose cells sit where trained ones did (docs/accuracy.md).
+        counts.flags.append("species_not_validated")
+        counts.flag_details["species_not_validated"] = (
+            f"species {species!r} is not among the model's training species ({', '.join(trained)}): "
+            "counts are not validated for it; review by a validated method")
     for code, text in {**sample.flags, **(extra_flags or {})}.items():
         if code not in counts.flag_details:
             counts.flags.append(code)

@@ -102,7 +102,9 @@ def test_drawn_parameters_centre_on_the_reference_interval(species):
     assert mcv.mean() == pytest.approx(sp.mcv_fl.mid, rel=0.02)
     assert np.mean([d.mpv_fl for d in draws]) == pytest.approx(sp.mpv_fl.mid, rel=0.03)
     assert np.mean([d.plt_per_ul for d in draws]) == pytest.approx(sp.plt_1e3_per_ul.mid * 1e3, rel=0.03)
-    assert np.mean([d.retic_fraction for d in draws]) * 100 == pytest.approx(sp.retic_percent.mid, abs=0.05)
+    # The mean of 400 draws with sd a quarter of the interval: within 3 % of its width (ferret: 1-12 %).
+    retic_tol = max(0.05, 0.03 * (sp.retic_percent.hi - sp.retic_percent.lo))
+    assert np.mean([d.retic_fraction for d in draws]) * 100 == pytest.approx(sp.retic_percent.mid, abs=retic_tol)
 
 
 def _coincidence_fraction(sim_sample) -> float:

@@ -39,8 +39,8 @@ from ..sample import Sample, SampleInfo
 from .optics import diameter_um, load_table, relative_index_from_hc
 from .presets import SampleParameters, draw_parameters
 
-# Particle kinds (internal).
-DEBRIS, MATURE, RETIC, PLATELET = 0, 1, 2, 3
+# Particle kinds (internal). Fragments (schistocytes) are red cells; lysis debris and lipid are not cells.
+DEBRIS, MATURE, RETIC, PLATELET, FRAGMENT, LYSIS, LIPID = 0, 1, 2, 3, 4, 5, 6
 _CH = ("fsc_lo", "fsc_hi", "ssc", "fl", "ext")
 _FSC_LO, _FSC_HI, _SSC, _FL, _EXT = range(5)
 ADC_MAX = 65535.0
@@ -72,6 +72,12 @@ class InstrumentSettings:
     baseline_noise_adc: float = 6.0
     trigger_threshold_adc: float = 60.0
     electronic_noise_per_s: float = 4.0
+    #: bursts of spurious triggers (microbubbles, electrical interference) per second, and events per burst.
+    noise_bursts_per_s: float = 0.0
+    burst_events: float = 40.0
+    #: per-channel calibration factor (fsc_lo, fsc_hi, ssc, fl, ext) on top of ``gain``: a detector
+    #: or amplifier that drifted since calibration.
+    channel_gain: tuple[float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0)
     debris_per_ul: float = 40.0  # in the diluted suspension
     #: platelet dye uptake and RBC autofluorescence, ADC counts at median
     plt_fl_median: float = 600.0
@@ -172,16 +178,21 @@ class SampleSimulator:
         ul_per_us = ins.sample_flow_ul_per_s * 1e-6
         rbc_cells = p.rbc_per_ul / ins.dilution * ul_per_us
         plt_cells = p.plt_per_ul / ins.dilution * ul_per_us
-        agg_size_rbc = 2.3  # mean size of RBC aggregates (doublets 70 %, triplets 30 %)
+        agg_size_rbc = p.rbc_aggregate_size  # mean size of RBC aggregates (2.3: doublets 70 %, triplets 30 %)
         agg_size_plt = _CLUMP_MEAN
         rbc_agg_units = rbc_cells * p.rbc_aggregate_fraction / agg_size_rbc
         plt_clump_units = plt_cells * p.plt_clump_fraction / agg_size_plt
+        single_red = rbc_cells * (1 - p.rbc_aggregate_fraction)
         return {
-            "rbc": rbc_cells * (1 - p.rbc_aggregate_fraction),
+            "rbc": single_red * (1 - p.schistocyte_fraction),
             "rbc_aggregate": rbc_agg_units,
             "plt": plt_cells * (1 - p.plt_clump_fraction),
             "plt_clump": plt_clump_units,
             "debris": ins.debris_per_ul * ul_per_us,
+            # Interferences last: with zero rates they leave the draws of a plain sample unchanged.
+            "fragment": single_red * p.schistocyte_fraction,
+            "lysis": p.lysis_debris_per_ul / ins.dilution * ul_per_us,
+            "lipid": p.lipid_per_ul / ins.dilution * ul_per_us,
         }
 
     def _arrivals(self, p: SampleParameters, rates: dict[str, float], duration: float, previous):
@@ -209,7 +220,10 @@ class SampleSimulator:
         unit_kind = np.minimum(np.searchsorted(cum, rng.random(n_units), side="right"), len(_UNIT_KINDS) - 1)
         sizes = np.ones(n_units, dtype=np.int64)
         agg = unit_kind == 1
-        sizes[agg] = np.where(rng.random(int(agg.sum())) < 0.7, 2, 3)
+        if p.rbc_aggregate_size <= 2.3:
+            sizes[agg] = np.where(rng.random(int(agg.sum())) < 0.7, 2, 3)
+        else:  # agglutinates: 2 + Poisson cells, up to 12
+            sizes[agg] = np.minimum(2 + rng.poisson(p.rbc_aggregate_size - 2.0, int(agg.sum())), 12)
         clump = unit_kind == 3
         sizes[clump] = np.minimum(2 + rng.geometric(1.0 / (_CLUMP_MEAN - 2), int(clump.sum())), 12)
         if n_units and sizes.max() > 1:
@@ -240,7 +254,7 @@ class SampleSimulator:
             # exponentially, so it is log-uniform in healthy blood; marrow stress shifts u towards 0.
             u = rng.beta(1.0 / p.retic_immaturity, 1.0, n_ret)
             kind[retic] = RETIC
-            fl[retic] = ins.retic_rna_max * (ins.retic_rna_min / ins.retic_rna_max) ** u * np.exp(
+            fl[retic] = p.retic_rna_factor * ins.retic_rna_max * (ins.retic_rna_min / ins.retic_rna_max) ** u * np.exp(
                 rng.normal(0.0, 0.15, n_ret)
             )
             volume[retic] *= 1.0 + 0.20 * (1.0 - u)  # young reticulocytes are ~20 % larger
@@ -265,6 +279,7 @@ class SampleSimulator:
         volume[deb] = np.exp(rng.uniform(math.log(0.05), math.log(3.0), n_deb))
         hc[deb] = rng.uniform(10.0, 40.0, n_deb)
         fl[deb] = ins.rbc_autofluorescence * 0.3 * np.exp(rng.normal(0.0, 0.5, n_deb))
+        self._interference_particles(p, kind, volume, hc, fl)
         t = t_units[unit_id]
         if n and sizes.max() > 1:
             # Aggregate members are stuck together: each passes a fraction of a cell length after the last.
@@ -276,6 +291,36 @@ class SampleSimulator:
             "unit": unit_id + first_unit, "maturity": maturity,
             "horizon": start + span, "n_units": first_unit + n_units,
         }
+
+    def _interference_particles(self, p: SampleParameters, kind, volume, hc, fl) -> None:
+        """Properties of schistocytes, lysis debris and lipid droplets (docs/simulator.md, Interferences).
+        Draws only when the sample has them, so plain samples keep their random streams."""
+        rng = self._rng
+        ins = self.instrument
+        frag = kind == FRAGMENT
+        n_frag = int(frag.sum())
+        if n_frag:
+            # Helmet cells, triangles, microspherocytes: a tenth to a half of a red cell, haemoglobin-dense.
+            volume[frag] = p.mcv_fl * rng.uniform(0.10, 0.50, n_frag)
+            hc[frag] = rng.normal(p.mchc_g_dl + 1.0, p.hdw_g_dl, n_frag)
+            fl[frag] = ins.rbc_autofluorescence * np.exp(rng.normal(0.0, 0.35, n_frag))
+        lys = kind == LYSIS
+        n_lys = int(lys.sum())
+        if n_lys:
+            # Membrane and cytoplasm fragments of platelet size, less dense than platelets and without
+            # their granules; a third are nuclear fragments that take up the nucleic-acid stain.
+            volume[lys] = 2.5 * np.exp(rng.normal(0.0, 0.6, n_lys))
+            hc[lys] = rng.uniform(8.0, 25.0, n_lys)
+            nucleic = rng.random(n_lys) < 0.3
+            fl[lys] = np.where(nucleic, ins.plt_fl_median * np.exp(rng.normal(0.0, 0.6, n_lys)),
+                               ins.rbc_autofluorescence * 0.3 * np.exp(rng.normal(0.0, 0.5, n_lys)))
+        lip = kind == LIPID
+        n_lip = int(lip.sum())
+        if n_lip:
+            # Droplets of 0.3-50 fL with n ~ 1.46-1.48 (beyond the Mie table, which clips at m = 1.09).
+            volume[lip] = 3.0 * np.exp(rng.normal(0.0, 1.0, n_lip))
+            hc[lip] = rng.uniform(65.0, 78.0, n_lip)
+            fl[lip] = ins.rbc_autofluorescence * 0.1 * np.exp(rng.normal(0.0, 0.5, n_lip))
 
     # -------------------------------------------------------------- events
     def _events(self, parts: dict, p: SampleParameters) -> dict:
@@ -294,6 +339,14 @@ class SampleSimulator:
         kind = parts["kind"]
         d = diameter_um(parts["volume"])
         m = relative_index_from_hc(parts["hc"])
+        length = d
+        if p.rbc_elongation != 1.0:
+            # Red cells that do not sphere (camelid ellipses) align with the flow: the beam sees an
+            # area-equivalent diameter r^(1/6) d and the cell takes r^(2/3) d to pass.
+            r = p.rbc_elongation
+            red_shape = (kind == MATURE) | (kind == RETIC)
+            d = np.where(red_shape, d * r ** (1.0 / 6.0), d)
+            length = np.where(red_shape, d * r ** (2.0 / 3.0 - 1.0 / 6.0), d)
         xs = self._table.lookup(d, m)  # (n, 4): fsc_lo, fsc_hi, ssc, ext cross-sections
         amp = np.empty((n, 5), dtype=np.float32)
         amp[:, _FSC_LO] = ins.gain_fsc_lo * xs[:, 0]
@@ -301,12 +354,14 @@ class SampleSimulator:
         amp[:, _SSC] = ins.gain_ssc * xs[:, 2]
         amp[:, _EXT] = ins.gain_ext * xs[:, 3]
         amp[:, _FL] = ins.gain_fl * parts["fl"]
+        if any(g != 1.0 for g in ins.channel_gain):
+            amp *= np.asarray(ins.channel_gain, dtype=np.float32)[None, :]
         # Platelet granules add side scatter beyond a homogeneous sphere's.
         is_plt = kind == PLATELET
         amp[is_plt, _SSC] += 900.0 * parts["volume"][is_plt] / 10.0
         amp *= np.exp(rng.standard_normal(n) * ins.illumination_cv)[:, None]
         velocity = ins.velocity_um_per_us * np.exp(rng.normal(0.0, ins.velocity_cv, n))
-        sigma = (ins.beam_height_um + d) / velocity / 2.3548  # FWHM = transit time
+        sigma = (ins.beam_height_um + length) / velocity / 2.3548  # FWHM = transit time
 
         peak = np.zeros((n_ev, 5))
         area = np.zeros((n_ev, 5))
@@ -323,11 +378,11 @@ class SampleSimulator:
             peak[ev_m], area[ev_m], width[ev_m] = pk, ar, wd
 
         # Composition and timing of each event.
-        red = (kind == MATURE) | (kind == RETIC)
+        red = (kind == MATURE) | (kind == RETIC) | (kind == FRAGMENT)
         n_rbc = np.bincount(event_of, weights=red, minlength=n_ev).astype(np.int32)
         n_retic = np.bincount(event_of, weights=kind == RETIC, minlength=n_ev).astype(np.int32)
         n_plt = np.bincount(event_of, weights=is_plt, minlength=n_ev).astype(np.int32)
-        cell = kind != DEBRIS
+        cell = red | is_plt
         vol = np.bincount(event_of, weights=np.where(cell, parts["volume"], 0.0), minlength=n_ev)
         unit_change = np.ones(n, dtype=bool)
         unit_change[1:] = (parts["unit"][1:] != parts["unit"][:-1]) | new_event[1:]
@@ -341,22 +396,36 @@ class SampleSimulator:
 
         # Spurious triggers from electronic noise: no particle, just above threshold.
         horizon = parts["horizon"]
+        spurious: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (peaks, pulse sigma, time)
         n_noise = int(rng.poisson(ins.electronic_noise_per_s * 1e-6 * horizon))
         if n_noise:
             tn = np.sort(rng.random(n_noise) * horizon)
             npk = np.zeros((n_noise, 5))
             npk[:, _FSC_LO] = ins.trigger_threshold_adc * (1.0 + rng.exponential(0.3, n_noise))
-            nsig = np.full(n_noise, 0.4)
-            peak = np.vstack([peak, npk])
-            area = np.vstack([area, npk * (nsig * math.sqrt(2 * math.pi))[:, None]])
-            width = np.vstack([width, np.repeat((2.3548 * nsig)[:, None], 5, axis=1)])
-            t_start = np.r_[t_start, tn]
-            t_end = np.r_[t_end, tn]
-            z = np.zeros(n_noise, np.int32)
+            spurious.append((npk, np.full(n_noise, 0.4), tn))
+        n_bursts = int(rng.poisson(ins.noise_bursts_per_s * 1e-6 * horizon)) if ins.noise_bursts_per_s else 0
+        if n_bursts:
+            # Bursts (microbubbles, electrical interference): tens of spurious triggers within ~200 us,
+            # with signal on every channel, none of it a cell.
+            per = rng.poisson(ins.burst_events, n_bursts)
+            tb = np.sort(np.repeat(rng.random(n_bursts) * horizon, per) + rng.random(int(per.sum())) * 200.0)
+            spurious.append((ins.trigger_threshold_adc * np.exp(rng.normal(1.5, 1.2, (len(tb), 5))),
+                             rng.uniform(0.3, 3.0, len(tb)), tb))
+        if spurious:
+            spk = np.vstack([x[0] for x in spurious])
+            ssig = np.concatenate([x[1] for x in spurious])
+            st = np.concatenate([x[2] for x in spurious])
+            ns = len(st)
+            peak = np.vstack([peak, spk])
+            area = np.vstack([area, spk * (ssig * math.sqrt(2 * math.pi))[:, None]])
+            width = np.vstack([width, np.repeat((2.3548 * ssig)[:, None], 5, axis=1)])
+            t_start = np.r_[t_start, st]
+            t_end = np.r_[t_end, st]
+            z = np.zeros(ns, np.int32)
             n_rbc, n_retic, n_plt, n_units = np.r_[n_rbc, z], np.r_[n_retic, z], np.r_[n_plt, z], np.r_[n_units, z]
-            vol = np.r_[vol, np.zeros(n_noise)]
+            vol = np.r_[vol, np.zeros(ns)]
             size = np.r_[size, z]
-            ev_maturity = np.r_[ev_maturity, np.full(n_noise, np.nan)]
+            ev_maturity = np.r_[ev_maturity, np.full(ns, np.nan)]
 
         # Detector noise, gain, ADC, only for the measures the profile reads (plus the trigger):
         # float32, as this is the hot path for a million events.
@@ -473,8 +542,8 @@ class SampleSimulator:
 
 
 _CLUMP_MEAN = 4.5  # mean number of platelets in a clump
-_UNIT_KINDS = ("rbc", "rbc_aggregate", "plt", "plt_clump", "debris")
-_KIND_OF_UNIT = np.array([MATURE, MATURE, PLATELET, PLATELET, DEBRIS], dtype=np.int8)
+_UNIT_KINDS = ("rbc", "rbc_aggregate", "plt", "plt_clump", "debris", "fragment", "lysis", "lipid")
+_KIND_OF_UNIT = np.array([MATURE, MATURE, PLATELET, PLATELET, DEBRIS, FRAGMENT, LYSIS, LIPID], dtype=np.int8)
 _PARTICLE_KEYS = ("t", "kind", "volume", "hc", "fl", "unit", "maturity")
 
 

@@ -51,6 +51,10 @@ class SpeciesPreset:
     rbc_aggregate_fraction: float = 0.0
     #: fraction of platelets that travel in clumps.
     plt_clump_fraction: float = 0.0
+    #: reticulocyte RNA signal relative to the human/dog reference (stain uptake differs by species).
+    retic_rna_factor: float = 1.0
+    #: axis ratio of red cells that do not sphere in the diluent (camelids: elliptical cells); 1 = sphere.
+    rbc_elongation: float = 1.0
     sources: tuple[str, ...] = ()
     notes: str = ""
 
@@ -75,6 +79,17 @@ class SampleParameters:
     macroplatelet_factor: float
     rbc_aggregate_fraction: float
     plt_clump_fraction: float
+    # Species traits and interferences (docs/simulator.md, "Interferences"); zero means absent.
+    retic_rna_factor: float = 1.0
+    rbc_elongation: float = 1.0
+    #: mean cells per RBC aggregate (2.3: doublets and triplets; cold agglutinins make larger ones).
+    rbc_aggregate_size: float = 2.3
+    #: platelet-sized cell debris and lysis fragments per uL of blood (some carry nucleic acid).
+    lysis_debris_per_ul: float = 0.0
+    #: fraction of red cells that are fragments (schistocytes): a tenth to a half of a red cell's volume.
+    schistocyte_fraction: float = 0.0
+    #: lipid droplets (chylomicrons and larger) per uL of blood.
+    lipid_per_ul: float = 0.0
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -85,6 +100,16 @@ _HUMAN_SRC = (
     "reference ranges for adults",
     "Briggs C. Quality counts: new parameters in blood cell counting. Int J Lab Hematol 31:277-297, 2009 "
     "(reticulocyte maturity fractions)",
+)
+_SMALL_RUMINANT_SRC = (
+    "Weiss DJ, Wardrop KJ (eds). Schalm's Veterinary Hematology, 6th ed. Wiley-Blackwell, 2010: "
+    "ch. 111 (sheep and goat) and ch. 112 (camelids)",
+    "Merck Veterinary Manual, Hematologic reference ranges (goat, sheep, llama/alpaca)",
+)
+_SMALL_MAMMAL_SRC = (
+    "Quesenberry KE, Carpenter JW (eds). Ferrets, Rabbits and Rodents: Clinical Medicine and Surgery, "
+    "3rd ed. Elsevier, 2012: hematology reference intervals",
+    "Merck Veterinary Manual, Hematologic reference ranges (rabbit, ferret)",
 )
 _VET_SRC = (
     "Weiss DJ, Wardrop KJ (eds). Schalm's Veterinary Hematology, 6th ed. Wiley-Blackwell, 2010: "
@@ -137,8 +162,52 @@ SPECIES: dict[str, SpeciesPreset] = {
             plt_volume_sigma=0.38, macroplatelet_fraction=0.005, sources=_VET_SRC,
             notes="reticulocytes are absent in healthy cattle",
         ),
+        # Species outside the shipped models' training (the stress suite's unseen species).
+        SpeciesPreset(
+            "goat",
+            rbc_1e6_per_ul=Interval(8.0, 18.0), mcv_fl=Interval(16, 25), rdw_cv_percent=Interval(20.0, 26.0),
+            mchc_g_dl=Interval(30, 36), retic_percent=Interval(0.0, 0.1),
+            plt_1e3_per_ul=Interval(300, 600), mpv_fl=Interval(4.5, 7.0),
+            plt_volume_sigma=0.40, macroplatelet_fraction=0.01, sources=_SMALL_RUMINANT_SRC,
+            notes="the smallest mammalian red cells: single red cells overlap large platelets in size",
+        ),
+        SpeciesPreset(
+            "sheep",
+            rbc_1e6_per_ul=Interval(9.0, 15.0), mcv_fl=Interval(28, 40), rdw_cv_percent=Interval(18.0, 24.0),
+            mchc_g_dl=Interval(31, 34), retic_percent=Interval(0.0, 0.1),
+            plt_1e3_per_ul=Interval(250, 750), mpv_fl=Interval(3.5, 6.0),
+            plt_volume_sigma=0.40, macroplatelet_fraction=0.01, sources=_SMALL_RUMINANT_SRC,
+        ),
+        SpeciesPreset(
+            "alpaca",
+            rbc_1e6_per_ul=Interval(10.0, 17.0), mcv_fl=Interval(21, 29), rdw_cv_percent=Interval(16.0, 22.0),
+            mchc_g_dl=Interval(39, 47), retic_percent=Interval(0.0, 0.5),
+            plt_1e3_per_ul=Interval(200, 600), mpv_fl=Interval(5.0, 7.5),
+            plt_volume_sigma=0.40, macroplatelet_fraction=0.01, rbc_elongation=2.0, sources=_SMALL_RUMINANT_SRC,
+            notes="camelid red cells are flat ellipses that do not sphere: long pulses for their volume, "
+            "high haemoglobin concentration",
+        ),
+        SpeciesPreset(
+            "rabbit",
+            rbc_1e6_per_ul=Interval(5.0, 8.0), mcv_fl=Interval(58, 67), rdw_cv_percent=Interval(12.0, 15.0),
+            mchc_g_dl=Interval(31, 35), retic_percent=Interval(2.0, 4.0),
+            plt_1e3_per_ul=Interval(250, 650), mpv_fl=Interval(4.5, 7.0),
+            plt_volume_sigma=0.40, macroplatelet_fraction=0.01, sources=_SMALL_MAMMAL_SRC,
+            notes="reticulocytes 2-4 % in health",
+        ),
+        SpeciesPreset(
+            "ferret",
+            rbc_1e6_per_ul=Interval(6.8, 12.2), mcv_fl=Interval(42, 52), rdw_cv_percent=Interval(13.0, 17.0),
+            mchc_g_dl=Interval(30, 35), retic_percent=Interval(1.0, 12.0),
+            plt_1e3_per_ul=Interval(300, 900), mpv_fl=Interval(6.0, 9.0),
+            plt_volume_sigma=0.42, macroplatelet_fraction=0.02, retic_rna_factor=0.3, sources=_SMALL_MAMMAL_SRC,
+            notes="many reticulocytes in health, with a weaker RNA-stain signal than human reticulocytes",
+        ),
     )
 }
+
+#: Species the shipped models were trained on (export/train_reference.py); the others are unseen.
+TRAINED_SPECIES = ("human", "dog", "cat", "horse", "cattle")
 
 
 def _anemia_reticulocytosis(p: SampleParameters, rng: np.random.Generator) -> SampleParameters:
@@ -154,6 +223,39 @@ def _anemia_reticulocytosis(p: SampleParameters, rng: np.random.Generator) -> Sa
 
 def _thrombocytopenia(p: SampleParameters, rng: np.random.Generator) -> SampleParameters:
     return replace(p, plt_per_ul=rng.uniform(10e3, 80e3), mpv_fl=p.mpv_fl * rng.uniform(1.0, 1.3))
+
+
+def _severe_thrombocytopenia(p: SampleParameters, rng: np.random.Generator) -> SampleParameters:
+    # Log-uniform 5-40 x10^3/uL: the transfusion-decision range, down to the lowest counts reported.
+    return replace(p, plt_per_ul=float(np.exp(rng.uniform(np.log(5e3), np.log(40e3)))),
+                   mpv_fl=p.mpv_fl * rng.uniform(1.0, 1.3))
+
+
+def _debris(p: SampleParameters, rng: np.random.Generator) -> SampleParameters:
+    # Lysed cells, old or mishandled samples, chemotherapy: 10-60 x10^3 fragments/uL of platelet size
+    # (Zandecki et al. 2007, part I).
+    return replace(p, lysis_debris_per_ul=rng.uniform(10e3, 60e3))
+
+
+def _schistocytes(p: SampleParameters, rng: np.random.Generator) -> SampleParameters:
+    # Microangiopathic haemolysis: 1-6 % fragments (ICSH: > 1 % is clinically significant).
+    return replace(p, schistocyte_fraction=rng.uniform(0.01, 0.06), rdw_cv=p.rdw_cv + rng.uniform(0.01, 0.04))
+
+
+def _giant_platelets(p: SampleParameters, rng: np.random.Generator) -> SampleParameters:
+    # Inherited macrothrombocytopenias (MYH9, Bernard-Soulier): many platelets the size of red cells.
+    return replace(p, plt_per_ul=p.plt_per_ul * rng.uniform(0.3, 0.8), macroplatelet_fraction=rng.uniform(0.10, 0.30),
+                   macroplatelet_factor=rng.uniform(3.5, 6.0))
+
+
+def _lipemia(p: SampleParameters, rng: np.random.Generator) -> SampleParameters:
+    # Lipid droplets scatter like cells of platelet to red-cell size (Zandecki et al. 2007).
+    return replace(p, lipid_per_ul=rng.uniform(50e3, 300e3))
+
+
+def _cold_agglutinins(p: SampleParameters, rng: np.random.Generator) -> SampleParameters:
+    # Red cells agglutinate at room temperature: aggregates of 2 to ~10 cells fake large cells and a low RBC.
+    return replace(p, rbc_aggregate_fraction=rng.uniform(0.10, 0.35), rbc_aggregate_size=rng.uniform(3.0, 5.0))
 
 
 def _thrombocytosis(p: SampleParameters, rng: np.random.Generator) -> SampleParameters:
@@ -177,10 +279,26 @@ def _microcytosis(p: SampleParameters, rng: np.random.Generator) -> SampleParame
 PATHOLOGIES: dict[str, Callable[[SampleParameters, np.random.Generator], SampleParameters]] = {
     "anemia-reticulocytosis": _anemia_reticulocytosis,
     "thrombocytopenia": _thrombocytopenia,
+    "severe-thrombocytopenia": _severe_thrombocytopenia,
     "thrombocytosis": _thrombocytosis,
     "macrocytosis": _macrocytosis,
     "microcytosis": _microcytosis,
+    # Interferences: what analyzers miscount (docs/simulator.md, "Interferences").
+    "debris": _debris,
+    "schistocytes": _schistocytes,
+    "giant-platelets": _giant_platelets,
+    "lipemia": _lipemia,
+    "cold-agglutinins": _cold_agglutinins,
 }
+
+
+def pathology_names(pathology: str | None) -> list[str]:
+    """The presets of a pathology string ('a+b' combines them); SimulationError for an unknown one."""
+    names = [n.strip() for n in (pathology or "").split("+") if n.strip()]
+    bad = [n for n in names if n not in PATHOLOGIES]
+    if bad:
+        raise SimulationError(f"unknown pathology {bad[0]!r} (known: {', '.join(PATHOLOGIES)}; combine with '+')")
+    return names
 
 
 def species_preset(name: str) -> SpeciesPreset:
@@ -212,12 +330,12 @@ def draw_parameters(
         macroplatelet_factor=sp.macroplatelet_factor,
         rbc_aggregate_fraction=sp.rbc_aggregate_fraction,
         plt_clump_fraction=sp.plt_clump_fraction,
+        retic_rna_factor=sp.retic_rna_factor,
+        rbc_elongation=sp.rbc_elongation,
     )
-    if pathology:
-        try:
-            p = PATHOLOGIES[pathology](p, rng)
-        except KeyError:
-            raise SimulationError(f"unknown pathology {pathology!r} (known: {', '.join(PATHOLOGIES)})") from None
+    # Pathologies combine with '+' ("severe-thrombocytopenia+debris"), applied left to right.
+    for name in pathology_names(pathology):
+        p = PATHOLOGIES[name](p, rng)
     bad = [k for k in overrides if not hasattr(p, k)]
     if bad:
         raise SimulationError(f"unknown sample parameter(s): {', '.join(bad)}")
