@@ -20,7 +20,9 @@ from edgehema.cli import app  # noqa: E402
 from edgehema.exceptions import EdgehemaError  # noqa: E402
 from edgehema.simulator import SampleSimulator  # noqa: E402
 from export.training import FitSettings, TrainingDataProblems, read_reference, train  # noqa: E402
+from export.training import crossval  # noqa: E402
 from export.training.dataset import EventStore, discover, scan  # noqa: E402
+from export.training.errors import TrainingError  # noqa: E402
 from export.training.fit import Preprocessing, fit  # noqa: E402
 from export.training.reference import ReferenceProblems  # noqa: E402
 from export.training.simulated import simulate_instrument  # noqa: E402
@@ -306,3 +308,21 @@ def test_discover_skips_reference_truth_and_part_files(tmp_path):
 def test_training_data_problems_name_every_line():
     exc = TrainingDataProblems(["a.csv: empty", "b.csv: profile x"])
     assert exc.problems == ["a.csv: empty", "b.csv: profile x"] and "2 problem(s)" in str(exc)
+
+
+def test_restarts_keep_the_seed_with_the_best_held_out_error(instrument_b, tmp_path):
+    d, files, ref, _, _ = instrument_b
+    cfg = FitSettings.tiny(pretrain_steps=10, stage1_steps=20, stage2_steps=20, events_per_sample=2000)
+    lines = []
+    res = train(files[:6], ref, tmp_path / "r", folds=2, restarts=2, seed=3, settings=cfg, log=lines.append)
+    card = Bundle.load(res.bundle).manifest["model_card"]
+    runs = card["restarts"]
+    assert [r["seed"] for r in runs] == [3, 3 + 1009]
+    best = min(runs, key=lambda r: r["score"])
+    assert card["settings"]["seed"] == best["seed"]
+    assert all("plt_err_pct" in r and "bias" in r["plt_err_pct"] for r in runs)
+    assert any(line.startswith("restarts: scores") for line in lines)
+    # The cross-validation reported is the chosen restart's.
+    assert crossval.score(card["crossval"]) == pytest.approx(best["score"])
+    with pytest.raises(TrainingError, match="--restarts needs cross-validation"):
+        train(files[:6], ref, tmp_path / "r2", folds=0, restarts=2, settings=cfg, log=lambda _: None)

@@ -56,6 +56,7 @@ def train(
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune from this float bundle (e.g. reference) instead of training from scratch."),
     folds: int = typer.Option(5, "--folds", min=0, help="K-fold cross-validation by sample (0: none); the final model uses every sample."),
     tune: int = typer.Option(0, "--tune", min=0, help="Optuna trials of hyperparameter search on the cross-validated count error (0: none)."),
+    restarts: int = typer.Option(1, "--restarts", min=1, help="Train from this many seeds, each cross-validated on the same folds; the final model uses the seed with the best held-out count error (needs --folds)."),
     device: str = typer.Option("cpu", "--device", help="cpu (deterministic) or cuda."),
     seed: int = typer.Option(1, "--seed", help="Random seed; the same seed and data give the same model on CPU."),
     scale: str = typer.Option("full", "--scale", help="full, or tiny (a few steps: to check the data and the pipeline)."),
@@ -79,7 +80,7 @@ def train(
         settings = settings.fine_tune()
     bar = _Progress()
     try:
-        result = run_training(list(data), reference, out_dir, profile=profile, init=init, folds=folds, tune=tune,
+        result = run_training(list(data), reference, out_dir, profile=profile, init=init, folds=folds, tune=tune, restarts=restarts,
                               device=device, seed=seed, settings=settings, cache_mb=cache_mb, name=name,
                               log=out.print, progress=bar)
     except TrainingDataProblems as exc:
