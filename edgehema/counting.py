@@ -155,7 +155,8 @@ def count_sample(
     n_rbc_c, n_plt_c = coincidence_cells(events, assigned, profile, area_features)
     single_red = ev["rbc"] + ev["retic"]
     retic_share = ev["retic"] / single_red if single_red else 0.0
-    plt_visible = ev["plt"] + float(n_plt_c.sum())
+    debris_stained = plausibility.stained_debris(events, assigned, profile, unstained)
+    plt_visible = max(ev["plt"] - debris_stained, 0.0) + float(n_plt_c.sum())
     hidden_plt = 0.0
     if coincidence_window_us and elapsed_s and elapsed_s > 0:
         rate_plt_per_us = plt_visible / (elapsed_s * 1e6)
@@ -179,6 +180,7 @@ def count_sample(
         "hidden_platelets": round(hidden_plt, 1),
         "platelets_in_coincidences": int(n_plt_c.sum()),
         "plt_unstained_excluded": int(unstained.sum()) if unstained is not None else 0,
+        "plt_stained_debris_subtracted": round(debris_stained, 1),
     }
     clumped = float(n_plt_c[n_plt_c >= 2].sum())
     qc["platelet_clump_share"] = clumped / cells["plt"] if cells["plt"] else 0.0

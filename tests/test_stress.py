@@ -110,8 +110,13 @@ def test_debris_is_excluded_from_platelets_and_flagged(int8):
     r = classify_sample(s.sample, int8)
     assert "plt_interference_debris" in r.counts.flags
     assert r.counts.qc["plt_unstained_excluded"] > 0.1 * s.truth["cells"]["plt"]
+    # The stained debris subtracted moves the count towards the truth.
+    sub = r.counts.qc["plt_stained_debris_subtracted"]
+    true_plt = s.truth["cells"]["plt"]
+    assert sub > 0 and abs(r.counts.cells["plt"] - true_plt) < abs(r.counts.cells["plt"] + sub - true_plt)
     clean = classify_sample(SampleSimulator("human", seed=950_000_124).generate(150_000).sample, int8)
     assert clean.counts.qc["plt_unstained_excluded"] < 0.01 * clean.counts.events["plt"]
+    assert clean.counts.qc["plt_stained_debris_subtracted"] == 0
     assert not {"plt_interference_debris", "plt_interference_lipid", "population_not_recognised",
                 "coincidence_implausible", "retic_abnormal_distribution"} & set(clean.counts.flags)
 
