@@ -88,6 +88,8 @@ class _Parsed:
     flow: "flowio.FlowData"
     quirks: list[str] = field(default_factory=list)
     n_datasets: int = 1
+    #: Byte offset of this data set's HEADER in the file (0 but for later data sets of one file).
+    base: int = 0
 
 
 def parse(path: Path, dataset: int = 0) -> _Parsed:
@@ -108,7 +110,9 @@ def parse(path: Path, dataset: int = 0) -> _Parsed:
             if not 0 <= dataset < len(sets):
                 raise InputFileError(path, f"has {len(sets)} data sets; data set {dataset + 1} does not exist") from None
             quirks.append(f"file holds {len(sets)} data sets; read data set {dataset + 1}")
-            return _Parsed(sets[dataset], quirks, len(sets))
+            # $NEXTDATA is relative to the start of the data set that carries it.
+            base = sum(int(sets[k].text.get("nextdata", 0) or 0) for k in range(dataset))
+            return _Parsed(sets[dataset], quirks, len(sets), base)
         except DataOffsetDiscrepancyError:
             if options.get("ignore_offset_discrepancy"):
                 raise InputFileError(path, "HEADER and TEXT disagree on the data offsets") from None
@@ -198,12 +202,131 @@ def _info_from_text(text: dict, path: Path) -> SampleInfo:
     )
 
 
-def _event_array(flow, path: Path, preprocess: bool) -> np.ndarray:
+_STANDARD_BYTEORD = ("1,2,3,4", "4,3,2,1", "1,2", "2,1")
+
+
+def _needs_own_decoder(flow) -> bool:
+    """flowio unpacks integers of 8, 16 and 32 bits in the two usual byte orders; the rest is ours."""
+    if flow.events is None:
+        return True
+    byteord = str(flow.text.get("byteord", "")).replace(" ", "")
+    return byteord not in _STANDARD_BYTEORD
+
+
+def _data_span(flow, base: int) -> tuple[int, int]:
+    """(first, last) byte of DATA in the file, as flowio locates it (TEXT first in FCS 3.x)."""
+    start, stop = int(flow.header["data_start"]), int(flow.header["data_stop"])
+    if str(flow.version) != "2.0":
+        try:
+            t0, t1 = int(flow.text.get("begindata", 0)), int(flow.text.get("enddata", 0))
+        except ValueError:
+            t0 = t1 = 0
+        if t1:
+            start, stop = t0, t1
+    return base + start, base + stop
+
+
+def _byte_significance(byteord: str, nbytes: int, path: Path) -> list[int]:
+    """For each byte of an ``nbytes`` value in file order, its significance (0: least)."""
     try:
+        order = [int(x) for x in byteord.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise InputFileError(path, f"$BYTEORD {byteord!r} is not a list of byte numbers") from None
+    if sorted(order) != list(range(1, len(order) + 1)):
+        raise InputFileError(path, f"$BYTEORD {byteord!r} is not a permutation of 1..{len(order)}")
+    if order == sorted(order):
+        return list(range(nbytes))  # little-endian
+    if order == sorted(order, reverse=True):
+        return list(range(nbytes - 1, -1, -1))  # big-endian
+    if len(order) == nbytes:  # a mixed order (e.g. 3,4,1,2) applies to values of its own length
+        return [o - 1 for o in order]
+    raise InputFileError(path, f"$BYTEORD {byteord!r} cannot order values of {nbytes} bytes")
+
+
+def decode_data(raw: bytes, text: dict, path: Path) -> np.ndarray:
+    """List-mode DATA as an (events, channels) float64 array, for every $DATATYPE and $PnB the
+    standard allows: I with any width (byte-aligned in $BYTEORD, or bit-packed most significant
+    bit first) masked to $PnR, F and D in either byte order. Vectorised: a million events in well
+    under a second."""
+    t = {str(k).lower().lstrip("$"): v for k, v in text.items()}
+    where = "DATA segment"
+    try:
+        n_par = int(t["par"])
+    except (KeyError, ValueError):
+        raise InputFileError(path, "$PAR is missing or not a number", where) from None
+    mode = str(t.get("mode", "L")).upper()
+    if mode != "L":
+        raise InputFileError(path, f"$MODE {mode}: only list mode (L) holds events", where)
+    dtype = str(t.get("datatype", "")).upper()
+    byteord = str(t.get("byteord", "1,2,3,4"))
+    if dtype in ("F", "D"):
+        size = 4 if dtype == "F" else 8
+        little = _byte_significance(byteord, size, path) == list(range(size))
+        n = len(raw) // (size * n_par)
+        arr = np.frombuffer(raw[: n * size * n_par], dtype=("<" if little else ">") + ("f4" if size == 4 else "f8"))
+        return arr.reshape(n, n_par).astype(np.float64)
+    if dtype != "I":
+        raise InputFileError(path, f"$DATATYPE {dtype!r} is not supported (I, F or D)", where)
+    try:
+        widths = [int(t[f"p{i}b"]) for i in range(1, n_par + 1)]
+        ranges = [int(float(t.get(f"p{i}r", 0) or 0)) for i in range(1, n_par + 1)]
+    except (KeyError, ValueError) as exc:
+        raise InputFileError(path, f"$PnB or $PnR missing or not a number ({exc})", where) from None
+    if any(w < 1 or w > 64 for w in widths):
+        raise InputFileError(path, f"$PnB {widths}: integer widths must be 1-64 bits", where)
+    out = np.empty((0, n_par), dtype=np.float64)
+    if all(w % 8 == 0 for w in widths):
+        per_event = sum(widths) // 8
+        n = len(raw) // per_event
+        b = np.frombuffer(raw[: n * per_event], dtype=np.uint8).reshape(n, per_event)
+        out = np.empty((n, n_par), dtype=np.float64)
+        offset = 0
+        for i, w in enumerate(widths):
+            k = w // 8
+            sig = _byte_significance(byteord, k, path)
+            v = np.zeros(n, dtype=np.uint64)
+            for j in range(k):
+                v |= b[:, offset + j].astype(np.uint64) << np.uint64(8 * sig[j])
+            out[:, i] = _masked(v, w, ranges[i])
+            offset += k
+        return out
+    # Bit-packed values (FCS 2.0 allows any $PnB): one bit stream, most significant bit first.
+    per_event = sum(widths)
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))
+    n = len(bits) // per_event
+    bits = bits[: n * per_event].reshape(n, per_event)
+    out = np.empty((n, n_par), dtype=np.float64)
+    offset = 0
+    for i, w in enumerate(widths):
+        weights = (np.uint64(1) << np.arange(w - 1, -1, -1, dtype=np.uint64))
+        v = (bits[:, offset:offset + w].astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+        out[:, i] = _masked(v, w, ranges[i])
+        offset += w
+    return out
+
+
+def _masked(v: np.ndarray, width: int, pnr: int) -> np.ndarray:
+    """Bits above $PnR (rounded up to a power of two) are not data (FCS 3.1, $PnR)."""
+    if pnr > 0:
+        top = 1 << max(int(pnr - 1).bit_length(), 0)
+        if top < (1 << width):
+            v = v & np.uint64(top - 1)
+    return v.astype(np.float64)
+
+
+def _event_array(flow, path: Path, preprocess: bool, base: int = 0) -> np.ndarray:
+    try:
+        if _needs_own_decoder(flow):
+            start, stop = _data_span(flow, base)
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                raw = fh.read(max(stop - start + 1, 0))
+            # flowio's own preprocessing ($PnE, $PnG, $TIMESTEP) then applies to our decoded values.
+            flow.events = decode_data(raw, flow.text, path).ravel()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return np.asarray(flow.as_array(preprocess=preprocess), dtype=np.float64)
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, OSError) as exc:
         raise InputFileError(path, f"corrupt FCS DATA segment: {str(exc)[:200]}") from None
 
 
@@ -212,7 +335,7 @@ def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | No
     prof, order, why = _best_profile(_channels(parsed.flow), profile)
     if order is None:
         raise ProfileMismatchError(f"{path}: {why}")
-    data = _event_array(parsed.flow, path, preprocess=True)
+    data = _event_array(parsed.flow, path, preprocess=True, base=parsed.base)
     if data.shape[0] == 0:
         raise InputFileError(path, "no events: $TOT is 0")
     events = data[:, order]
@@ -259,9 +382,10 @@ def describe(path: Path, profile: Profile | str | None = None, dataset: int = 0)
     prof, order, why = _best_profile(channels, profile)
     if order is None:
         prof = None
-    raw = _event_array(flow, path, preprocess=False)
+    raw = _event_array(flow, path, preprocess=False, base=parsed.base)
     if order is not None:  # inspect refuses what classify refuses
-        check_events(_event_array(flow, path, preprocess=True)[:, order], prof, path, locate="event", first_index=1)
+        check_events(_event_array(flow, path, preprocess=True, base=parsed.base)[:, order], prof, path, locate="event",
+                     first_index=1)
     out = {
         "format": "fcs",
         "version": str(flow.version),
