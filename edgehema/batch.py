@@ -34,6 +34,8 @@ class BatchJob:
     info: SampleInfo | None
     events_out: str | None
     threads: int | None
+    #: The data set of multi-data-set FCS files (1-based); None: the first that matches the profile.
+    dataset: int | None = None
 
 
 _worker: dict = {}
@@ -51,7 +53,7 @@ def _init(job: BatchJob, many_files: bool = True) -> None:
 def _one(path: str) -> tuple[str, dict | str]:
     job: BatchJob = _worker["job"]
     try:
-        sample = read_sample(path, profile=job.profile, info=job.info)
+        sample = read_sample(path, profile=job.profile, info=job.info, dataset=job.dataset)
         result = classify_sample(sample, _worker["clf"], keep_events=job.events_out is not None)
         if job.events_out is not None:
             write_events(Path(job.events_out), result.sample_id, result.inference)

@@ -12,19 +12,23 @@ import time
 import numpy as np
 import pytest
 
-from edgehema.exceptions import InputFileError
-from edgehema.formats import read_sample
+from edgehema.exceptions import InputFileError, ProfileMismatchError
+from edgehema.formats import describe_file, read_sample
 from edgehema.formats.fcs_format import decode_data
 from edgehema.profiles import get_profile
 
 NAMES = list(get_profile("optical-11").feature_names)
 
 
-def fcs_file(path, values_bytes: bytes, keywords: dict, version: str = "3.0") -> None:
-    """HEADER, TEXT ('/'-delimited) and DATA; offsets in TEXT with fixed widths so they are exact."""
+def fcs_block(values_bytes: bytes, keywords: dict, version: str = "3.0", nextdata: int = 0,
+              off_by_one: bool = False) -> bytes:
+    """One data set: HEADER, TEXT ('/'-delimited) and DATA, offsets relative to its own start.
+    Offsets in TEXT have fixed widths so they are exact; ``off_by_one`` makes DATA end one byte
+    late in HEADER and TEXT (a common real-world defect)."""
     text_start = 256
     kw = dict(keywords)
-    kw.update({"$BEGINANALYSIS": "0", "$ENDANALYSIS": "0", "$BEGINSTEXT": "0", "$ENDSTEXT": "0", "$NEXTDATA": "0"})
+    kw.update({"$BEGINANALYSIS": "0", "$ENDANALYSIS": "0", "$BEGINSTEXT": "0", "$ENDSTEXT": "0",
+               "$NEXTDATA": f"{nextdata:012d}"})
     if version != "2.0":
         kw.update({"$BEGINDATA": "0" * 12, "$ENDDATA": "0" * 12})
 
@@ -33,14 +37,18 @@ def fcs_file(path, values_bytes: bytes, keywords: dict, version: str = "3.0") ->
 
     text = render(kw)
     data_start = text_start + len(text)
-    data_end = data_start + len(values_bytes) - 1
+    data_end = data_start + len(values_bytes) - 1 + (1 if off_by_one else 0)
     if version != "2.0":
         kw.update({"$BEGINDATA": f"{data_start:012d}", "$ENDDATA": f"{data_end:012d}"})
         text = render(kw)
         assert data_start == text_start + len(text)
     header = f"FCS{version}    ".encode() + b"".join(
         f"{v:8d}".encode() for v in (text_start, text_start + len(text) - 1, data_start, data_end, 0, 0))
-    path.write_bytes(header.ljust(text_start, b" ") + text + values_bytes)
+    return header.ljust(text_start, b" ") + text + values_bytes + (b"\0" if off_by_one else b"")
+
+
+def fcs_file(path, values_bytes: bytes, keywords: dict, version: str = "3.0") -> None:
+    path.write_bytes(fcs_block(values_bytes, keywords, version))
 
 
 def keywords(widths, ranges, datatype="I", byteord="1,2,3,4", n=0):
@@ -156,3 +164,60 @@ def test_a_million_24_bit_events_decode_in_well_under_a_second():
     out = decode_data(raw, keywords(widths, [1 << 24] * 8), __import__("pathlib").Path("big.fcs"))
     print(f"1M x 8 24-bit events decoded in {time.perf_counter() - t0:.3f} s")
     np.testing.assert_array_equal(out, vals.astype(np.float64))
+
+
+def _two_data_sets(tmp_path):
+    """An LMD-like file: an FCS 2.0 data set of other channels, then an FCS 3.0 data set of
+    optical-11 channels whose DATA offset is off by one."""
+    rng = np.random.default_rng(7)
+    widths = [16] * 11
+    ranges = [65536] * 11
+    first_vals = rng.integers(0, 1000, (300, 4))
+    kw1 = {"$BYTEORD": "1,2,3,4", "$DATATYPE": "I", "$MODE": "L", "$PAR": "4", "$TOT": "300"}
+    for i in range(1, 5):
+        kw1.update({f"$P{i}B": "16", f"$P{i}E": "0,0", f"$P{i}N": f"FL{i} INT LIN", f"$P{i}R": "1024"})
+    vals = _values(rng, 2500, widths, ranges)
+    second = fcs_block(pack_bytes(vals, widths, lambda k: list(range(k))), keywords(widths, ranges, n=2500),
+                       "3.0", off_by_one=True)
+    probe = fcs_block(first_vals.astype("<u2").tobytes(), kw1, "2.0", nextdata=0)
+    first = fcs_block(first_vals.astype("<u2").tobytes(), kw1, "2.0", nextdata=len(probe))
+    assert len(first) == len(probe)
+    p = tmp_path / "beckman.lmd"
+    p.write_bytes(first + second)
+    return p, vals
+
+
+def test_multi_data_set_file_with_a_quirk_in_the_second(tmp_path):
+    p, vals = _two_data_sets(tmp_path)
+    s = read_sample(p)  # the data set whose channels match the profile, despite its off-by-one offset
+    np.testing.assert_array_equal(s.events, vals.astype(np.float32))
+    info = describe_file(p)
+    assert info["data_sets"] == 2 and info["data_set"] == 2
+    assert [d["events"] for d in info["data_set_list"]] == [300, 2500]
+    assert [d["profile"] for d in info["data_set_list"]] == [None, "optical-11"]
+    assert any("off by one" in q for q in info["quirks"])
+    with pytest.raises(ProfileMismatchError):
+        read_sample(p, dataset=1)  # asked for explicitly: the data set of other channels
+    with pytest.raises(InputFileError, match="has 2 data sets; data set 3 does not exist"):
+        read_sample(p, dataset=3)
+
+
+def test_cli_dataset_option_and_listing(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgehema.cli import app
+
+    p, _ = _two_data_sets(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["inspect", str(p)])
+    assert r.exit_code == 0, r.output
+    assert "* data set 2: FCS 3.0, 2,500 events, 11 channels, profile optical-11" in r.stdout
+    assert "  data set 1: FCS 2.0, 300 events, 4 channels, profile none" in r.stdout
+    r = runner.invoke(app, ["classify", "--json", "--jobs", "1", "--dataset", "2", str(p)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["classify", "--jobs", "1", "--dataset", "1", str(p)])
+    assert r.exit_code == 1 and "no instrument profile matches" in r.output
+    csv = tmp_path / "x.csv"
+    csv.write_text("a,b\n1,2\n")
+    r = runner.invoke(app, ["inspect", "--dataset", "2", str(csv)])
+    assert r.exit_code == 1 and "only FCS files hold several data sets" in r.output

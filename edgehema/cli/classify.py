@@ -25,6 +25,7 @@ def classify(
     dilution: Optional[float] = typer.Option(None, "--dilution", min=1.0, help="Dilution factor, when the files do not say."),
     volume_ul: Optional[float] = typer.Option(None, "--volume-ul", min=0.0, help="Analyzed volume in uL, when the files do not say."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes (0: one per core, at most 2 here)."),
+    dataset: Optional[int] = typer.Option(None, "--dataset", min=1, help="Data set of multi-data-set FCS files (from 1; default: the first whose channels match the profile)."),
 ) -> None:
     """Classify every event of each sample and report RBC, PLT and reticulocyte counts with flags.
 
@@ -42,7 +43,7 @@ def classify(
         species = check_species(species)
     info = SampleInfo().merged(species=species, dilution=dilution, volume_ul=volume_ul)
     job = BatchJob(model, backend, adapt, profile, info if info != SampleInfo() else None,
-                   str(events_out) if events_out else None, None)
+                   str(events_out) if events_out else None, None, dataset)
     stream = open_output(output) if output else sys.stdout
     sink = open_sink("json" if as_json else "csv" if as_csv else "table", stream)
     failed = 0

@@ -154,6 +154,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file on stdout."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="Force a format: csv, fcs, sysmex-xn."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Check the file against this profile (name or TOML file) instead of the shipped ones."),
+    dataset: Optional[int] = typer.Option(None, "--dataset", min=1, help="Data set of multi-data-set FCS files to describe (from 1; default: the first whose channels match a profile)."),
 ) -> None:
     """Tell what event files hold: format, version, events, channels, metadata, matching profile.
 
@@ -166,7 +167,7 @@ def inspect(
     failed = 0
     for path in files:
         try:
-            info = describe_file(path, fmt, prof)
+            info = describe_file(path, fmt, prof, dataset)
         except EdgehemaError as exc:
             failed += 1
             error(str(exc))
@@ -194,3 +195,7 @@ def _print_inspect(info: dict) -> None:
         out.print("  metadata: " + ", ".join(f"{k}={v}" for k, v in meta.items()))
     for quirk in info.get("quirks") or []:
         out.print(f"  quirk: {quirk}")
+    for ds in info.get("data_set_list") or []:
+        mark = "*" if ds["data_set"] == info.get("data_set") else " "
+        out.print(f"  {mark} data set {ds['data_set']}: FCS {ds['version']}, {ds['events']:,} events, "
+                  f"{len(ds['channels'])} channels, profile {ds['profile'] or 'none'}")

@@ -50,10 +50,24 @@ def read_sample(
     profile: Profile | str | None = None,
     info: SampleInfo | None = None,
     fmt: str | None = None,
+    dataset: int | None = None,
 ) -> Sample:
-    """Read one sample from any supported file. ``info`` fields override what the file says."""
+    """Read one sample from any supported file. ``info`` fields override what the file says.
+    ``dataset`` (1-based) picks a data set of a multi-data-set FCS file (default: the first whose
+    channels match the profile)."""
     path = Path(path)
-    return format_for(path, fmt).read(path, profile=profile, info=info)
+    module = format_for(path, fmt)
+    if dataset is None:
+        return module.read(path, profile=profile, info=info)
+    return module.read(path, profile=profile, info=info, dataset=_dataset_index(module, path, dataset))
+
+
+def _dataset_index(module: ModuleType, path: Path, dataset: int) -> int:
+    if module is not fcs_format:
+        raise InputFileError(path, f"--dataset {dataset}: only FCS files hold several data sets")
+    if dataset < 1:
+        raise InputFileError(path, f"--dataset {dataset}: data sets are numbered from 1")
+    return dataset - 1
 
 
 def write_sample(sample: Sample, path: str | os.PathLike, fmt: str | None = None) -> list[Path]:
@@ -72,10 +86,15 @@ def write_sample(sample: Sample, path: str | os.PathLike, fmt: str | None = None
     return module.write(sample, path)
 
 
-def describe_file(path: str | os.PathLike, fmt: str | None = None, profile: Profile | str | None = None) -> dict:
+def describe_file(path: str | os.PathLike, fmt: str | None = None, profile: Profile | str | None = None,
+                  dataset: int | None = None) -> dict:
     """What a file holds: format, version, events, channels, metadata, matching profile (or why none)."""
     path = Path(path)
-    out = format_for(path, fmt).describe(path, profile=profile)
+    module = format_for(path, fmt)
+    if dataset is None:
+        out = module.describe(path, profile=profile)
+    else:
+        out = module.describe(path, profile=profile, dataset=_dataset_index(module, path, dataset))
     out["path"] = str(path)
     return out
 

@@ -90,44 +90,64 @@ class _Parsed:
     n_datasets: int = 1
     #: Byte offset of this data set's HEADER in the file (0 but for later data sets of one file).
     base: int = 0
+    #: Every data set of the file (one for most files), and the chosen one's index.
+    sets: list = field(default_factory=list)
+    index: int = 0
 
 
-def parse(path: Path, dataset: int = 0) -> _Parsed:
-    """Parse with flowio, retrying with its quirk options and recording which were needed."""
+def parse(path: Path, dataset: int | None = None, profile: Profile | str | None = None) -> _Parsed:
+    """Parse with flowio, retrying with its quirk options and recording which were needed; the
+    retries apply alike to files of one data set and of several. ``dataset`` is 0-based; ``None``
+    takes the first data set whose channels match ``profile`` (or any shipped profile)."""
     check_header(path)
     quirks: list[str] = []
     options: dict = {}
-    for _attempt in range(4):
+    multi = False
+    for _attempt in range(5):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # quirks are reported through ``quirks``
-                flow = flowio.FlowData(str(path), **options)
-            return _Parsed(flow, quirks)
-        except MultipleDataSetsError:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+                if not multi:
+                    flow = flowio.FlowData(str(path), **options)
+                    if dataset not in (None, 0):
+                        raise InputFileError(path, f"has 1 data set; data set {dataset + 1} does not exist")
+                    return _Parsed(flow, quirks, 1, 0, [flow], 0)
                 sets = flowio.read_multiple_data_sets(str(path), **options)
-            if not 0 <= dataset < len(sets):
-                raise InputFileError(path, f"has {len(sets)} data sets; data set {dataset + 1} does not exist") from None
-            quirks.append(f"file holds {len(sets)} data sets; read data set {dataset + 1}")
-            # $NEXTDATA is relative to the start of the data set that carries it.
-            base = sum(int(sets[k].text.get("nextdata", 0) or 0) for k in range(dataset))
-            return _Parsed(sets[dataset], quirks, len(sets), base)
+            return _choose(path, sets, dataset, profile, quirks)
+        except MultipleDataSetsError:
+            multi = True
         except DataOffsetDiscrepancyError:
             if options.get("ignore_offset_discrepancy"):
                 raise InputFileError(path, "HEADER and TEXT disagree on the data offsets") from None
             options["ignore_offset_discrepancy"] = True
             quirks.append("HEADER and TEXT data offsets disagree; used the TEXT offsets")
         except FCSParsingError as exc:
-            msg = str(exc).replace(str(path), path.name).replace(path.name, "").strip()
+            # flowio's messages span lines and name its own options: one line, in the user's terms.
+            msg = " ".join(str(exc).replace(str(path), path.name).replace(path.name, "").split())
             if "off by" in msg and not options.get("ignore_offset_error"):
                 options["ignore_offset_error"] = True
                 quirks.append("data offset is off by one; read with flowio's ignore_offset_error")
                 continue
+            msg = msg.split(" Set `")[0]
             raise InputFileError(path, f"corrupt FCS file: {msg[:200]}") from None
         except (ValueError, KeyError, IndexError, UnicodeDecodeError, OSError) as exc:
             raise InputFileError(path, f"corrupt FCS file: {type(exc).__name__}: {str(exc)[:200]}") from None
     raise InputFileError(path, "corrupt FCS file: could not be parsed with any reader option")
+
+
+def _choose(path: Path, sets: list, dataset: int | None, profile, quirks: list[str]) -> _Parsed:
+    if dataset is None:
+        matching = [k for k, flow in enumerate(sets) if _best_profile(_channels(flow), profile)[1] is not None]
+        dataset = matching[0] if matching else 0
+        how = "the first whose channels match a profile" if matching else "none matches a profile"
+    elif not 0 <= dataset < len(sets):
+        raise InputFileError(path, f"has {len(sets)} data sets; data set {dataset + 1} does not exist")
+    else:
+        how = "as asked"
+    quirks.append(f"file holds {len(sets)} data sets; read data set {dataset + 1} ({how})")
+    # $NEXTDATA is relative to the start of the data set that carries it.
+    base = sum(int(sets[k].text.get("nextdata", 0) or 0) for k in range(dataset))
+    return _Parsed(sets[dataset], quirks, len(sets), base, sets, dataset)
 
 
 def _channels(flow) -> list[tuple[str, str]]:
@@ -330,8 +350,9 @@ def _event_array(flow, path: Path, preprocess: bool, base: int = 0) -> np.ndarra
         raise InputFileError(path, f"corrupt FCS DATA segment: {str(exc)[:200]}") from None
 
 
-def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | None = None, dataset: int = 0) -> Sample:
-    parsed = parse(path, dataset)
+def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | None = None,
+         dataset: int | None = None) -> Sample:
+    parsed = parse(path, dataset, profile)
     prof, order, why = _best_profile(_channels(parsed.flow), profile)
     if order is None:
         raise ProfileMismatchError(f"{path}: {why}")
@@ -375,8 +396,8 @@ def write(sample: Sample, path: Path) -> list[Path]:
     return [path]
 
 
-def describe(path: Path, profile: Profile | str | None = None, dataset: int = 0) -> dict:
-    parsed = parse(path, dataset)
+def describe(path: Path, profile: Profile | str | None = None, dataset: int | None = None) -> dict:
+    parsed = parse(path, dataset, profile)
     flow = parsed.flow
     channels = _channels(flow)
     prof, order, why = _best_profile(channels, profile)
@@ -396,7 +417,14 @@ def describe(path: Path, profile: Profile | str | None = None, dataset: int = 0)
         "metadata": _info_from_text(flow.text, path).to_dict(),
         "quirks": parsed.quirks,
         "data_sets": parsed.n_datasets,
+        "data_set": parsed.index + 1,
     }
+    if parsed.n_datasets > 1:
+        out["data_set_list"] = [
+            {"data_set": k + 1, "version": str(f.version), "events": int(f.event_count),
+             "channels": [c[0] for c in _channels(f)], "profile": (_best_profile(_channels(f), profile)[0] or None)
+             and _best_profile(_channels(f), profile)[0].name}
+            for k, f in enumerate(parsed.sets)]
     if raw.shape[0] != out["events"]:
         out["quirks"].append(f"$TOT says {out['events']} events, DATA holds {raw.shape[0]}")
     if raw.shape[0]:
