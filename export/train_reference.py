@@ -33,7 +33,7 @@ from edgehema.simulator import PATHOLOGIES, InstrumentSettings, SampleSimulator
 
 from .models import IDEC, InferenceGraph, SupervisedMLP, VaDE
 # One implementation of the shared steps: edgehema train (export/training) uses the same ones.
-from .training.fit import _step, entropy, export_onnx, kmeans, write_bundle
+from .training.fit import FitSettings, _step, entropy, export_onnx, kmeans, write_bundle
 
 STAGE1_CLASSES = ("noise", "plt", "rbc_side")
 STAGE2_CLASSES = ("rbc", "retic", "coincidence")
@@ -46,22 +46,21 @@ class Recipe:
     events_per_sample: int = 30_000
     pathology_share: float = 0.35
     seed: int = 20261123
-    latent1: int = 4
-    latent2: int = 4
-    hidden: tuple[int, ...] = (64, 32)
-    bag: int = 4096
-    lr: float = 2e-3
-    pretrain_steps: int = 800
-    fine_clusters: int = 40
-    stage1_steps: int = 2500
-    stage2_steps: int = 3000
+    # The model's settings are edgehema train's (export/training/fit.py), one source of truth.
+    latent1: int = FitSettings.latent1
+    latent2: int = FitSettings.latent2
+    hidden: tuple[int, ...] = FitSettings.hidden
+    bag: int = FitSettings.bag
+    lr: float = FitSettings.lr
+    pretrain_steps: int = FitSettings.pretrain_steps
+    fine_clusters: int = FitSettings.fine_clusters
+    stage1_steps: int = FitSettings.stage1_steps
+    stage2_steps: int = FitSettings.stage2_steps
     supervised_steps: int = 2500
-    llp_weight: float = 20.0
-    idec_kl_weight: float = 0.1
-    vade_kl_weight: float = 0.02
-    #: Mean per-event entropy of the assignments. Matching bag proportions alone is satisfied by
-    #: every event predicting the bag's proportion; this term asks for confident assignments.
-    entropy_weight: float = 1.0
+    llp_weight: float = FitSettings.llp_weight
+    idec_kl_weight: float = FitSettings.idec_kl_weight
+    vade_kl_weight: float = FitSettings.vade_kl_weight
+    entropy_weight: float = FitSettings.entropy_weight
     threads: int = 2
     extra: dict = field(default_factory=dict)
 
