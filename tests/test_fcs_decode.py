@@ -221,3 +221,51 @@ def test_cli_dataset_option_and_listing(tmp_path):
     csv.write_text("a,b\n1,2\n")
     r = runner.invoke(app, ["inspect", "--dataset", "2", str(csv)])
     assert r.exit_code == 1 and "only FCS files hold several data sets" in r.output
+
+
+def _plain_file(tmp_path, name="plain.fcs"):
+    rng = np.random.default_rng(21)
+    widths, ranges = [16] * 11, [65536] * 11
+    vals = _values(rng, 400, widths, ranges)
+    data = fcs_block(pack_bytes(vals, widths, lambda k: list(range(k))), keywords(widths, ranges, n=400))
+    return data, vals
+
+
+@pytest.mark.parametrize("delimiter", [b"+", b".", b"?", b"^", b"(", b"\x0c"])
+def test_any_delimiter_the_standard_allows(tmp_path, delimiter):
+    """flowio puts the delimiter into a regular expression unescaped; the file is valid and reads
+    (found by tests/test_reader_fuzz.py)."""
+    data, vals = _plain_file(tmp_path)
+    t0, t1 = int(data[10:18]), int(data[18:26])
+    text = data[t0:t1 + 1]
+    assert delimiter not in text
+    p = tmp_path / "d.fcs"
+    p.write_bytes(data[:t0] + text.replace(b"/", delimiter) + data[t1 + 1:])
+    np.testing.assert_array_equal(read_sample(p).events, vals.astype(np.float32))
+
+
+def test_blank_header_offsets_read_from_text(tmp_path):
+    """Writers of large files leave HEADER's DATA offsets blank instead of 0 (fcsparser's
+    fake_large_fcs test file): TEXT has them, and the file reads with the quirk reported."""
+    data, vals = _plain_file(tmp_path)
+    p = tmp_path / "blank.fcs"
+    p.write_bytes(data[:26] + b" " * 16 + data[42:])
+    np.testing.assert_array_equal(read_sample(p).events, vals.astype(np.float32))
+    assert any("blank" in q for q in describe_file(p)["quirks"])
+
+
+def test_refused_files_leave_no_open_handle(tmp_path):
+    """flowio closes its file only on success; a refused file must not leak a handle (a stream
+    or a batch over thousands of files would run out of them)."""
+    import gc
+    import warnings
+
+    data, _ = _plain_file(tmp_path)
+    p = tmp_path / "missing_keyword.fcs"
+    p.write_bytes(data.replace(b"$P5R/65536/", b"$P5X/65536/"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputFileError, match=r"TEXT: corrupt FCS file: the required keyword \$P5R is missing"):
+            read_sample(p)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

@@ -21,15 +21,18 @@ def _text(value) -> str:
 
 def main(folder: str, out: str) -> None:
     records = {}
-    for path in sorted(Path(folder).glob("*.fcs")):
+    root = Path(folder)
+    # Keys are paths below the folder (file names for a flat folder such as ../shared/data/fcs).
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in (".fcs", ".lmd") and p.is_file()):
+        key = str(path.relative_to(root))
         try:
             meta, data = fcsparser.parse(str(path), reformat_meta=True, channel_naming="$PnN")
         except Exception as exc:  # the broken files: record that the independent reader fails too
-            records[path.name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            records[key] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
             continue
         arr = data.to_numpy(dtype=np.float64)
         rows = sorted({0, 1, len(arr) // 2, len(arr) - 1})
-        records[path.name] = {
+        records[key] = {
             "version": _text(meta.get("__header__", {}).get("FCS format", b"")).replace("FCS", ""),
             "events": int(arr.shape[0]),
             "channels": [str(c) for c in data.columns],

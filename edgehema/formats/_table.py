@@ -33,23 +33,33 @@ QUOTE = 40
 MAX_NAME = 256
 
 
+def text_encoding(path: Path) -> str:
+    """UTF-16 where the file starts with its byte-order mark (what spreadsheets save as "Unicode
+    text"), else UTF-8 with or without a BOM."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    return "utf-16" if head in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+
+
 def read_header(path: Path) -> tuple[list[str], str]:
     """Return the header's column names and the delimiter (comma, semicolon or tab)."""
     try:
-        with open(path, "r", encoding="utf-8-sig", newline="") as fh:
+        with open(path, "r", encoding=text_encoding(path), newline="") as fh:
             first = fh.readline(MAX_LINE + 1)
     except FileNotFoundError:
         raise InputFileError(path, "no such file") from None
     except IsADirectoryError:
         raise InputFileError(path, "is a directory, not an event file") from None
     except UnicodeDecodeError as exc:
-        raise InputFileError(path, f"not a text file (byte {exc.start} is not UTF-8)", "line 1") from None
+        raise InputFileError(path, f"not a text file (byte {exc.start} is not UTF-8; a text file in another "
+                                   f"encoding must be saved as UTF-8)", "line 1") from None
     except OSError as exc:
         raise InputFileError(path, f"cannot read: {exc.strerror}") from None
     if len(first) > MAX_LINE:
         raise InputFileError(path, f"the header line is longer than {MAX_LINE:,} characters: not an event table", "line 1")
     if "\x00" in first:
-        raise InputFileError(path, "the header holds NUL bytes: a binary file, not an event table", "line 1")
+        raise InputFileError(path, "the header holds NUL bytes: a binary file (or UTF-16 text without its "
+                                   "byte-order mark), not an event table", "line 1")
     if not first.strip():
         raise InputFileError(path, "empty file (no header line)")
     delimiter = max((",", ";", "\t"), key=first.count)
@@ -75,9 +85,10 @@ def _quote(text: str) -> str:
 def _locate_bad_cell(path: Path, delimiter: str, names: Sequence[str]) -> InputFileError:
     """Walk the file to find the first cell numpy could not parse (slow path, errors only)."""
     csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE))  # lines are at most MAX_LINE long
+    encoding = text_encoding(path)
     with open(path, "rb") as fh:
         fh.readline()
-        for lineno, raw in enumerate(fh, start=2):
+        for lineno, raw in enumerate(fh if encoding != "utf-16" else (), start=2):
             if b"\x00" in raw:
                 return InputFileError(path, "NUL byte: a binary file, not an event table", f"line {lineno}")
             try:
@@ -85,7 +96,7 @@ def _locate_bad_cell(path: Path, delimiter: str, names: Sequence[str]) -> InputF
             except UnicodeDecodeError as exc:
                 return InputFileError(path, f"not a text file (byte {exc.start} of the line is not UTF-8)",
                                       f"line {lineno}")
-    with open(path, "r", encoding="utf-8-sig", newline="") as fh:
+    with open(path, "r", encoding=encoding, errors="replace", newline="") as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         next(reader, None)
         rows = 0
@@ -174,7 +185,7 @@ def csv_engine(size: int = FAST_PARSER_MIN_BYTES) -> str:
     return "pandas" if "pandas" in sys.modules else "numpy"
 
 
-def _parse_with_pandas(path: Path, delimiter: str, n_columns: int, dtype) -> np.ndarray | None:
+def _parse_with_pandas(path: Path, delimiter: str, n_columns: int, dtype, encoding: str) -> np.ndarray | None:
     """pandas' C engine on the happy path; None sends the file to the numpy path, whose results
     and error lines are the reference (so both engines accept and refuse exactly the same files)."""
     import warnings
@@ -188,7 +199,7 @@ def _parse_with_pandas(path: Path, delimiter: str, n_columns: int, dtype) -> np.
             warnings.simplefilter("error")
             # header=0 with names, not skiprows=1: skiprows takes pandas off its fast path (17 ms here).
             frame = pd.read_csv(path, sep=delimiter, header=0, names=list(range(n_columns)), index_col=False, dtype=dtype, engine="c",
-                                na_filter=False, quoting=csv.QUOTE_NONE, skip_blank_lines=False, encoding="utf-8")
+                                na_filter=False, quoting=csv.QUOTE_NONE, skip_blank_lines=False, encoding=encoding)
     except Exception:  # noqa: BLE001 - any refusal: the numpy path names the problem
         return None
     data = frame.to_numpy()
@@ -212,14 +223,16 @@ def load_numeric_table(path: Path, names: Sequence[str], delimiter: str, dtype=n
         size = path.stat().st_size
     except OSError as exc:
         raise InputFileError(path, f"cannot read: {exc.strerror}") from None
+    encoding = text_encoding(path)
     if csv_engine(size) == "pandas":
-        data = _parse_with_pandas(path, delimiter, len(names), np.dtype(dtype))
+        data = _parse_with_pandas(path, delimiter, len(names), np.dtype(dtype), encoding)
         if data is not None and data.shape[0]:
             return data
     try:
         with warnings_as_errors():
-            data = np.loadtxt(path, delimiter=delimiter, skiprows=1, dtype=dtype, ndmin=2, encoding="utf-8-sig",
-                              comments=None)
+            # quotechar: many exporters quote every cell ("123"), as RFC 4180 allows.
+            data = np.loadtxt(path, delimiter=delimiter, skiprows=1, dtype=dtype, ndmin=2, encoding=encoding,
+                              comments=None, quotechar='"')
     except (ValueError, UserWarning):  # (UnicodeDecodeError is a ValueError)
         raise _locate_bad_cell(path, delimiter, names) from None
     except OSError as exc:

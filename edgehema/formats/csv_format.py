@@ -65,12 +65,18 @@ def match_profile(columns: list[str], path: Path, profile: Profile | str | None)
     )
 
 
+def _names(names: list[str], most: int = 12) -> str:
+    """A list of column names for an error line: a file with thousands of columns stays one line."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most:,} more" if len(names) > most else "")
+
+
 def _diff(missing: list[str], extra: list[str]) -> str:
     parts = []
     if missing:
-        parts.append("missing column(s) " + ", ".join(missing))
+        parts.append("missing column(s) " + _names(missing))
     if extra:
-        parts.append("unexpected column(s) " + ", ".join(extra))
+        parts.append("unexpected column(s) " + _names(extra))
     return "; ".join(parts)
 
 
@@ -83,12 +89,22 @@ def read_table(path: Path, profile: Profile | str | None) -> tuple[Profile, np.n
     # Bookkeeping integers (Sysmex ParticleID) may exceed float32's exact range: float64 then.
     table = load_numeric_table(path, names, delimiter, np.float64 if aux_cols else np.float32)
     order = [lower.index(n.lower()) for n in prof.feature_names]
-    if order == list(range(table.shape[1])):  # already in profile order (edgehema's own files): no copy
-        events = np.ascontiguousarray(table, dtype=np.float32)
-    else:
-        events = np.ascontiguousarray(table[:, order], dtype=np.float32)
+    # A float64 value beyond float32's range becomes inf here, which check_events names.
+    with np.errstate(over="ignore"):
+        if order == list(range(table.shape[1])):  # already in profile order (edgehema's own files): no copy
+            events = np.ascontiguousarray(table, dtype=np.float32)
+        else:
+            events = np.ascontiguousarray(table[:, order], dtype=np.float32)
     check_events(events, prof, path)
-    aux = {a: table[:, lower.index(a.lower())].astype(np.int64) for a in aux_cols}
+    aux = {}
+    for a in aux_cols:
+        col = table[:, lower.index(a.lower())]
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(col) | (np.abs(col) >= 2.0**63)
+        if bad.any():
+            k = int(np.argmax(bad))  # line k + 2: the header is line 1
+            raise InputFileError(path, f"column {a}: {col[k]!r} is not a whole number", f"line {k + 2}")
+        aux[a] = col.astype(np.int64)
     return prof, events, aux
 
 

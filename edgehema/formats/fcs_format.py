@@ -15,6 +15,8 @@ sample metadata in ``$SMNO`` (sample id), ``$SRC`` (species), ``$VOL`` (FCS 3.1,
 
 from __future__ import annotations
 
+import io
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,11 +110,11 @@ def parse(path: Path, dataset: int | None = None, profile: Profile | str | None 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # quirks are reported through ``quirks``
                 if not multi:
-                    flow = flowio.FlowData(str(path), **options)
+                    flow = _flowdata(path, options, quirks=quirks)
                     if dataset not in (None, 0):
                         raise InputFileError(path, f"has 1 data set; data set {dataset + 1} does not exist")
                     return _Parsed(flow, quirks, 1, 0, [flow], 0)
-                sets = flowio.read_multiple_data_sets(str(path), **options)
+                sets = _all_data_sets(path, options, quirks)
             return _choose(path, sets, dataset, profile, quirks)
         except MultipleDataSetsError:
             multi = True
@@ -120,7 +122,8 @@ def parse(path: Path, dataset: int | None = None, profile: Profile | str | None 
             if options.get("ignore_offset_discrepancy"):
                 raise InputFileError(path, "HEADER and TEXT disagree on the data offsets") from None
             options["ignore_offset_discrepancy"] = True
-            quirks.append("HEADER and TEXT data offsets disagree; used the TEXT offsets")
+            if _header_gives_data_offsets(path):  # 0 or blank: the TEXT's are the offsets, no quirk
+                quirks.append("HEADER and TEXT data offsets disagree; used the TEXT offsets")
         except FCSParsingError as exc:
             # flowio's messages span lines and name its own options: one line, in the user's terms.
             msg = " ".join(str(exc).replace(str(path), path.name).replace(path.name, "").split())
@@ -130,9 +133,113 @@ def parse(path: Path, dataset: int | None = None, profile: Profile | str | None 
                 continue
             msg = msg.split(" Set `")[0]
             raise InputFileError(path, f"corrupt FCS file: {msg[:200]}") from None
-        except (ValueError, KeyError, IndexError, UnicodeDecodeError, OSError) as exc:
-            raise InputFileError(path, f"corrupt FCS file: {type(exc).__name__}: {str(exc)[:200]}") from None
+        except _FlowioFailed as exc:
+            raise InputFileError(path, f"corrupt FCS file: the parser failed ({exc})") from None
+        except KeyError as exc:
+            # flowio looks keywords up by lower-case name; the user knows them as $P5R etc.
+            raise InputFileError(path, f"corrupt FCS file: the required keyword "
+                                       f"${str(exc.args[0]).upper()[:40]} is missing", "TEXT") from None
+        except (ValueError, IndexError, UnicodeDecodeError, OSError, ArithmeticError, MemoryError, struct.error) as exc:
+            raise InputFileError(path, f"corrupt FCS file: {type(exc).__name__}: {_one_line(exc)}") from None
     raise InputFileError(path, "corrupt FCS file: could not be parsed with any reader option")
+
+
+def _header_gives_data_offsets(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(42)
+    return any(f.strip() not in (b"", b"0") for f in (head[26:34], head[34:42]))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+#: TEXT delimiters flowio puts into a regular expression unescaped (it escapes only | \\ and *).
+#: The standard allows any byte from 1 to 126 as delimiter.
+_REGEX_DELIMITERS = frozenset(b".^$+?()[]{}-")
+#: Delimiters the TEXT is rewritten with (first one not in the TEXT), length unchanged.
+_SAFE_DELIMITERS = b"/|\x0c\x1e\x1f*"
+
+
+def _flowdata(path: Path, options: dict, nextdata_offset: int | None = None,
+              quirks: list[str] | None = None) -> "flowio.FlowData":
+    """One data set. The file handle is ours so that it is closed when flowio raises (flowio
+    closes its own only on success, and a refused file would leak one handle per read).
+    ``nextdata_offset`` None: the file's first data set, and flowio raises MultipleDataSetsError
+    if there are more; a number: the data set at that byte offset.
+
+    Two valid layouts flowio cannot parse are handed to it rewritten in memory, every offset
+    unchanged: a TEXT delimiter that is a regular-expression character, and HEADER offset fields
+    left blank (the standard says 0 when an offset does not fit; some writers leave spaces)."""
+    base = nextdata_offset or 0
+    with open(path, "rb") as fh:
+        fh.seek(base)
+        head = fh.read(58)
+        patches: list[tuple[int, bytes]] = []
+        fields = [head[10 + 8 * i:18 + 8 * i] for i in range(6)]
+        blank = [i for i, f in enumerate(fields) if len(f) == 8 and not f.strip()]
+        if blank and len(blank) < 6 and all(f.strip().isdigit() for f in fields[:2]):
+            for i in blank:
+                patches.append((base + 10 + 8 * i, b"       0"))
+            note = "HEADER leaves offsets blank (the standard says 0); read them as 0"
+            if quirks is not None and note not in quirks:
+                quirks.append(note)
+        try:
+            t0, t1 = int(fields[0]), int(fields[1])
+        except ValueError:
+            t0 = t1 = -1
+        if 0 < t0 < t1:
+            fh.seek(base + t0)
+            text = fh.read(t1 - t0 + 1)
+            new = next((d for d in _SAFE_DELIMITERS if d not in text), None)
+            if text[:1] and text[0] in _REGEX_DELIMITERS and new is not None:
+                # Doubled (escaped) delimiters stay doubled.
+                patches.append((base + t0, text.replace(text[:1], bytes([new]))))
+        if patches:
+            fh.seek(0)
+            data = bytearray(fh.read())  # rare files only: memory of one file
+            for at, new_bytes in patches:
+                data[at:at + len(new_bytes)] = new_bytes
+            return _call_flowio(io.BytesIO(bytes(data)), nextdata_offset, options)
+        fh.seek(0)
+        return _call_flowio(fh, nextdata_offset, options)
+
+
+class _FlowioFailed(Exception):
+    """flowio raised something other than its own errors while parsing."""
+
+
+def _call_flowio(fh, nextdata_offset: int | None, options: dict) -> "flowio.FlowData":
+    # flowio parses whatever bytes it is given; on a malformed file its internals fail with
+    # whatever Python raises there (EOFError, TypeError, struct.error, re.error... found by
+    # tests/test_reader_fuzz.py). Those are facts about the file, not bugs of edgehema.
+    try:
+        return flowio.FlowData(fh, nextdata_offset=nextdata_offset, **options)
+    except (FCSParsingError, MultipleDataSetsError, DataOffsetDiscrepancyError, MemoryError, KeyError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - see above
+        raise _FlowioFailed(f"{type(exc).__name__}: {_one_line(exc)}") from None
+
+
+#: More data sets than this in one file is a $NEXTDATA loop or garbage, not an instrument's file.
+MAX_DATA_SETS = 256
+
+
+def _all_data_sets(path: Path, options: dict, quirks: list[str] | None = None) -> list:
+    """Every data set, following $NEXTDATA (relative to the data set that carries it) as
+    flowio.read_multiple_data_sets does, but with our handles and a guard against loops."""
+    sets, offset, seen = [], 0, set()
+    while True:
+        flow = _flowdata(path, options, offset, quirks if not sets else None)
+        sets.append(flow)
+        step = int(flow.text.get("nextdata", 0) or 0)
+        if step == 0:
+            return sets
+        offset += step
+        if step < 0 or offset in seen or len(sets) >= MAX_DATA_SETS:
+            raise InputFileError(path, f"$NEXTDATA of data set {len(sets)} points to byte {offset}, "
+                                       "which loops back or is not a data set", "TEXT")
+        seen.add(offset)
 
 
 def _choose(path: Path, sets: list, dataset: int | None, profile, quirks: list[str]) -> _Parsed:
@@ -350,6 +457,14 @@ def _event_array(flow, path: Path, preprocess: bool, base: int = 0) -> np.ndarra
         raise InputFileError(path, f"corrupt FCS DATA segment: {str(exc)[:200]}") from None
 
 
+def _check_width(data: np.ndarray, flow, path: Path) -> None:
+    """TEXT may describe channels beyond $PAR (a damaged $PAR): the DATA then has fewer columns."""
+    n_channels = len(flow.channels)
+    if data.size and (data.ndim != 2 or data.shape[1] != n_channels):
+        raise InputFileError(path, f"$PAR gives {flow.text.get('par')} parameters but TEXT describes "
+                                   f"{n_channels} channels", "TEXT")
+
+
 def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | None = None,
          dataset: int | None = None) -> Sample:
     parsed = parse(path, dataset, profile)
@@ -359,6 +474,7 @@ def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | No
     data = _event_array(parsed.flow, path, preprocess=True, base=parsed.base)
     if data.shape[0] == 0:
         raise InputFileError(path, "no events: $TOT is 0")
+    _check_width(data, parsed.flow, path)
     events = data[:, order]
     check_events(events, prof, path, locate="event", first_index=1)
     meta = _info_from_text(parsed.flow.text, path)
@@ -404,6 +520,7 @@ def describe(path: Path, profile: Profile | str | None = None, dataset: int | No
     if order is None:
         prof = None
     raw = _event_array(flow, path, preprocess=False, base=parsed.base)
+    _check_width(raw, flow, path)
     if order is not None:  # inspect refuses what classify refuses
         check_events(_event_array(flow, path, preprocess=True, base=parsed.base)[:, order], prof, path, locate="event",
                      first_index=1)

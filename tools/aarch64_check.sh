@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The device runtime on linux/aarch64 (Raspberry Pi 4/5 class), proven without ARM hardware:
+# an arm64 Debian bookworm root (Python 3.11) made with mmdebstrap, run under qemu user-mode
+# emulation (qemu-user-static + binfmt_misc), with Debian packages and the package registry only.
+#
+#   sudo tools/aarch64_check.sh            # from the project's root; run as root (chroot, mount)
+#
+# In the arm64 root it installs the device runtime as a device would (`pip install .`, no
+# extras), then runs --version, simulate, classify (default model, and --backend onnx), the demo
+# (an emulated instrument streaming over a pseudo-terminal to `edgehema stream`) and replay of the
+# demo's archive. The same files are classified on this (x86_64) machine with the same commit, and
+# the counts must be identical. It prints which dependencies came as aarch64 wheels, the installed
+# footprint, and peak RSS (GNU time) of classify and of the demo on a 150,000-event sample.
+# Figures of the last run: docs/device.md. Not in CI: the emulated run takes longer than CI's budget
+# leaves (see docs/device.md for its time).
+set -euo pipefail
+
+PROJECT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=${EDGEHEMA_ARM64_ROOT:-/var/tmp/edgehema-arm64-root}
+OUT=${EDGEHEMA_ARM64_OUT:-$PROJECT/aarch64-check}
+HOST_PY=${HOST_PY:-$PROJECT/.venv/bin/python}
+EVENTS=150000
+mkdir -p "$OUT"
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need qemu-aarch64-static || ! need mmdebstrap || ! need update-binfmts; then
+    apt-get install -y -q qemu-user-static binfmt-support mmdebstrap
+fi
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || { echo "aarch64_check: qemu-aarch64 is not registered with binfmt_misc" >&2; exit 1; }
+
+if [ ! -x "$ROOT/usr/bin/python3" ]; then
+    mmdebstrap --arch=arm64 --variant=apt \
+        --include=python3,python3-venv,python3-pip,ca-certificates,procps,time \
+        bookworm "$ROOT" http://deb.debian.org/debian
+fi
+
+# The project as committed (what a device would install), not the work tree.
+rm -rf "$ROOT/opt/edgehema" && mkdir -p "$ROOT/opt/edgehema"
+git -C "$PROJECT" archive HEAD | tar -x -C "$ROOT/opt/edgehema"
+COMMIT=$(git -C "$PROJECT" rev-parse --short HEAD)
+cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# Behind a TLS-intercepting proxy (as on the machines here) pip in the root needs the host's CAs:
+# the host's bundle is Debian's plus those.
+cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
+# A clean environment in the root: none of this machine's pip settings (local wheel folders).
+inroot() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
+
+mounts=()
+cleanup() { for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null || true; done; }
+trap cleanup EXIT
+for m in proc sys dev dev/pts; do
+    mkdir -p "$ROOT/$m"
+    case $m in
+        proc) mount -t proc proc "$ROOT/proc" ;;
+        sys) mount --bind /sys "$ROOT/sys" ;;  # onnxruntime's cpuinfo reads the CPU lists there
+        dev) mount --bind /dev "$ROOT/dev" ;;
+        dev/pts) mount --bind /dev/pts "$ROOT/dev/pts" ;;
+    esac
+    mounts=("$ROOT/$m" "${mounts[@]}")
+done
+
+[ -x "$ROOT/usr/bin/time" ] || inroot sh -c 'apt-get update -q && apt-get install -y -q time' >/dev/null
+
+cat > "$ROOT/opt/check.sh" <<'INNER'
+set -euo pipefail
+cd /opt
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+uname -m
+python3 --version
+rm -rf /opt/venv /opt/work && mkdir -p /opt/work
+t0=$(date +%s)
+python3 -m venv /opt/venv
+/opt/venv/bin/pip install --progress-bar off /opt/edgehema > /opt/work/pip-install.log 2>&1 \
+    || { tail -20 /opt/work/pip-install.log; exit 1; }
+grep -Eo '[A-Za-z0-9_.+-]+-(cp3[0-9]+|py3|py2\.py3)-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+\.whl' /opt/work/pip-install.log | sort -u > /opt/work/wheels.txt || true
+echo "install_s $(( $(date +%s) - t0 ))"
+echo "footprint_mb $(du -sm /opt/venv | cut -f1)"
+/opt/venv/bin/pip list --format=freeze > /opt/work/pip-freeze.txt
+E=/opt/venv/bin/edgehema
+$E --version
+t0=$(date +%s)
+$E simulate --species dog --samples 3 --seed 11 -n 20000 -o /opt/work/samples > /dev/null
+$E simulate --species cat --seed 12 -n __EVENTS__ -o /opt/work/big.csv > /dev/null
+echo "simulate_s $(( $(date +%s) - t0 ))"
+t0=$(date +%s)
+/usr/bin/time -f "classify_rss_kb %M" -o /opt/work/rss_classify.txt \
+    $E classify --json --jobs 1 /opt/work/big.csv /opt/work/samples/*.csv > /opt/work/classify.jsonl
+echo "classify_s $(( $(date +%s) - t0 ))"
+$E classify --json --jobs 1 --backend onnx /opt/work/big.csv /opt/work/samples/*.csv > /opt/work/classify_onnx.jsonl
+t0=$(date +%s)
+/usr/bin/time -f "demo_rss_kb %M" -o /opt/work/rss_demo.txt \
+    $E demo --samples 1 -n __EVENTS__ --rate 0 --seed 5 --workdir /opt/work/demo > /opt/work/demo.txt
+echo "demo_s $(( $(date +%s) - t0 ))"
+archives=$(find /opt/work/demo -name '*.ehw' | sort)
+$E replay $archives > /opt/work/replay.jsonl
+cat /opt/work/rss_classify.txt /opt/work/rss_demo.txt
+INNER
+sed -i "s/__EVENTS__/$EVENTS/g" "$ROOT/opt/check.sh"
+
+echo "== aarch64 (qemu user-mode), commit $COMMIT"
+inroot /bin/bash /opt/check.sh | tee "$OUT/arm64.txt"
+cp "$ROOT"/opt/work/{wheels.txt,pip-freeze.txt,classify.jsonl,classify_onnx.jsonl,replay.jsonl,demo.txt} "$OUT/"
+
+echo "== x86_64, the same files and commit"
+mkdir -p "$OUT/x86"
+"$HOST_PY" -m edgehema classify --json --jobs 1 "$ROOT/opt/work/big.csv" "$ROOT"/opt/work/samples/*.csv > "$OUT/x86/classify.jsonl"
+"$HOST_PY" -m edgehema classify --json --jobs 1 --backend onnx "$ROOT/opt/work/big.csv" "$ROOT"/opt/work/samples/*.csv > "$OUT/x86/classify_onnx.jsonl"
+"$HOST_PY" -m edgehema replay $(find "$ROOT/opt/work/demo" -name '*.ehw' | sort) > "$OUT/x86/replay.jsonl"
+
+"$HOST_PY" - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+KEYS = ("events", "cells", "retic_percent", "concentration", "flags", "qc")
+
+def rows(path):
+    res = []
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        res.append({"sample": r.get("sample_id"), **{k: r.get(k) for k in KEYS}})
+    return sorted(res, key=lambda r: str(r["sample"]))
+
+ok = True
+for name in ("classify.jsonl", "classify_onnx.jsonl", "replay.jsonl"):
+    arm, x86 = rows(out / name), rows(out / "x86" / name)
+    same = arm == x86 and len(arm) > 0
+    ok &= same
+    print(f"{name}: {len(arm)} samples, aarch64 and x86_64 {'identical' if same else 'DIFFER'}")
+    if not same:
+        for a, b in zip(arm, x86):
+            if a != b:
+                print("  aarch64:", a, "\n  x86_64: ", b)
+aarch64 = [w for w in (out / "wheels.txt").read_text().split() if "aarch64" in w]
+print("aarch64 wheels:", ", ".join(sorted({w.split("-")[0] for w in aarch64})) or "none")
+sys.exit(0 if ok else 1)
+PY
