@@ -26,6 +26,9 @@ def classify(
     volume_ul: Optional[float] = typer.Option(None, "--volume-ul", min=0.0, help="Analyzed volume in uL, when the files do not say."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes (0: one per core, at most 2 here)."),
     dataset: Optional[int] = typer.Option(None, "--dataset", min=1, help="Data set of multi-data-set FCS files (from 1; default: the first whose channels match the profile)."),
+    lis: Optional[List[str]] = typer.Option(None, "--lis", metavar="URL", help="Also send each result to a LIS: mllp://HOST:PORT (HL7 v2.5.1). Repeatable."),
+    outbox: Path = typer.Option(Path("edgehema-outbox.sqlite"), "--outbox", help="With --lis: the queue results wait in until the LIS acknowledges them."),
+    lis_wait: float = typer.Option(30.0, "--lis-wait", min=0.0, help="With --lis: seconds to wait at the end for the LIS to acknowledge (what is left stays queued)."),
 ) -> None:
     """Classify every event of each sample and report RBC, PLT and reticulocyte counts with flags.
 
@@ -44,6 +47,9 @@ def classify(
     info = SampleInfo().merged(species=species, dilution=dilution, volume_ul=volume_ul)
     job = BatchJob(model, backend, adapt, profile, info if info != SampleInfo() else None,
                    str(events_out) if events_out else None, None, dataset)
+    from .lis import lis_sinks
+
+    senders = lis_sinks(lis or [], outbox, lis_wait)
     stream = open_output(output) if output else sys.stdout
     sink = open_sink("json" if as_json else "csv" if as_csv else "table", stream)
     failed = 0
@@ -52,6 +58,8 @@ def classify(
         with progress(len(paths)) as advance:
             for _path, status, value in classify_files(paths, job, jobs, progress=advance):
                 if status == "ok":
+                    for sender in senders:  # queued (durably) first: the LIS gets what the screen shows
+                        sender.write(value)
                     sink.write(value)
                 else:
                     failed += 1
@@ -60,5 +68,7 @@ def classify(
         sink.close()
         if output:
             stream.close()
+        for sender in senders:
+            sender.close()
     if failed:
         raise typer.Exit(1)

@@ -62,6 +62,7 @@ def stream(
     idle_exit: Optional[float] = typer.Option(None, "--idle-exit", min=0.1, help="Stop after this many seconds without data."),
     no_reconnect: bool = typer.Option(False, "--no-reconnect", help="Exit when the port goes away instead of waiting for it."),
     cpu: Optional[int] = typer.Option(None, "--cpu", min=0, help="Pin the stream to this CPU core (steadier latency; systemd's CPUAffinity does the same)."),
+    lis: Optional[List[str]] = typer.Option(None, "--lis", metavar="URL", help="Also send each result to a LIS: mllp://HOST:PORT (HL7 v2.5.1), queued in the journal until acknowledged. Repeatable."),
 ) -> None:
     """Sit on the instrument's link: classify events as they arrive and emit one JSON result per sample.
 
@@ -97,8 +98,18 @@ def stream(
         idle_exit=idle_exit or settings.get("idle_exit"),
     )
     output = output or (Path(settings["output"]) if "output" in settings else None)
+    from .lis import lis_sinks
+
+    # The outbox is the journal's database: a result is journaled, then queued, then sent.
+    senders = lis_sinks(lis or ([settings["lis"]] if "lis" in settings else []), cfg.journal, wait_s=10.0)
+
+    def emit(result: dict) -> None:
+        for sender in senders:
+            sender.write(result)
+        sink.write(result)
+
     live = sys.stderr.isatty()
-    runner = StreamRunner(cfg, lambda r: sink.write(r),
+    runner = StreamRunner(cfg, emit,
                           log=lambda m: err.print(m, style="dim", markup=False, highlight=False) if live else sys.stderr.write(m + "\n"))
     stream_out = open_output(output, "a") if output else sys.stdout
     sink = open_sink("json", stream_out)
@@ -115,6 +126,8 @@ def stream(
         sink.close()
         if output:
             stream_out.close()
+        for sender in senders:
+            sender.close()
 
 
 def _run_live(runner) -> None:
@@ -142,11 +155,16 @@ def replay(
     archives: List[Path] = typer.Argument(..., help="Frame archives written by edgehema stream (or any captured byte stream)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle (default: reference-tflite-int8; float: reference)."),
     adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Per-sample adaptation (as the stream had it)."),
+    lis: Optional[List[str]] = typer.Option(None, "--lis", metavar="URL", help="Also send each result to a LIS: mllp://HOST:PORT. Repeatable."),
+    outbox: Path = typer.Option(Path("edgehema-outbox.sqlite"), "--outbox", help="With --lis: the queue results wait in until the LIS acknowledges them."),
+    lis_wait: float = typer.Option(30.0, "--lis-wait", min=0.0, help="With --lis: seconds to wait at the end for the LIS."),
 ) -> None:
     """Recompute results from archived frames, exactly as the stream computed them (JSON lines)."""
     from ..stream.runner import replay_bytes
+    from .lis import lis_sinks
 
     clf = open_classifier(model, adapt=adapt)
+    senders = lis_sinks(lis or [], outbox, lis_wait)
     failed = 0
     for path in archives:
         try:
@@ -160,7 +178,11 @@ def replay(
             failed += 1
             error(f"{path}: no sample in this archive (not an edgehema frame stream?)")
         for r in results:
+            for sender in senders:
+                sender.write(r)
             typer.echo(json.dumps(r, separators=(",", ":")))
+    for sender in senders:
+        sender.close()
     if failed:
         raise typer.Exit(1)
 
@@ -173,16 +195,18 @@ def demo(
     species: str = typer.Option("cat", "--species", "-s", help="Species preset."),
     seed: int = typer.Option(1, "--seed", help="Random seed."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Keep the demo's journal and archives in this folder (default: a temporary folder, removed at the end)."),
+    lis: Optional[str] = typer.Option(None, "--lis", metavar="URL", help="Also send each result to a LIS (mllp://HOST:PORT; edgehema lis-listen is one)."),
 ) -> None:
     """The whole chain on this machine: a simulated instrument on a pseudo-terminal, edgehema streaming
     from it, live progress, and each sample's counts next to the simulator's truth."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="edgehema-demo-") as tmp:
-        _demo(samples, events, rate, species, seed, workdir, Path(tmp))
+        _demo(samples, events, rate, species, seed, workdir, Path(tmp), lis)
 
 
-def _demo(samples: int, events: int, rate: float, species: str, seed: int, workdir: Optional[Path], tmp: Path) -> None:
+def _demo(samples: int, events: int, rate: float, species: str, seed: int, workdir: Optional[Path], tmp: Path,
+          lis: Optional[str] = None) -> None:
     import threading
 
     from ..emulator import InstrumentEmulator, start_pty_instrument
@@ -213,7 +237,16 @@ def _demo(samples: int, events: int, rate: float, species: str, seed: int, workd
         if line.startswith("connected to"):
             go.set()  # the host has the port open: the instrument may start
 
-    runner = StreamRunner(cfg, results.append, log=log)
+    from .lis import lis_sinks
+
+    senders = lis_sinks([lis] if lis else [], cfg.journal, wait_s=30.0)
+
+    def emit(result: dict) -> None:
+        for sender in senders:
+            sender.write(result)
+        results.append(result)
+
+    runner = StreamRunner(cfg, emit, log=log)
     out.print(f"simulated instrument on {box['port']}: {samples} {species} samples x {events:,} events at {rate:,.0f} events/s")
     out.print(f"model {runner.classifier.bundle.name} on {runner.classifier.backend_name}")
     t = threading.Thread(target=runner.run, daemon=True)
@@ -245,6 +278,11 @@ def _demo(samples: int, events: int, rate: float, species: str, seed: int, workd
                      ", ".join(r["flags"]) or "ok", f"{lat:.0f}"])
     render("edgehema stream vs simulator truth (cells counted per sample; concentrations in blood)", columns, rows,
            sys.stdout)
+    for sender in senders:
+        pending = sender.pending()
+        sender.close()  # waits for the LIS (30 s at most); what is left stays queued in the journal
+        out.print(f"LIS {sender.destination.url}: each result sent as HL7 v2.5.1 ORU^R01"
+                  + (f" ({pending} were still waiting when the table was drawn)" if pending else ""))
     if keep:
         out.print(f"journal {cfg.journal}, archives in {cfg.archive_dir}; replay one with: edgehema replay {cfg.archive_dir}/<file>.ehw")
     else:

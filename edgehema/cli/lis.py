@@ -1,0 +1,119 @@
+"""``outbox`` and ``lis-listen``: the results queued for the laboratory information system, and a
+small LIS to commission the link with. ``lis_sinks`` gives ``classify``, ``stream`` and ``replay``
+their ``--lis`` sinks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..exceptions import EdgehemaError
+from ._app import app
+
+DEFAULT_OUTBOX = Path("edgehema-outbox.sqlite")
+
+
+def lis_sinks(urls: List[str], outbox: Path, wait_s: float) -> list:
+    """One LIS sink per ``--lis`` URL, all queueing in ``outbox``; each checks its URL before anything runs."""
+    from ..sinks.lis_sink import LisSink
+
+    def log(line: str) -> None:
+        sys.stderr.write(f"edgehema: {line}\n")
+
+    return [LisSink(url, outbox, log=log, wait_s=wait_s) for url in urls]
+
+
+@app.command()
+def outbox(
+    db: Path = typer.Option(DEFAULT_OUTBOX, "--db", help="The outbox: the stream's journal (edgehema-journal.sqlite) or classify's --outbox file."),
+    status: Optional[str] = typer.Option(None, "--status", help="Only messages of this status: pending, sent or failed."),
+    resend: Optional[List[int]] = typer.Option(None, "--resend", help="Queue this message again (its id; repeatable)."),
+    resend_failed: bool = typer.Option(False, "--resend-failed", help="Queue every failed message again."),
+    send: Optional[str] = typer.Option(None, "--send", metavar="URL", help="Send what is pending to this LIS now (mllp://HOST:PORT) and wait for it."),
+    wait: float = typer.Option(60.0, "--wait", min=0.0, help="With --send: seconds to wait for the LIS."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per message."),
+    show: Optional[int] = typer.Option(None, "--show", help="Print one message's text (its id)."),
+) -> None:
+    """List the results queued for the LIS (pending, sent, failed), queue failed ones again, or send now.
+
+    Every message keeps its control id for ever: a resend is recognisably the same result at the LIS."""
+    from ..lis.outbox import STATUSES, Outbox
+
+    if not db.is_file():
+        raise EdgehemaError(f"{db}: no such outbox (the stream queues in its journal; classify in --outbox)")
+    if status is not None and status not in STATUSES:
+        raise typer.BadParameter(f"--status must be one of {', '.join(STATUSES)}")
+    box = Outbox(db)
+    try:
+        if resend or resend_failed:
+            n = box.resend(None if resend_failed else list(resend or []))
+            typer.echo(f"{n} message(s) queued again")
+        if send:
+            from ..sinks.lis_sink import LisSink
+
+            box.close()
+            sink = LisSink(send, db, log=lambda line: sys.stderr.write(f"edgehema: {line}\n"), wait_s=wait)
+            elsewhere = sink.outbox.count("pending") - sink.pending()
+            sink.close()
+            box = Outbox(db)
+            if elsewhere:
+                sys.stderr.write(f"edgehema: {elsewhere} pending message(s) are queued for another LIS address "
+                                 f"(the destination column); --send sends those of {sink.destination.url} only\n")
+        if show is not None:
+            found = [m for m in box.messages() if m.id == show]
+            if not found:
+                raise EdgehemaError(f"{db}: no message {show}")
+            typer.echo(found[0].message.replace("\r", "\n"), nl=False)
+            return
+        rows = box.messages(status)
+        for m in rows:
+            if as_json:
+                typer.echo(json.dumps({k: v for k, v in m.__dict__.items() if k != "message"}))
+            else:
+                typer.echo(f"{m.id:>6}  {m.status:<7}  {m.control_id}  {m.sample_id:<24}  {m.destination}  "
+                           f"tries {m.attempts}  queued {m.queued_at}  "
+                           + (f"sent {m.sent_at} ({m.ack})" if m.sent_at else (m.last_error or "")))
+        if not as_json:
+            typer.echo(f"{len(rows)} message(s): " + ", ".join(f"{box.count(s)} {s}" for s in STATUSES))
+    finally:
+        box.close()
+
+
+@app.command("lis-listen")
+def lis_listen(
+    port: int = typer.Option(2575, "--port", help="TCP port to listen on (MLLP)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    ack: str = typer.Option("AA", "--ack", help="Acknowledgement to answer with: AA, AE or AR (AE/AR to rehearse a refusing LIS)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per message received."),
+    count: Optional[int] = typer.Option(None, "--count", min=1, help="Stop after this many distinct messages."),
+) -> None:
+    """A small LIS for commissioning: receive HL7 results over MLLP, acknowledge them, print what came.
+
+    A message whose control id was received before is reported as a resend, not as a new result."""
+    import asyncio
+
+    from ..lis.listener import serve
+
+    if ack not in ("AA", "AE", "AR"):
+        raise typer.BadParameter("--ack must be AA, AE or AR")
+
+    def show(record: dict) -> None:
+        if as_json:
+            typer.echo(json.dumps(record))
+            return
+        tag = "RESEND of " if record["resend"] else ""
+        obs = ", ".join(f"{o['name']} {o['value']} {o['unit']}{' ' + o['flag'] if o['flag'] else ''}"
+                        for o in record["observations"][:4])
+        typer.echo(f"{tag}{record['control_id']} sample {record['sample_id']} ({record['species'] or '-'}): {obs}"
+                   + (f"; flags: {', '.join(record['flags'])}" if record["flags"] else "") + f" -> {record['ack']}")
+
+    try:
+        asyncio.run(serve(host, port, ack, show, count))
+    except OSError as exc:
+        raise EdgehemaError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,136 @@
+"""A result as an HL7 v2.5.1 ORU^R01 message, and the LIS's acknowledgement read back.
+
+Observations are coded with LOINC and UCUM units, as laboratory information systems expect:
+
+=========  ==========  =============================================================  ========
+result     LOINC       name                                                           unit
+=========  ==========  =============================================================  ========
+RBC        789-8       Erythrocytes [#/volume] in Blood by Automated count            10*6/uL
+PLT        777-3       Platelets [#/volume] in Blood by Automated count               10*3/uL
+RET %      17849-1     Reticulocytes/100 erythrocytes in Blood by Automated count     %
+RET#       60474-4     Reticulocytes [#/volume] in Blood by Automated count           10*6/uL
+=========  ==========  =============================================================  ========
+
+Cells and events counted and the coincidence rate have no LOINC code: they go with local codes
+(coding system ``99EHM``, HL7's form for a local code system). A result with any flag carries the
+abnormal flag ``A`` on every observation and one NTE per flag, so that a flagged result can never look
+clean at the LIS; the model's name, version and sha256 go in an NTE of the order. Messages are built
+as text and checked by parsing them back with python-hl7 (``hl7``); escaping is python-hl7's.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import hl7
+
+#: Local coding system for what LOINC does not name.
+LOCAL = "99EHM"
+PANEL = ("EHM-PANEL", "RBC, PLT and reticulocytes by optical event classification", LOCAL)
+
+# (result path, LOINC code, name, UCUM unit, scale, decimals)
+CONCENTRATIONS = [
+    ("rbc_per_uL", "789-8", "Erythrocytes [#/volume] in Blood by Automated count", "10*6/uL", 1e-6, 2),
+    ("plt_per_uL", "777-3", "Platelets [#/volume] in Blood by Automated count", "10*3/uL", 1e-3, 0),
+]
+RETIC_PERCENT = ("17849-1", "Reticulocytes/100 erythrocytes in Blood by Automated count", "%", 2)
+RETIC_ABSOLUTE = ("retic_per_uL", "60474-4", "Reticulocytes [#/volume] in Blood by Automated count", "10*6/uL",
+                  1e-6, 4)
+LOCAL_COUNTS = [
+    ("cells", "rbc", "EHM-RBC-N", "Red cells counted"),
+    ("cells", "plt", "EHM-PLT-N", "Platelets counted"),
+    ("cells", "retic", "EHM-RET-N", "Reticulocytes counted"),
+    ("events", "total", "EHM-EVENTS", "Events measured"),
+]
+
+_SEP = hl7.parse("MSH|^~\\&|\r")  # a message to borrow python-hl7's escaping from
+
+
+def esc(value) -> str:
+    """A value made safe for an HL7 field (| ^ ~ \\ & escaped; line breaks as spaces)."""
+    text = " ".join(str(value).split())
+    return _SEP.escape(text)
+
+
+def hl7_time(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+
+
+def _result_time(result: dict, fallback: datetime) -> str:
+    for key in ("started_at", "ended_at"):
+        value = result.get(key)
+        if value:
+            try:
+                return hl7_time(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+            except ValueError:
+                pass
+    return hl7_time(fallback)
+
+
+def build_oru(result: dict, control_id: str, *, sending_facility: str = "", receiving_application: str = "",
+              receiving_facility: str = "", now: datetime | None = None) -> str:
+    """ORU^R01 (HL7 2.5.1) for one sample's result; segments end with CR as the standard says."""
+    now = now or datetime.now(timezone.utc)
+    sample_id = esc(result.get("sample_id") or "unknown")
+    flags = list(result.get("flags") or [])
+    abnormal = "A" if flags else ""
+    observed = _result_time(result, now)
+    segments = [
+        "|".join(["MSH", "^~\\&", "edgehema", esc(sending_facility or result.get("instrument_id") or ""),
+                  esc(receiving_application), esc(receiving_facility), hl7_time(now), "", "ORU^R01^ORU_R01",
+                  esc(control_id), "P", "2.5.1", "", "", "AL", "NE"]),
+    ]
+    species = result.get("species")
+    if species:
+        # PID-3 carries the sample (accession) id; PID-5, required, an unspecified name (the
+        # analyzer does not know the patient); PID-35 the species, as veterinary LIS read it.
+        pid = (["PID", "1", "", f"{sample_id}^^^^ACSN", "", "UNKNOWN^^^^^^U"] + [""] * 29
+               + [f"{esc(species)}^{esc(species)}^L"])
+        segments.append("|".join(pid))
+    segments.append("|".join(["OBR", "1", "", sample_id, "^".join(PANEL), "", "", observed] + [""] * 17 + ["F"]))
+    model = result.get("model") or {}
+    if model:
+        segments.append("|".join(["NTE", "1", "L", esc(f"model {model.get('name', '?')} {model.get('version', '')} "
+                                                     f"sha256 {model.get('sha256', '?')} on {model.get('backend', '?')}")]))
+    for k, flag in enumerate(flags, start=2):
+        detail = (result.get("flag_details") or {}).get(flag, "")
+        segments.append("|".join(["NTE", str(k), "L", esc(f"FLAG {flag}: {detail}" if detail else f"FLAG {flag}")]))
+    obx: list[tuple[str, str, str, str]] = []  # (code^name^system, value, unit, type)
+    conc = result.get("concentration") or {}
+    for key, code, name, unit, scale, decimals in CONCENTRATIONS:
+        if conc.get(key) is not None:
+            obx.append((f"{code}^{name}^LN", f"{conc[key] * scale:.{decimals}f}", unit, "NM"))
+    if result.get("retic_percent") is not None:
+        code, name, unit, decimals = RETIC_PERCENT
+        obx.append((f"{code}^{name}^LN", f"{result['retic_percent']:.{decimals}f}", unit, "NM"))
+    key, code, name, unit, scale, decimals = RETIC_ABSOLUTE
+    if conc.get(key) is not None:
+        obx.append((f"{code}^{name}^LN", f"{conc[key] * scale:.{decimals}f}", unit, "NM"))
+    for group, key, code, name in LOCAL_COUNTS:
+        value = (result.get(group) or {}).get(key)
+        if value is not None:
+            obx.append((f"{code}^{name}^{LOCAL}", str(int(value)), "{cells}" if group == "cells" else "{events}", "NM"))
+    coincidence = (result.get("qc") or {}).get("coincidence_fraction")
+    if coincidence is not None:
+        obx.append((f"EHM-COINC^Coincidence events^{LOCAL}", f"{100 * coincidence:.2f}", "%", "NM"))
+    for k, (ident, value, unit, kind) in enumerate(obx, start=1):
+        segments.append("|".join(["OBX", str(k), kind, ident, "", value, f"{unit}^{unit}^UCUM", "", abnormal, "", "",
+                                  "F", "", "", observed]))
+    segments.append("|".join(["SPM", "1", f"{sample_id}&edgehema", "", "BLD^Whole blood^HL70487"]))
+    message = "\r".join(segments) + "\r"
+    hl7.parse(message)  # a message python-hl7 cannot parse back is a bug here, not the LIS's problem
+    return message
+
+
+def read_ack(text: str) -> tuple[str, str, str]:
+    """(acknowledgement code, control id acknowledged, text) from an ACK message: AA, AE, AR
+    (or CA, CE, CR in enhanced mode)."""
+    try:
+        msg = hl7.parse(text.replace("\n", "\r"))
+        msa = msg.segment("MSA")
+    except (KeyError, IndexError, ValueError, hl7.ParseException) as exc:
+        raise ValueError(f"not an HL7 acknowledgement ({type(exc).__name__})") from None
+    code = str(msa[1]).strip()
+    acked = str(msa[2]).strip() if len(msa) > 2 else ""
+    note = str(msa[3]).strip() if len(msa) > 3 else ""
+    return code, acked, note
