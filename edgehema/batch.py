@@ -36,6 +36,8 @@ class BatchJob:
     threads: int | None
     #: The data set of multi-data-set FCS files (1-based); None: the first that matches the profile.
     dataset: int | None = None
+    #: Folder for each sample's scattergram PNG (None: no pictures).
+    plots: str | None = None
 
 
 _worker: dict = {}
@@ -54,10 +56,16 @@ def _one(path: str) -> tuple[str, dict | str]:
     job: BatchJob = _worker["job"]
     try:
         sample = read_sample(path, profile=job.profile, info=job.info, dataset=job.dataset)
-        result = classify_sample(sample, _worker["clf"], keep_events=job.events_out is not None)
+        result = classify_sample(sample, _worker["clf"], keep_events=job.events_out is not None or job.plots is not None)
         if job.events_out is not None:
             write_events(Path(job.events_out), result.sample_id, result.inference)
-        return "ok", result.to_dict()
+        out = result.to_dict()
+        if job.plots is not None:
+            from . import scattergram
+
+            out["scattergram"] = str(scattergram.write(Path(job.plots), out, sample.events, result.inference.labels,
+                                                       sample.profile))
+        return "ok", out
     except EdgehemaError as exc:
         return "error", str(exc)
 

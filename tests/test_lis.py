@@ -440,3 +440,27 @@ def test_stream_journals_queues_and_sends_and_a_down_lis_gets_everything_later(t
     with __import__("sqlite3").connect(journal) as db:
         assert db.execute("SELECT count(*) FROM outbox WHERE status = 'sent'").fetchone()[0] == 3
     assert again.returncode in (0, 1)
+
+
+def test_scattergram_travels_as_an_ed_observation(tmp_path):
+    """``images=1``: the PNG as OBX type ED (base64). hl7apy's tables cap ED data at 199 characters
+    (the standard's TX allows 65,536), so the message is validated strictly without that segment and
+    the ED segment parsed tolerantly."""
+    import base64
+
+    png = tmp_path / "S-0001.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40)
+    r = result(1, scattergram=str(png))
+    assert "|ED|" not in build_oru(r, "X")  # only when asked for
+    dest = open_destination("mllp://lis:2575?images=1")
+    text = dest.render(r, "X")
+    segments = text.split("\r")
+    ed = [s for s in segments if s.startswith("OBX") and "|ED|" in s]
+    assert len(ed) == 1
+    validate("\r".join(s for s in segments if s not in ed))
+    msg = parse_message(text, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=True)
+    obx = [o.OBX for o in msg.children[1].ORU_R01_ORDER_OBSERVATION.children if o.name == "ORU_R01_OBSERVATION"][-1]
+    assert obx.obx_2.value == "ED"
+    assert base64.b64decode(obx.obx_5.value.split("^")[4]) == png.read_bytes()
+    png.unlink()  # the picture gone by the time the message is built: the counts still go, with a note
+    assert "scattergram" in dest.render(r, "Y") and "|ED|" not in dest.render(r, "Y")

@@ -1,8 +1,8 @@
 """The ``edgehema`` command line (typer): one small module per command group.
 
-``files`` (simulate, inspect), ``classify``, ``evaluate``, ``stream`` (emulate, stream, replay,
-demo), ``models`` (export, models, info, profiles); ``_app`` holds the application and what the
-commands share. Each command is a thin shell over the library.
+``files`` (simulate, inspect), ``classify`` (classify, plot), ``evaluate``, ``stream`` (emulate,
+stream, replay, demo), ``lis`` (outbox, lis-listen), ``models`` (export, models, info, profiles),
+``train``; ``_app`` holds the application and what the commands share. Each command is a thin shell over the library.
 """
 
 from ._app import app, main

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from ..exceptions import EdgehemaError
 from ._app import app, error, open_classifier, open_output, progress
 
 
@@ -26,7 +28,8 @@ def classify(
     volume_ul: Optional[float] = typer.Option(None, "--volume-ul", min=0.0, help="Analyzed volume in uL, when the files do not say."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes (0: one per core, at most 2 here)."),
     dataset: Optional[int] = typer.Option(None, "--dataset", min=1, help="Data set of multi-data-set FCS files (from 1; default: the first whose channels match the profile)."),
-    lis: Optional[List[str]] = typer.Option(None, "--lis", metavar="URL", help="Also send each result to a LIS: mllp://HOST:PORT (HL7 v2.5.1). Repeatable."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Folder for each sample's scattergrams (SAMPLE_ID.png)."),
+    lis: Optional[List[str]] = typer.Option(None, "--lis", metavar="URL", help="Also send each result to a LIS: mllp://HOST:PORT (HL7 v2.5.1), astm+tcp://HOST:PORT, astm+serial:///dev/ttyUSB0?baud=9600 (ASTM E1394). Repeatable."),
     outbox: Path = typer.Option(Path("edgehema-outbox.sqlite"), "--outbox", help="With --lis: the queue results wait in until the LIS acknowledges them."),
     lis_wait: float = typer.Option(30.0, "--lis-wait", min=0.0, help="With --lis: seconds to wait at the end for the LIS to acknowledge (what is left stays queued)."),
 ) -> None:
@@ -45,8 +48,10 @@ def classify(
     if species is not None:
         species = check_species(species)
     info = SampleInfo().merged(species=species, dilution=dilution, volume_ul=volume_ul)
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise EdgehemaError(f"{plots}: is a file; --plots names a folder")
     job = BatchJob(model, backend, adapt, profile, info if info != SampleInfo() else None,
-                   str(events_out) if events_out else None, None, dataset)
+                   str(events_out) if events_out else None, None, dataset, str(plots) if plots else None)
     from .lis import lis_sinks
 
     senders = lis_sinks(lis or [], outbox, lis_wait)
@@ -70,5 +75,36 @@ def classify(
             stream.close()
         for sender in senders:
             sender.close()
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def plot(
+    files: List[Path] = typer.Argument(..., help="Event files (CSV, FCS, Sysmex XN), one sample each."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder the pictures go to (SAMPLE_ID.png)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle directory or shipped name."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Instrument profile of the files."),
+) -> None:
+    """Classify each file and draw its scattergrams (size/structure, size/RNA stain, extinction
+    area/width), events coloured by class on a log density scale, as one PNG per sample."""
+    from ..formats import read_sample
+    from ..result import classify_sample
+    from .. import scattergram
+
+    if out.exists() and not out.is_dir():
+        raise EdgehemaError(f"{out}: is a file; --out names a folder")
+    clf = open_classifier(model, "auto", True)
+    failed = 0
+    for path in files:
+        try:
+            sample = read_sample(path, profile=profile)
+            result = classify_sample(sample, clf, keep_events=True)
+        except EdgehemaError as exc:
+            failed += 1
+            error(str(exc))
+            continue
+        written = scattergram.write(out, result.to_dict(), sample.events, result.inference.labels, sample.profile)
+        typer.echo(str(written))
     if failed:
         raise typer.Exit(1)

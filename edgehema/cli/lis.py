@@ -90,8 +90,10 @@ def lis_listen(
     ack: str = typer.Option("AA", "--ack", help="Acknowledgement to answer with: AA, AE or AR (AE/AR to rehearse a refusing LIS)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per message received."),
     count: Optional[int] = typer.Option(None, "--count", min=1, help="Stop after this many distinct messages."),
+    astm: bool = typer.Option(False, "--astm", help="Receive ASTM E1394 records in E1381 frames over TCP instead of HL7 over MLLP."),
 ) -> None:
-    """A small LIS for commissioning: receive HL7 results over MLLP, acknowledge them, print what came.
+    """A small LIS for commissioning: receive HL7 results over MLLP (or ASTM with --astm),
+    acknowledge them, print what came.
 
     A message whose control id was received before is reported as a resend, not as a new result."""
     import asyncio
@@ -100,6 +102,8 @@ def lis_listen(
 
     if ack not in ("AA", "AE", "AR"):
         raise typer.BadParameter("--ack must be AA, AE or AR")
+    if astm:
+        return _listen_astm(host, port, as_json, count)
 
     def show(record: dict) -> None:
         if as_json:
@@ -117,3 +121,38 @@ def lis_listen(
         raise EdgehemaError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
         pass
+
+
+def _listen_astm(host: str, port: int, as_json: bool, count: Optional[int]) -> None:
+    import socket
+
+    from ..lis.astm import receive
+
+    seen: set[str] = set()
+    server = socket.create_server((host, port), reuse_port=False)
+
+    def report(records: list[str], problems: list[str]) -> None:
+        header = next((r for r in records if r.startswith("H|")), "")
+        control = header.split("|")[2] if header.count("|") >= 2 else ""
+        order = next((r for r in records if r.startswith("O|")), "")
+        sample = order.split("|")[2] if order.count("|") >= 2 else ""
+        results = [r.split("|") for r in records if r.startswith("R|")]
+        flags = [r.split("|")[3][5:].split(":")[0] for r in records if r.startswith("C|") and "|FLAG " in r]
+        record = {"control_id": control, "sample_id": sample, "resend": control in seen, "records": len(records),
+                  "results": {r[2].split("^")[3] if r[2].count("^") >= 3 else r[2]: f"{r[3]} {r[4]}".strip()
+                              for r in results if len(r) > 4},
+                  "flags": flags, "problems": problems}
+        seen.add(control)
+        if as_json:
+            typer.echo(json.dumps(record))
+        else:
+            shown = ", ".join(f"{k} {v}" for k, v in list(record["results"].items())[:4])
+            typer.echo(f"{'RESEND of ' if record['resend'] else ''}{control} sample {sample}: {shown}"
+                       + (f"; flags: {', '.join(flags)}" if flags else "")
+                       + (f"; PROBLEMS: {'; '.join(problems)}" if problems else ""))
+
+    with server:
+        while count is None or len(seen) < count:
+            conn, _ = server.accept()
+            with conn:
+                receive(lambda n: conn.recv(n), conn.sendall, report)

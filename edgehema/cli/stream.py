@@ -62,7 +62,8 @@ def stream(
     idle_exit: Optional[float] = typer.Option(None, "--idle-exit", min=0.1, help="Stop after this many seconds without data."),
     no_reconnect: bool = typer.Option(False, "--no-reconnect", help="Exit when the port goes away instead of waiting for it."),
     cpu: Optional[int] = typer.Option(None, "--cpu", min=0, help="Pin the stream to this CPU core (steadier latency; systemd's CPUAffinity does the same)."),
-    lis: Optional[List[str]] = typer.Option(None, "--lis", metavar="URL", help="Also send each result to a LIS: mllp://HOST:PORT (HL7 v2.5.1), queued in the journal until acknowledged. Repeatable."),
+    lis: Optional[List[str]] = typer.Option(None, "--lis", metavar="URL", help="Also send each result to a LIS (mllp://, astm+tcp://, astm+serial://), queued in the journal until acknowledged. Repeatable."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Folder for each sample's scattergrams (SAMPLE_ID.png)."),
 ) -> None:
     """Sit on the instrument's link: classify events as they arrive and emit one JSON result per sample.
 
@@ -96,6 +97,7 @@ def stream(
         reconnect=not no_reconnect and bool(settings.get("reconnect", True)),
         max_samples=max_samples or settings.get("max_samples"),
         idle_exit=idle_exit or settings.get("idle_exit"),
+        plots=plots or (Path(settings["plots"]) if "plots" in settings else None),
     )
     output = output or (Path(settings["output"]) if "output" in settings else None)
     from .lis import lis_sinks
@@ -155,9 +157,10 @@ def replay(
     archives: List[Path] = typer.Argument(..., help="Frame archives written by edgehema stream (or any captured byte stream)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle (default: reference-tflite-int8; float: reference)."),
     adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Per-sample adaptation (as the stream had it)."),
-    lis: Optional[List[str]] = typer.Option(None, "--lis", metavar="URL", help="Also send each result to a LIS: mllp://HOST:PORT. Repeatable."),
+    lis: Optional[List[str]] = typer.Option(None, "--lis", metavar="URL", help="Also send each result to a LIS (mllp://, astm+tcp://, astm+serial://). Repeatable."),
     outbox: Path = typer.Option(Path("edgehema-outbox.sqlite"), "--outbox", help="With --lis: the queue results wait in until the LIS acknowledges them."),
     lis_wait: float = typer.Option(30.0, "--lis-wait", min=0.0, help="With --lis: seconds to wait at the end for the LIS."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Folder for each sample's scattergrams (SAMPLE_ID.png)."),
 ) -> None:
     """Recompute results from archived frames, exactly as the stream computed them (JSON lines)."""
     from ..stream.runner import replay_bytes
@@ -173,7 +176,7 @@ def replay(
             failed += 1
             error(f"{path}: cannot read: {exc.strerror}")
             continue
-        results = replay_bytes(data, clf)
+        results = replay_bytes(data, clf, plots)
         if not results:
             failed += 1
             error(f"{path}: no sample in this archive (not an edgehema frame stream?)")

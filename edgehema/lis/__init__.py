@@ -1,5 +1,6 @@
 """Results to the laboratory information system (LIS): one module per protocol, chosen by URL
-scheme (as pyserial's URL handlers): ``mllp://`` (HL7 v2.5.1 ORU^R01 over MLLP). A result goes into
+scheme (as pyserial's URL handlers): ``mllp://`` (HL7 v2.5.1 ORU^R01 over MLLP), ``astm+tcp://`` and
+``astm+serial://`` (ASTM E1394 records in E1381 frames). A result goes into
 the journal first, then into the outbox (:mod:`.outbox`), and the forwarder (:mod:`.forwarder`)
 sends it until the LIS acknowledges it.
 """
@@ -9,10 +10,10 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..exceptions import EdgehemaError
-from . import mllp
+from . import astm, mllp
 
 #: URL scheme -> protocol module (``open_destination(url)``).
-PROTOCOLS: dict[str, ModuleType] = {scheme: module for module in (mllp,) for scheme in module.SCHEMES}
+PROTOCOLS: dict[str, ModuleType] = {scheme: module for module in (mllp, astm) for scheme in module.SCHEMES}
 
 
 def open_destination(url: str):

@@ -20,7 +20,9 @@ as text and checked by parsing them back with python-hl7 (``hl7``); escaping is 
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime, timezone
+from pathlib import Path
 
 import hl7
 
@@ -68,8 +70,10 @@ def _result_time(result: dict, fallback: datetime) -> str:
 
 
 def build_oru(result: dict, control_id: str, *, sending_facility: str = "", receiving_application: str = "",
-              receiving_facility: str = "", now: datetime | None = None) -> str:
-    """ORU^R01 (HL7 2.5.1) for one sample's result; segments end with CR as the standard says."""
+              receiving_facility: str = "", now: datetime | None = None, images: bool = False) -> str:
+    """ORU^R01 (HL7 2.5.1) for one sample's result; segments end with CR as the standard says.
+    ``images``: the sample's scattergram PNG (``result["scattergram"]``), where there is one, as an
+    OBX of type ED (base64), as analyzers send their pictures."""
     now = now or datetime.now(timezone.utc)
     sample_id = esc(result.get("sample_id") or "unknown")
     flags = list(result.get("flags") or [])
@@ -116,6 +120,16 @@ def build_oru(result: dict, control_id: str, *, sending_facility: str = "", rece
     for k, (ident, value, unit, kind) in enumerate(obx, start=1):
         segments.append("|".join(["OBX", str(k), kind, ident, "", value, f"{unit}^{unit}^UCUM", "", abnormal, "", "",
                                   "F", "", "", observed]))
+    picture = result.get("scattergram")
+    if images and picture:
+        try:
+            data = base64.b64encode(Path(picture).read_bytes()).decode("ascii")
+        except OSError:
+            data = None  # the picture is gone: the counts still go, with a note
+            segments.append("|".join(["NTE", str(len(flags) + 2), "L", esc(f"scattergram {picture} not readable")]))
+        if data is not None:
+            segments.append("|".join(["OBX", str(len(obx) + 1), "ED", f"EHM-SCATTER^Scattergrams^{LOCAL}", "",
+                                      f"edgehema^IM^PNG^Base64^{data}", "", "", "", "", "", "F", "", "", observed]))
     segments.append("|".join(["SPM", "1", f"{sample_id}&edgehema", "", "BLD^Whole blood^HL70487"]))
     message = "\r".join(segments) + "\r"
     hl7.parse(message)  # a message python-hl7 cannot parse back is a bug here, not the LIS's problem

@@ -1,4 +1,5 @@
-"""HL7 v2.5.1 over MLLP (TCP): ``mllp://HOST:PORT[?timeout=S&application=APP&facility=FAC&sender=ID]``.
+"""HL7 v2.5.1 over MLLP (TCP): ``mllp://HOST:PORT[?timeout=S&application=APP&facility=FAC&sender=ID&images=1]``
+(``images=1``: each sample's scattergram PNG goes along as an OBX of type ED, where there is one).
 
 One connection per message, through python-hl7's asyncio MLLP client: connect, send the
 ORU^R01, wait for the ACK (``timeout`` seconds each, default 10). An ACK whose MSA-2 names another
@@ -32,10 +33,13 @@ class MllpDestination:
             raise EdgehemaError(f"--lis {url}: the port is not a number") from None
         self.host = parts.hostname
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        unknown = set(query) - {"timeout", "application", "facility", "sender"}
+        unknown = set(query) - {"timeout", "application", "facility", "sender", "images"}
         if unknown:
             raise EdgehemaError(f"--lis {url}: unknown option(s) {', '.join(sorted(unknown))} "
-                                "(timeout, application, facility, sender)")
+                                "(timeout, application, facility, sender, images)")
+        if query.get("images", "0") not in ("0", "1", "true", "false", "yes", "no"):
+            raise EdgehemaError(f"--lis {url}: images must be 1 or 0")
+        self.images = query.get("images", "0") in ("1", "true", "yes")
         try:
             self.timeout = float(query.get("timeout", 10))
         except ValueError:
@@ -47,7 +51,7 @@ class MllpDestination:
 
     def render(self, result: dict, control_id: str) -> str:
         return build_oru(result, control_id, sending_facility=self.sender, receiving_application=self.application,
-                         receiving_facility=self.facility)
+                         receiving_facility=self.facility, images=self.images)
 
     def send(self, message: str, control_id: str) -> str:
         """Send and wait for the acknowledgement; returns its text. Raises OSError/TimeoutError when

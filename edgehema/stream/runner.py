@@ -79,7 +79,7 @@ class SampleAssembler:
             for k, v in self.classifier.run_graph(block[start : start + BLOCK]).items():
                 self.outputs.setdefault(k, []).append(v)
 
-    def finish(self, closed: SampleClosed, t0: float) -> dict:
+    def finish(self, closed: SampleClosed, t0: float, plots: Path | None = None) -> dict:
         if self.n_pending:
             self._run(np.concatenate(self.pending))
             self.pending, self.n_pending = [], 0
@@ -111,10 +111,17 @@ class SampleAssembler:
         out_dict = result.to_dict()
         out_dict["tag"] = s.tag
         out_dict["complete"] = closed.complete and not flags
+        if plots is not None and len(events):
+            from .. import scattergram
+
+            try:
+                out_dict["scattergram"] = str(scattergram.write(plots, out_dict, events, inf.labels, profile))
+            except OSError as exc:  # a picture is a courtesy: the result goes on without it
+                out_dict["scattergram_error"] = f"{plots}: {exc.strerror or exc}"
         return out_dict
 
 
-def replay_bytes(data: bytes, classifier: Classifier) -> list[dict]:
+def replay_bytes(data: bytes, classifier: Classifier, plots: Path | None = None) -> list[dict]:
     """Results of every sample in an archive (or any captured byte stream), as the stream made them."""
     session = WireSession()
     results: list[dict] = []
@@ -127,7 +134,7 @@ def replay_bytes(data: bytes, classifier: Classifier) -> list[dict]:
             assemblers[id(item.sample)].add(item.events)
         elif isinstance(item, SampleClosed):
             a = assemblers.pop(id(item.sample))
-            results.append(a.finish(item, time.perf_counter()))
+            results.append(a.finish(item, time.perf_counter(), plots))
 
     for item in session.feed(data):
         handle(item)
@@ -154,6 +161,8 @@ class StreamConfig:
     #: Results held in memory while the storage is full, at most; past that the stream stops (their
     #: results are then written to the sinks flagged ``not_stored``, never dropped).
     max_held: int = 500
+    #: Folder for each sample's scattergram PNG (None: no pictures).
+    plots: Path | None = None
 
 
 @dataclass
@@ -409,7 +418,7 @@ class StreamRunner:
             t0 = time.perf_counter()
             self._flush_archives()
             entry = self._open.pop(id(item.sample))
-            result = entry.assembler.finish(item, t0)
+            result = entry.assembler.finish(item, t0, self.cfg.plots)
             t1 = time.perf_counter()
             self.stats.batch_latency_s += entry.assembler.latencies
             s = item.sample

@@ -27,7 +27,8 @@ SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
     "max_samples": ((int,), "stop after this many results"),
     "idle_exit": ((int, float), "stop after this many seconds without data"),
     "cpu": ((int,), "pin the stream to this CPU core"),
-    "lis": ((str,), "LIS to send each result to (mllp://HOST:PORT)"),
+    "lis": ((str,), "LIS to send each result to (mllp://, astm+tcp://, astm+serial://)"),
+    "plots": ((str,), "folder for each sample's scattergram PNG"),
 }
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 
