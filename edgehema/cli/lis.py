@@ -19,6 +19,8 @@ DEFAULT_OUTBOX = Path("edgehema-outbox.sqlite")
 
 def lis_sinks(urls: List[str], outbox: Path, wait_s: float) -> list:
     """One LIS sink per ``--lis`` URL, all queueing in ``outbox``; each checks its URL before anything runs."""
+    if not urls:  # nothing of the LIS code (hl7) is loaded when no LIS is asked for
+        return []
     from ..sinks.lis_sink import LisSink
 
     def log(line: str) -> None:
