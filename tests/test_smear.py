@@ -77,6 +77,7 @@ def test_bad_images_are_one_line_each(tmp_path):
     assert "Traceback" not in proc.stderr
     counted = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [Path(r["source"]).name for r in counted] == ["good.png"]  # the other image is still counted
+    assert counted[0]["engine"] == "model"
 
 
 def test_greyscale_16_bit_and_alpha_images_read_as_8_bit_colour(tmp_path):
@@ -173,8 +174,8 @@ def test_baseline_on_bccd_val_measured():
 
 def test_smear_command_counts_and_overlays_a_bccd_image(tmp_path):
     image = require_bccd() / "JPEGImages" / "BloodImage_00000.jpg"
-    proc = subprocess.run([sys.executable, "-m", "edgehema", "smear", "--json", "--overlay", str(tmp_path), str(image)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "edgehema", "smear", "--json", "--engine", "baseline", "--overlay",
+                           str(tmp_path), str(image)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["kind"] == "smear" and result["counts"]["wbc"] == 1 and result["counts"]["rbc"] >= 8
@@ -183,5 +184,5 @@ def test_smear_command_counts_and_overlays_a_bccd_image(tmp_path):
     assert drawn.shape == (480, 640, 3)
     assert not np.array_equal(drawn, cv2.imread(str(image)))
     assert "baseline" in ENGINES
-    r, _ = count_image(image)
+    r, _ = count_image(image, "baseline")
     assert r["counts"] == result["counts"]

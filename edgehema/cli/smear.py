@@ -21,20 +21,19 @@ def smear(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image: counts, detections, flags."),
     as_csv: bool = typer.Option(False, "--csv", help="One CSV row per image."),
     overlay_dir: Optional[Path] = typer.Option(None, "--overlay", help="Folder for each image with its detections drawn and the counts in a corner."),
-    engine: str = typer.Option("baseline", "--engine", help="Detector: baseline (classical OpenCV)."),
+    engine: str = typer.Option("model", "--engine", help="Detector: model (the shipped int8 network), baseline (classical OpenCV), model:FILE.onnx."),
 ) -> None:
     """Count red cells, white cells and platelets on blood-smear images.
 
     Exit status 1 if any image failed; the others are still counted."""
     import cv2
 
-    from ..smear import ENGINES, count_image, image_files, overlay
+    from ..smear import count_image, image_files, overlay
     from ..text_table import Column, render
 
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
-    if engine not in ENGINES:
-        raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINES)}")
+    _check_engine(engine)
     if overlay_dir is not None:
         if overlay_dir.exists() and not overlay_dir.is_dir():
             raise EdgehemaError(f"{overlay_dir}: is a file; --overlay names a folder")
@@ -78,19 +77,17 @@ def smear(
 def evaluate_smear(
     data: Path = typer.Option(DEFAULT_BCCD, "--data", help="A VOC-style set: JPEGImages/, Annotations/, SPLIT.txt (default ../shared/data/bccd)."),
     split: str = typer.Option("val", "--split", help="Which list of images: val (for the figures) or train."),
-    engine: List[str] = typer.Option(["baseline"], "--engine", help="Detector(s) to measure side by side."),
+    engine: List[str] = typer.Option(["model", "baseline"], "--engine", help="Detector(s) to measure side by side: model, baseline, model:FILE.onnx."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per engine."),
 ) -> None:
     """Per class AP@0.5 and mAP, precision and recall, and per-image count errors on BCCD val."""
-    from ..smear import ENGINES
     from ..smear.evaluate import evaluate
     from ..text_table import Column, render
 
     if not (data / f"{split}.txt").is_file():
         raise EdgehemaError(f"{data}: no {split}.txt here (a VOC set: JPEGImages/, Annotations/, {split}.txt)")
     for e in engine:
-        if e not in ENGINES:
-            raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINES)}")
+        _check_engine(e)
     reports = [evaluate(data, split, e) for e in engine]
     if as_json:
         for r in reports:
@@ -107,3 +104,12 @@ def evaluate_smear(
         Column("engine", "left", keep=9), Column("mAP@0.5", keep=8), Column("AP RBC", keep=7), Column("AP WBC", keep=7),
         Column("AP PLT", keep=7), Column("RBC count within 5 %", keep=5), Column("every WBC found", keep=5),
         Column("PLT within 1", keep=5), Column("images/s", keep=3)], rows, sys.stdout)
+
+
+def _check_engine(name: str) -> None:
+    from ..smear.pipeline import ENGINES
+
+    if name not in ENGINES and not name.startswith("model:"):
+        raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINES)} or model:FILE.onnx, not {name!r}")
+    if name.startswith("model:") and not Path(name[6:]).is_file():
+        raise EdgehemaError(f"{name[6:]}: no such model file")

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from .detections import SMEAR_CLASSES, Detection, counts
-from .pipeline import count_image
+from .pipeline import analyse
 from .voc import average_precision, read_annotation
 
 
-def evaluate(root: str | Path, split: str = "val", engine: str = "baseline") -> dict:
+def evaluate(root: str | Path, split: str = "val", engine: str = "model") -> dict:
     root = Path(root)
     ids = (root / f"{split}.txt").read_text().split()
     preds: dict[str, list[Detection]] = {}
@@ -23,16 +23,17 @@ def evaluate(root: str | Path, split: str = "val", engine: str = "baseline") -> 
     wbc_all_found = 0
     t0 = time.perf_counter()
     for i in ids:
-        result, _ = count_image(root / "JPEGImages" / f"{i}.jpg", engine)
-        preds[i] = [Detection(d["class"], *d["box"], score=d["score"], cells=d["cells"]) for d in result["detections"]]
+        result, _, every = analyse(root / "JPEGImages" / f"{i}.jpg", engine)
+        preds[i] = every  # AP over every detection and its score; counts as the result gives them
         truth[i] = read_annotation(root / "Annotations" / f"{i}.xml")
         true = counts([g for g, _ in truth[i]])
         for k in SMEAR_CLASSES:
             errors[k].append(result["counts"][k] - true[k])
         if true["rbc"]:
             relative_rbc.append(abs(result["counts"]["rbc"] - true["rbc"]) / true["rbc"])
+        counted = [Detection(d["class"], *d["box"], score=d["score"]) for d in result["detections"]]
         wbc_matched = sum(1 for g, _ in truth[i] if g.kind == "wbc" and any(
-            p.kind == "wbc" and _iou(p, g) >= 0.5 for p in preds[i]))
+            p.kind == "wbc" and _iou(p, g) >= 0.5 for p in counted))
         wbc_all_found += wbc_matched == true["wbc"]
     seconds = time.perf_counter() - t0
     per_class = {}

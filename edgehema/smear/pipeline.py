@@ -44,7 +44,23 @@ FLAG_TEXT = {
 }
 
 Engine = Callable[[np.ndarray], list[Detection]]
-ENGINES: dict[str, Engine] = {"baseline": baseline.detect}
+#: Detectors by name: ``model`` is the shipped learned detector (int8), ``baseline`` the classical
+#: one; ``model:PATH`` runs another ONNX file of the same network (a float export, a retrained one).
+ENGINES = ("model", "baseline")
+
+
+def engine_for(name: str) -> Engine:
+    from functools import partial
+
+    from . import learned
+
+    if name == "baseline":
+        return baseline.detect
+    if name == "model":
+        return learned.detect
+    if name.startswith("model:"):
+        return partial(learned.detect, model=name[len("model:"):])
+    raise ValueError(f"unknown smear engine {name!r} (model, baseline, model:PATH)")
 
 
 def tiles(shape: tuple[int, int], tile=TILE, overlap: int = OVERLAP) -> list[tuple[int, int, int, int, tuple]]:
@@ -106,12 +122,24 @@ def flags_for(q: dict, found: list[Detection], shape: tuple[int, int]) -> dict[s
     return out
 
 
-def count_image(path: str | Path, engine: str = "baseline", image: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
-    """(result, image) for one smear image; the result in the smear schema (docs/smear.md)."""
+def count_thresholds(engine: str) -> dict[str, float]:
+    """Score from which a detection counts as a cell: the learned detector reports every peak with
+    its score (for AP), and counts those above its per-class thresholds; the baseline counts all."""
+    if engine == "baseline":
+        return {k: 0.0 for k in SMEAR_CLASSES}
+    from .learned import COUNT_THRESHOLDS
+
+    return COUNT_THRESHOLDS
+
+
+def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = None):
+    """(result, image, every detection with its score) for one smear image."""
     t0 = time.perf_counter()
     path = Path(path)
     image = read_image(path) if image is None else image
-    found = detect_tiled(image, ENGINES[engine])
+    every = detect_tiled(image, engine_for(engine))
+    thresholds = count_thresholds(engine)
+    found = [d for d in every if d.score >= thresholds[d.kind]]
     q = quality(image)
     flags = flags_for(q, found, image.shape[:2])
     result = {
@@ -128,6 +156,12 @@ def count_image(path: str | Path, engine: str = "baseline", image: np.ndarray | 
         "engine": engine,
         "seconds": round(time.perf_counter() - t0, 4),
     }
+    return result, image, every
+
+
+def count_image(path: str | Path, engine: str = "model", image: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """(result, image) for one smear image; the result in the smear schema (docs/smear.md)."""
+    result, image, _ = analyse(path, engine, image)
     return result, image
 
 

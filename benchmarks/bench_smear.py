@@ -1,0 +1,58 @@
+"""Smear images end to end on one core: JPEG file to counts (read, tile, detect, count, flags),
+the shipped int8 detector against its float source and the classical baseline in the same run.
+
+    python benchmarks/bench_smear.py [--images 40] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _util import machine  # noqa: E402
+
+from edgehema.smear import count_image  # noqa: E402
+from edgehema.smear.learned import MODELS, DEFAULT_MODEL  # noqa: E402
+
+BCCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    try:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    except (AttributeError, OSError):
+        pass
+    ids = (BCCD / "val.txt").read_text().split()[: args.images]
+    files = [BCCD / "JPEGImages" / f"{i}.jpg" for i in ids]
+    engines = {"int8 (shipped)": "model", "float": f"model:{MODELS / DEFAULT_MODEL / 'model-float.onnx'}",
+               "classical baseline": "baseline"}
+    for e in engines.values():  # warm up: sessions, OpenCV
+        count_image(files[0], e)
+    rates: dict[str, list[float]] = {k: [] for k in engines}
+    for _ in range(args.rounds):
+        for name, e in engines.items():
+            t = time.perf_counter()
+            for f in files:
+                count_image(f, e)
+            rates[name].append(len(files) / (time.perf_counter() - t))
+    print(f"machine: {machine()}; one core; {len(files)} BCCD val images (640 x 480 JPEG), median of {args.rounds} rounds")
+    base = statistics.median(rates["float"])
+    for name in engines:
+        r = statistics.median(rates[name])
+        print(f"{name:<20} {r:7.1f} images/s   {1000 / r:6.1f} ms/image   {r / base:4.2f}x float")
+    print(f"target >= 20 images/s int8: {'met' if statistics.median(rates['int8 (shipped)']) >= 20 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
