@@ -30,7 +30,7 @@ class BccdCalibration:
         pass
 
 
-def quantize(float_model: Path, data: Path, out: Path, calibration_images: int = 64) -> Path:
+def quantize(float_model: Path, data: Path, out: Path, calibration_images: int = 64, keep_float: str = "heatmap") -> Path:
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -40,11 +40,12 @@ def quantize(float_model: Path, data: Path, out: Path, calibration_images: int =
     prepared = out.with_suffix(".prep.onnx")
     quant_pre_process(str(float_model), str(prepared))
     name = ort.InferenceSession(str(prepared), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    # The heat map's last convolution and sigmoid stay float: a peak's height is its score, and
-    # int8 steps near the detection threshold would move cells in and out of the count.
+    # The heat map's sigmoid stays float (``keep_float="sigmoid"``), and with ``"heatmap"`` the 1 x 1
+    # convolution feeding it too: a peak's height is its score.
     graph = onnx.load(str(prepared)).graph
-    convs = [n.name for n in graph.node if n.op_type == "Conv"]
-    heads = [n.name for n in graph.node if n.op_type == "Sigmoid"] + convs[-3:]
+    sigmoid = [n for n in graph.node if n.op_type == "Sigmoid"]
+    feeding = [n.name for n in graph.node if n.op_type == "Conv" and any(o in s.input for s in sigmoid for o in n.output)]
+    heads = [n.name for n in sigmoid] + (feeding if keep_float == "heatmap" else [])
     quantize_static(str(prepared), str(out), BccdCalibration(data, name, calibration_images),
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
