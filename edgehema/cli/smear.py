@@ -17,11 +17,15 @@ DEFAULT_BCCD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / 
 
 @app.command()
 def smear(
-    images: List[Path] = typer.Argument(..., help="Smear images (JPEG, PNG, TIFF, BMP) or folders of them."),
+    images: Optional[List[Path]] = typer.Argument(None, help="Smear images (JPEG, PNG, TIFF, BMP) or folders of them."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image: counts, detections, flags."),
     as_csv: bool = typer.Option(False, "--csv", help="One CSV row per image."),
     overlay_dir: Optional[Path] = typer.Option(None, "--overlay", help="Folder for each image with its detections drawn and the counts in a corner."),
     engine: str = typer.Option("model", "--engine", help="Detector: model (the shipped int8 network), baseline (classical OpenCV), model:FILE.onnx."),
+    watch_dir: Optional[Path] = typer.Option(None, "--watch", help="Count every image dropped into this folder, as it arrives (JSON lines), until stopped."),
+    journal: Path = typer.Option(Path("edgehema-smear-journal.sqlite"), "--journal", help="With --watch: the SQLite journal results are committed to before they are written out."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="With --watch: stop after this many images."),
+    idle_exit: Optional[float] = typer.Option(None, "--idle-exit", min=0.1, help="With --watch: stop after this many seconds without a new image."),
 ) -> None:
     """Count red cells, white cells and platelets on blood-smear images.
 
@@ -38,6 +42,10 @@ def smear(
         if overlay_dir.exists() and not overlay_dir.is_dir():
             raise EdgehemaError(f"{overlay_dir}: is a file; --overlay names a folder")
         overlay_dir.mkdir(parents=True, exist_ok=True)
+    if watch_dir is not None:
+        return _watch(watch_dir, journal, engine, overlay_dir, max_images, idle_exit, as_csv)
+    if not images:
+        raise typer.BadParameter("name images or folders, or --watch FOLDER")
     files = image_files([str(p) for p in images])
     if not files:
         raise EdgehemaError(f"{', '.join(map(str, images))}: no images (JPEG, PNG, TIFF, BMP) there")
@@ -113,3 +121,39 @@ def _check_engine(name: str) -> None:
         raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINES)} or model:FILE.onnx, not {name!r}")
     if name.startswith("model:") and not Path(name[6:]).is_file():
         raise EdgehemaError(f"{name[6:]}: no such model file")
+
+
+def _watch(folder: Path, journal_path: Path, engine: str, overlay_dir: Optional[Path], max_images: Optional[int],
+           idle_exit: Optional[float], as_csv: bool) -> None:
+    import signal
+
+    import cv2
+
+    from ..smear import overlay
+    from ..smear.watch import SmearJournal, watch
+
+    journal = SmearJournal(journal_path)
+    stopping = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
+
+    def emit(result: dict) -> None:
+        if as_csv:
+            c = result["counts"]
+            sys.stdout.write(f"{result['source']},{c['rbc']},{c['wbc']},{c['plt']},{' '.join(result['flags'])},"
+                             f"{result['seconds']}\n")
+        else:
+            sys.stdout.write(json.dumps(result, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+
+    def draw(result: dict, image) -> None:
+        if overlay_dir is not None:
+            cv2.imwrite(str(overlay_dir / f"{Path(result['source']).stem}.overlay.png"), overlay(image, result))
+
+    sys.stderr.write(f"edgehema: watching {folder} for smear images (journal {journal_path}); Ctrl-C stops\n")
+    try:
+        watch(folder, journal, emit, error, engine, max_images=max_images, idle_exit=idle_exit,
+              stop=lambda: stopping["now"], on_image=draw)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        journal.close()
