@@ -73,3 +73,32 @@ def test_watch_command(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert json.loads(out)["sample_id"] == "s1" and "watching" in err
+
+
+def test_smear_counts_go_to_the_lis_as_valid_hl7_and_astm(tmp_path):
+    from edgehema.lis.astm import build_records
+    from edgehema.lis.hl7_message import build_oru
+    from edgehema.smear import count_image
+
+    from .test_lis import Peer, validate
+
+    image = tmp_path / "s1.png"
+    cv2.imwrite(str(image), smear_like())
+    result, _ = count_image(image, "baseline")
+    msg = validate(build_oru(result, "SM1"))
+    obx = {o.OBX.obx_3.obx_3_1.value: o.OBX.obx_5.value for o in msg.children[1].ORU_R01_ORDER_OBSERVATION.children
+           if o.name == "ORU_R01_OBSERVATION"}
+    assert obx == {"EHM-SMEAR-RBC": str(result["counts"]["rbc"]), "EHM-SMEAR-WBC": str(result["counts"]["wbc"]),
+                   "EHM-SMEAR-PLT": str(result["counts"]["plt"])}
+    records = build_records(result, "SM1")
+    assert [r.split("|")[2] for r in records if r.startswith("R|")] == ["^^^EHM-SMEAR-RBC", "^^^EHM-SMEAR-WBC",
+                                                                        "^^^EHM-SMEAR-PLT"]
+    peer = Peer()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgehema", "smear", "--json", "--engine", "baseline", "--lis",
+                               peer.url, "--outbox", str(tmp_path / "box.sqlite"), str(image)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert list(peer.distinct().values()) == ["s1"] and not peer.invalid
+    finally:
+        peer.close()

@@ -26,14 +26,14 @@ def smear(
     journal: Path = typer.Option(Path("edgehema-smear-journal.sqlite"), "--journal", help="With --watch: the SQLite journal results are committed to before they are written out."),
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="With --watch: stop after this many images."),
     idle_exit: Optional[float] = typer.Option(None, "--idle-exit", min=0.1, help="With --watch: stop after this many seconds without a new image."),
+    lis: Optional[List[str]] = typer.Option(None, "--lis", metavar="URL", help="Also send each image's counts to a LIS (mllp://, astm+tcp://, astm+serial://), queued until acknowledged. Repeatable."),
+    outbox: Path = typer.Option(Path("edgehema-outbox.sqlite"), "--outbox", help="With --lis and files: the queue (with --watch: the journal)."),
+    lis_wait: float = typer.Option(30.0, "--lis-wait", min=0.0, help="With --lis: seconds to wait at the end for the LIS."),
 ) -> None:
     """Count red cells, white cells and platelets on blood-smear images.
 
     Exit status 1 if any image failed; the others are still counted."""
-    import cv2
-
-    from ..smear import count_image, image_files, overlay
-    from ..text_table import Column, render
+    from .lis import lis_sinks
 
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
@@ -43,9 +43,28 @@ def smear(
             raise EdgehemaError(f"{overlay_dir}: is a file; --overlay names a folder")
         overlay_dir.mkdir(parents=True, exist_ok=True)
     if watch_dir is not None:
-        return _watch(watch_dir, journal, engine, overlay_dir, max_images, idle_exit, as_csv)
+        senders = lis_sinks(lis or [], journal, lis_wait)  # the journal's database is the outbox
+        try:
+            return _watch(watch_dir, journal, engine, overlay_dir, max_images, idle_exit, as_csv, senders)
+        finally:
+            for sender in senders:
+                sender.close()
     if not images:
         raise typer.BadParameter("name images or folders, or --watch FOLDER")
+    senders = lis_sinks(lis or [], outbox, lis_wait)
+    try:
+        _count_files(images, as_json, as_csv, overlay_dir, engine, senders)
+    finally:
+        for sender in senders:
+            sender.close()
+
+
+def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path], engine: str, senders: list) -> None:
+    import cv2
+
+    from ..smear import count_image, image_files, overlay
+    from ..text_table import Column, render
+
     files = image_files([str(p) for p in images])
     if not files:
         raise EdgehemaError(f"{', '.join(map(str, images))}: no images (JPEG, PNG, TIFF, BMP) there")
@@ -65,6 +84,8 @@ def smear(
                 failed += 1
                 error(f"{target}: cannot write the overlay")
             result["overlay"] = str(target)
+        for sender in senders:  # queued (durably) first: the LIS gets what the screen shows
+            sender.write(result)
         c = result["counts"]
         if as_json:
             typer.echo(json.dumps(result, separators=(",", ":")))
@@ -124,7 +145,7 @@ def _check_engine(name: str) -> None:
 
 
 def _watch(folder: Path, journal_path: Path, engine: str, overlay_dir: Optional[Path], max_images: Optional[int],
-           idle_exit: Optional[float], as_csv: bool) -> None:
+           idle_exit: Optional[float], as_csv: bool, senders: list) -> None:
     import signal
 
     import cv2
@@ -137,6 +158,8 @@ def _watch(folder: Path, journal_path: Path, engine: str, overlay_dir: Optional[
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
 
     def emit(result: dict) -> None:
+        for sender in senders:
+            sender.write(result)
         if as_csv:
             c = result["counts"]
             sys.stdout.write(f"{result['source']},{c['rbc']},{c['wbc']},{c['plt']},{' '.join(result['flags'])},"

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from urllib.parse import parse_qs, urlsplit
 
 from ..exceptions import EdgehemaError
-from .hl7_message import CONCENTRATIONS, LOCAL_COUNTS, RETIC_ABSOLUTE, RETIC_PERCENT
+from .hl7_message import observations as result_observations
 
 SCHEMES = ("astm+tcp", "astm+serial")
 
@@ -88,29 +88,16 @@ def build_records(result: dict, control_id: str, *, receiver: str = "", now: dat
 
     if result.get("species"):
         records.append(comment(f"species: {result['species']}"))
-    observations: list[tuple[str, str, str]] = []  # (test id, value, unit)
-    conc = result.get("concentration") or {}
-    for key, code, _name, unit, scale, decimals in CONCENTRATIONS:
-        if conc.get(key) is not None:
-            observations.append((f"^^^{SHORT[code]}^{code}", f"{conc[key] * scale:.{decimals}f}", unit))
-    if result.get("retic_percent") is not None:
-        code, _name, unit, decimals = RETIC_PERCENT
-        observations.append((f"^^^{SHORT[code]}^{code}", f"{result['retic_percent']:.{decimals}f}", unit))
-    key, code, _name, unit, scale, decimals = RETIC_ABSOLUTE
-    if conc.get(key) is not None:
-        observations.append((f"^^^{SHORT[code]}^{code}", f"{conc[key] * scale:.{decimals}f}", unit))
-    for group, key, code, _name in LOCAL_COUNTS:
-        value = (result.get(group) or {}).get(key)
-        if value is not None:
-            observations.append((f"^^^{code}", str(int(value)), ""))
-    coincidence = (result.get("qc") or {}).get("coincidence_fraction")
-    if coincidence is not None:
-        observations.append(("^^^EHM-COINC", f"{100 * coincidence:.2f}", "%"))
+    observations = [(f"^^^{SHORT[code]}^{code}" if system == "LN" else f"^^^{code}", value,
+                     "" if unit in ("{cells}", "{events}") else unit)
+                    for code, _name, system, value, unit in result_observations(result)]
     tests = "\\".join(t for t, _, _ in observations)
     order = ["O", "1", sample_id, "", tests, "R"] + [""] * 19 + ["F"]
     records.append("|".join(order))
     comments = 0
     model = result.get("model") or {}
+    if result.get("kind") == "smear":
+        records.append(comment(f"smear image {result.get('source', '?')}, detector {result.get('engine', '?')}"))
     if model:
         records.append(comment(f"model {model.get('name', '?')} {model.get('version', '')} sha256 "
                                f"{model.get('sha256', '?')} on {model.get('backend', '?')}"))

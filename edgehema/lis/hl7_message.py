@@ -69,6 +69,42 @@ def _result_time(result: dict, fallback: datetime) -> str:
     return hl7_time(fallback)
 
 
+SMEAR_COUNTS = [("rbc", "EHM-SMEAR-RBC", "Red cells counted on the smear image"),
+                ("wbc", "EHM-SMEAR-WBC", "White cells counted on the smear image"),
+                ("plt", "EHM-SMEAR-PLT", "Platelets counted on the smear image")]
+
+
+def observations(result: dict) -> list[tuple[str, str, str, str, str]]:
+    """(code, name, coding system, value, UCUM unit) of every observation a result carries, for the
+    HL7 and the ASTM messages alike: an event result's concentrations, RET %, counts and coincidence
+    rate; a smear image's cell counts."""
+    out = []
+    if result.get("kind") == "smear":
+        counts = result.get("counts") or {}
+        for key, code, name in SMEAR_COUNTS:
+            if counts.get(key) is not None:
+                out.append((code, name, LOCAL, str(int(counts[key])), "{cells}"))
+        return out
+    conc = result.get("concentration") or {}
+    for key, code, name, unit, scale, decimals in CONCENTRATIONS:
+        if conc.get(key) is not None:
+            out.append((code, name, "LN", f"{conc[key] * scale:.{decimals}f}", unit))
+    if result.get("retic_percent") is not None:
+        code, name, unit, decimals = RETIC_PERCENT
+        out.append((code, name, "LN", f"{result['retic_percent']:.{decimals}f}", unit))
+    key, code, name, unit, scale, decimals = RETIC_ABSOLUTE
+    if conc.get(key) is not None:
+        out.append((code, name, "LN", f"{conc[key] * scale:.{decimals}f}", unit))
+    for group, key, code, name in LOCAL_COUNTS:
+        value = (result.get(group) or {}).get(key)
+        if value is not None:
+            out.append((code, name, LOCAL, str(int(value)), "{cells}" if group == "cells" else "{events}"))
+    coincidence = (result.get("qc") or {}).get("coincidence_fraction")
+    if coincidence is not None:
+        out.append(("EHM-COINC", "Coincidence events", LOCAL, f"{100 * coincidence:.2f}", "%"))
+    return out
+
+
 def build_oru(result: dict, control_id: str, *, sending_facility: str = "", receiving_application: str = "",
               receiving_facility: str = "", now: datetime | None = None, images: bool = False) -> str:
     """ORU^R01 (HL7 2.5.1) for one sample's result; segments end with CR as the standard says.
@@ -96,27 +132,13 @@ def build_oru(result: dict, control_id: str, *, sending_facility: str = "", rece
     if model:
         segments.append("|".join(["NTE", "1", "L", esc(f"model {model.get('name', '?')} {model.get('version', '')} "
                                                      f"sha256 {model.get('sha256', '?')} on {model.get('backend', '?')}")]))
+    elif result.get("kind") == "smear":
+        segments.append("|".join(["NTE", "1", "L", esc(f"smear image {result.get('source', '?')}, "
+                                                     f"detector {result.get('engine', '?')}")]))
     for k, flag in enumerate(flags, start=2):
         detail = (result.get("flag_details") or {}).get(flag, "")
         segments.append("|".join(["NTE", str(k), "L", esc(f"FLAG {flag}: {detail}" if detail else f"FLAG {flag}")]))
-    obx: list[tuple[str, str, str, str]] = []  # (code^name^system, value, unit, type)
-    conc = result.get("concentration") or {}
-    for key, code, name, unit, scale, decimals in CONCENTRATIONS:
-        if conc.get(key) is not None:
-            obx.append((f"{code}^{name}^LN", f"{conc[key] * scale:.{decimals}f}", unit, "NM"))
-    if result.get("retic_percent") is not None:
-        code, name, unit, decimals = RETIC_PERCENT
-        obx.append((f"{code}^{name}^LN", f"{result['retic_percent']:.{decimals}f}", unit, "NM"))
-    key, code, name, unit, scale, decimals = RETIC_ABSOLUTE
-    if conc.get(key) is not None:
-        obx.append((f"{code}^{name}^LN", f"{conc[key] * scale:.{decimals}f}", unit, "NM"))
-    for group, key, code, name in LOCAL_COUNTS:
-        value = (result.get(group) or {}).get(key)
-        if value is not None:
-            obx.append((f"{code}^{name}^{LOCAL}", str(int(value)), "{cells}" if group == "cells" else "{events}", "NM"))
-    coincidence = (result.get("qc") or {}).get("coincidence_fraction")
-    if coincidence is not None:
-        obx.append((f"EHM-COINC^Coincidence events^{LOCAL}", f"{100 * coincidence:.2f}", "%", "NM"))
+    obx = [(f"{code}^{name}^{system}", value, unit, "NM") for code, name, system, value, unit in observations(result)]
     for k, (ident, value, unit, kind) in enumerate(obx, start=1):
         segments.append("|".join(["OBX", str(k), kind, ident, "", value, f"{unit}^{unit}^UCUM", "", abnormal, "", "",
                                   "F", "", "", observed]))
