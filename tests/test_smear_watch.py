@@ -35,17 +35,21 @@ def test_images_are_counted_once_as_they_arrive_and_half_written_ones_wait(tmp_p
 
     t = threading.Thread(target=drop)
     t.start()
-    n = watch(folder, journal, results.append, errors.append, engine="baseline", interval=0.2, idle_exit=1.5)
+    # settle 1 s: b.png, a third written, then whole 0.35 s later, is read whole; retry 2 s: bad.jpg
+    # is reported once it is older than that.
+    n = watch(folder, journal, results.append, errors.append, engine="baseline", interval=0.2, idle_exit=3.0,
+              retry_s=2.0)
     t.join()
     assert n == 2 and sorted(r["sample_id"] for r in results) == ["a", "b"]
     assert all(r["counts"]["wbc"] == 1 for r in results)  # b was read whole, not the first third
     assert len(errors) == 1 and "bad.jpg" in errors[0] and "PDF" in errors[0]
     again: list = []
-    assert watch(folder, journal, again.append, errors.append, engine="baseline", interval=0.1, idle_exit=0.5) == 0
+    assert watch(folder, journal, again.append, errors.append, engine="baseline", interval=0.1, idle_exit=0.5,
+                 retry_s=2.0) == 0
     assert again == [] and len(errors) == 1  # nothing counted or reported twice
     time.sleep(0.01)
     (folder / "a.png").write_bytes(cv2.imencode(".png", smear_like(seed=5))[1].tobytes())  # a new image, same name
-    assert watch(folder, journal, again.append, errors.append, engine="baseline", interval=0.1, idle_exit=0.6) == 1
+    assert watch(folder, journal, again.append, errors.append, engine="baseline", interval=0.1, idle_exit=2.0) == 1
     journal.close()
 
 

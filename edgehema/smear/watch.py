@@ -2,8 +2,9 @@
 deliver them, with the event stream's guarantees: a result is committed to a SQLite journal before
 it is written out; after a crash, results stored but not written are written at the next start;
 an image already counted is not counted again (the same path, size and modification time); an image
-still being written (its size still changing between two looks) waits; a bad image is one error line,
-recorded, and the others go on.
+is read only once its size and time have not changed for ``settle_s`` seconds (a camera or a network
+share still writing it), and one that cannot be decoded while it is younger than ``retry_s`` is
+looked at again rather than reported; a bad image is one error line, recorded, and the others go on.
 """
 
 from __future__ import annotations
@@ -86,14 +87,15 @@ class SmearJournal:
 def watch(folder: Path, journal: SmearJournal, emit: Callable[[dict], None], error: Callable[[str], None],
           engine: str = "model", interval: float = 0.5, max_images: int | None = None,
           idle_exit: float | None = None, stop: Callable[[], bool] = lambda: False,
-          on_image: Callable[[dict, object], None] | None = None) -> int:
+          on_image: Callable[[dict, object], None] | None = None, settle_s: float = 1.0,
+          retry_s: float = 10.0) -> int:
     """Count images as they arrive in ``folder`` until stopped; returns how many were counted."""
     if not folder.is_dir():
         raise EdgehemaError(f"{folder}: no such folder to watch")
     for row, result in journal.unemitted():  # stored before a crash, never written: written now
         emit(result)
         journal.emitted(row)
-    sizes: dict[Path, tuple[int, int]] = {}
+    sizes: dict[Path, tuple[tuple[int, int], float]] = {}  # path -> ((size, mtime), first seen so)
     counted = 0
     last_new = time.monotonic()
     while not stop():
@@ -106,14 +108,17 @@ def watch(folder: Path, journal: SmearJournal, emit: Callable[[dict], None], err
             key = (st.st_size, st.st_mtime_ns)
             if journal.seen(path, *key):
                 continue
-            if sizes.get(path) != key:  # new, or still being written: look again next round
-                sizes[path] = key
-                found_new = True
-                continue
+            now = time.monotonic()
+            if path not in sizes or sizes[path][0] != key:  # new, or still being written
+                sizes[path] = (key, now)
             found_new = True
+            if now - sizes[path][1] < settle_s:
+                continue
             try:
                 result, image = count_image(path, engine)
             except EdgehemaError as exc:
+                if time.time() - st.st_mtime < retry_s:
+                    continue  # perhaps not whole yet: looked at again next round
                 journal.record(path, *key, None, str(exc))
                 error(str(exc))
                 continue
