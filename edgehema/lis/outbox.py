@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from ..exceptions import EdgehemaError, StorageFullError
-from ..stream.journal import storage_failure
+from .._sqlite import connect, execute
+from ..exceptions import EdgehemaError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -74,13 +74,8 @@ _COLUMNS = ("id, destination, control_id, sample_id, message, status, attempts, 
 class Outbox:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise EdgehemaError(f"{self.path}: the outbox's folder {self.path.parent} does not exist")
+        self.db = connect(self.path, "LIS outbox", "outbox", SCHEMA)
         try:
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")  # a queued result survives power loss
-            self.db.executescript(SCHEMA)
             row = self.db.execute("SELECT value FROM outbox_meta WHERE key = 'prefix'").fetchone()
             if row is None:
                 # 6 characters of this database's own: control ids differ between devices.
@@ -91,12 +86,7 @@ class Outbox:
             raise EdgehemaError(f"{self.path}: cannot open the LIS outbox: {exc}") from None
 
     def _write(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
-        try:
-            return self.db.execute(sql, args)
-        except sqlite3.Error as exc:
-            if storage_failure(exc):
-                raise StorageFullError(f"{self.path}: cannot write the LIS outbox: {exc}") from None
-            raise EdgehemaError(f"{self.path}: LIS outbox: {exc}") from None
+        return execute(self.db, self.path, "LIS outbox", sql, args)
 
     def enqueue(self, destination: str, result: dict, render: Callable[[dict, str], str]) -> int | None:
         """Queue ``result`` for ``destination`` (rendered by ``render(result, control_id)``); None if it

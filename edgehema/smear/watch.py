@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from ..exceptions import EdgehemaError, StorageFullError
-from ..stream.journal import storage_failure
+from .._sqlite import connect, execute
+from ..exceptions import EdgehemaError
 from .image_io import EXTENSIONS
 from .pipeline import count_image
 
@@ -44,23 +44,10 @@ def _now() -> str:
 class SmearJournal:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise EdgehemaError(f"{self.path}: the journal's folder {self.path.parent} does not exist")
-        try:
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=10)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise EdgehemaError(f"{self.path}: cannot open the smear journal: {exc}") from None
+        self.db = connect(self.path, "smear journal", "journal", SCHEMA)
 
     def _write(self, sql: str, args: tuple) -> sqlite3.Cursor:
-        try:
-            return self.db.execute(sql, args)
-        except sqlite3.Error as exc:
-            if storage_failure(exc):
-                raise StorageFullError(f"{self.path}: cannot write the smear journal: {exc}") from None
-            raise EdgehemaError(f"{self.path}: smear journal: {exc}") from None
+        return execute(self.db, self.path, "smear journal", sql, args)
 
     def seen(self, path: Path, size: int, mtime_ns: int) -> bool:
         return self.db.execute("SELECT 1 FROM smear_images WHERE path = ? AND size = ? AND mtime_ns = ?",

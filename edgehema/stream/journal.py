@@ -14,13 +14,13 @@ other method keeps working for reading, so a full disk never stops start-up.
 
 from __future__ import annotations
 
-import errno
 import json
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..exceptions import EdgehemaError, StorageFullError
+from .._sqlite import connect, execute
+from ..exceptions import EdgehemaError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -48,27 +48,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def storage_failure(exc: BaseException) -> bool:
-    """True when ``exc`` says the storage cannot take a write (full, over quota, I/O error)."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
-    if isinstance(exc, sqlite3.OperationalError):
-        text = str(exc).lower()
-        return "full" in text or "disk i/o" in text or "readonly" in text or "read-only" in text
-    return False
-
-
 class Journal:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.parent.is_dir():
-            # A mistyped path should not silently grow a directory tree on the device.
-            raise EdgehemaError(f"{self.path}: the journal's folder {self.path.parent} does not exist")
+        self.db = connect(self.path, "result journal", "journal", SCHEMA)
         try:
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")  # a reported result survives power loss
-            self.db.executescript(SCHEMA)
             self._migrate()
         except sqlite3.Error as exc:
             raise EdgehemaError(f"{self.path}: cannot open the result journal: {exc}") from None
@@ -81,12 +65,7 @@ class Journal:
             self.db.execute("UPDATE samples SET emitted_at = closed_at WHERE result IS NOT NULL")
 
     def _write(self, sql: str, args: tuple) -> sqlite3.Cursor:
-        try:
-            return self.db.execute(sql, args)
-        except sqlite3.Error as exc:
-            if storage_failure(exc):
-                raise StorageFullError(f"{self.path}: cannot write the result journal: {exc}") from None
-            raise EdgehemaError(f"{self.path}: result journal: {exc}") from None
+        return execute(self.db, self.path, "result journal", sql, args)
 
     def open_sample(self, tag: int, sample_id: str, instrument_id: str, archive: str) -> int:
         cur = self._write(
