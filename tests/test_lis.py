@@ -64,23 +64,17 @@ def validate(text: str):
 SB, EB, CR = b"\x0b", b"\x1c", b"\x0d"
 
 
-class Peer:
-    """A LIS on 127.0.0.1. ``script``: what to do with each message received, in order
-    ('AA' once the script is used up): AA, AE, AR, 'drop' (close, no ACK), 'silent' (never answer),
-    'other' (an ACK for another control id)."""
+class LoopbackServer:
+    """A TCP server on 127.0.0.1 (a free port, or ``port``) whose accept loop hands each connection
+    to ``on_connection``; ``close`` stops it and lets go of the port."""
 
-    def __init__(self, script=(), port: int = 0):
-        self.script = list(script)
-        self.received: list[tuple[str, str]] = []  # (control id, sample id), every delivery
-        self.invalid: list[str] = []
+    def __init__(self, port: int = 0, backlog: int = 16):
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(16)
+        self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
-        self.url = f"mllp://127.0.0.1:{self.port}?timeout=0.5"
         self._stop = False
-        self._held: list[socket.socket] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -91,7 +85,32 @@ class Peer:
                 conn, _ = self.sock.accept()
             except (socket.timeout, OSError):
                 continue
-            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+            self.on_connection(conn)
+
+    def on_connection(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self):
+        self._stop = True
+        self.thread.join(2)  # the accept loop has let go of the socket
+        self.sock.close()
+
+
+class Peer(LoopbackServer):
+    """A LIS on 127.0.0.1. ``script``: what to do with each message received, in order
+    ('AA' once the script is used up): AA, AE, AR, 'drop' (close, no ACK), 'silent' (never answer),
+    'other' (an ACK for another control id)."""
+
+    def __init__(self, script=(), port: int = 0):
+        self.script = list(script)
+        self.received: list[tuple[str, str]] = []  # (control id, sample id), every delivery
+        self.invalid: list[str] = []
+        self._held: list[socket.socket] = []
+        super().__init__(port)
+        self.url = f"mllp://127.0.0.1:{self.port}?timeout=0.5"
+
+    def on_connection(self, conn):
+        threading.Thread(target=self._client, args=(conn,), daemon=True).start()
 
     def _client(self, conn):
         buf = b""
@@ -141,9 +160,7 @@ class Peer:
         return dict(self.received)
 
     def close(self):
-        self._stop = True
-        self.thread.join(2)  # the accept loop has let go of the socket
-        self.sock.close()
+        super().close()
         for c in self._held:
             c.close()
 

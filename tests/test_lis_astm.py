@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import socket
 import threading
 import time
 
@@ -25,7 +24,7 @@ from edgehema.lis.astm import build_records, checksum, esc, frames
 from edgehema.lis.outbox import Outbox
 from edgehema.sinks.lis_sink import LisSink
 
-from .test_lis import FAST, free_port, result, wait_for
+from .test_lis import FAST, LoopbackServer, free_port, result, wait_for
 
 ENQ, ACK, NAK, EOT, STX, ETX, ETB = b"\x05", b"\x06", b"\x15", b"\x04", b"\x02", b"\x03", b"\x17"
 
@@ -119,42 +118,24 @@ class AstmReceiver:
         return {self.control_id(m): self.sample_id(m) for m in self.messages}
 
 
-class TcpAstmLis:
+class TcpAstmLis(LoopbackServer):
     def __init__(self, receiver: AstmReceiver, port: int = 0):
         self.receiver = receiver
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self._stop = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(port, backlog=8)
 
-    def _serve(self):
-        self.sock.settimeout(0.1)
-        while not self._stop:
+    def on_connection(self, conn):
+        conn.settimeout(5)
+
+        def read(n):
             try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            conn.settimeout(5)
+                return conn.recv(n)
+            except OSError:
+                return b""
 
-            def read(n, conn=conn):
-                try:
-                    return conn.recv(n)
-                except OSError:
-                    return b""
-
-            try:
-                self.receiver.handle(read, conn.sendall)
-            finally:
-                conn.close()
-
-    def close(self):
-        self._stop = True
-        self.thread.join(2)
-        self.sock.close()
+        try:
+            self.receiver.handle(read, conn.sendall)
+        finally:
+            conn.close()
 
 
 # --- framing ---------------------------------------------------------------------------------
