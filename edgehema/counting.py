@@ -142,17 +142,28 @@ def count_sample(
     elapsed_s: float | None = None,
     complete: bool = True,
     adaptation: dict | None = None,
+    stage2_shift_limit: float | None = None,
 ) -> Counts:
     n = len(labels)
     assigned = labels
-    # Platelet-class events without platelet stain are debris or lipid, not platelets (plausibility).
-    unstained = plausibility.unstained_platelet_events(events, labels, profile)
-    if unstained is not None and unstained.any():
-        labels = labels.copy()
-        labels[unstained] = C.NOISE
-    ev = C.event_counts(labels)
     # Coincidences are read against the populations as the model assigned them.
     n_rbc_c, n_plt_c = coincidence_cells(events, assigned, profile, area_features)
+    coinc_idx = np.flatnonzero(assigned == C.COINCIDENCE)
+    platelet_read = assigned == C.PLT
+    platelet_read[coinc_idx[n_plt_c > 0]] = True
+    # Events read as platelets (the platelet class, coincidences read as platelet clumps) without
+    # platelet stain are debris or lipid, not platelets (plausibility).
+    unstained = plausibility.unstained_platelet_events(events, labels, profile, platelet_read)
+    unstained_clumps = 0
+    if unstained is not None and unstained.any():
+        labels = labels.copy()
+        labels[unstained & (assigned == C.PLT)] = C.NOISE
+        in_coinc = unstained[coinc_idx]
+        unstained_clumps = int(in_coinc.sum())
+        if unstained_clumps:
+            n_plt_c = n_plt_c.copy()
+            n_plt_c[in_coinc] = 0  # neither platelets nor red cells: counted as nothing
+    ev = C.event_counts(labels)
     single_red = ev["rbc"] + ev["retic"]
     retic_share = ev["retic"] / single_red if single_red else 0.0
     debris_stained = plausibility.stained_debris(events, assigned, profile, unstained)
@@ -160,7 +171,7 @@ def count_sample(
     hidden_plt = 0.0
     if coincidence_window_us and elapsed_s and elapsed_s > 0:
         rate_plt_per_us = plt_visible / (elapsed_s * 1e6)
-        red_events = single_red + ev["coincidence"] - int((n_plt_c > 0).sum())
+        red_events = single_red + ev["coincidence"] - int((n_plt_c > 0).sum()) - unstained_clumps
         hidden_plt = red_events * (1.0 - np.exp(-2.0 * rate_plt_per_us * coincidence_window_us))
     cells = {
         "rbc": float(single_red + n_rbc_c.sum()),
@@ -179,7 +190,8 @@ def count_sample(
         "ambiguous_fraction": float(np.mean(probabilities[np.arange(n), assigned] < AMBIGUOUS_PROBABILITY)) if n else 0.0,
         "hidden_platelets": round(hidden_plt, 1),
         "platelets_in_coincidences": int(n_plt_c.sum()),
-        "plt_unstained_excluded": int(unstained.sum()) if unstained is not None else 0,
+        "plt_unstained_excluded": int(unstained.sum()) - unstained_clumps if unstained is not None else 0,
+        "plt_unstained_clumps_excluded": unstained_clumps,
         "plt_stained_debris_subtracted": round(debris_stained, 1),
     }
     clumped = float(n_plt_c[n_plt_c >= 2].sum())
@@ -194,7 +206,8 @@ def count_sample(
     if n < MIN_EVENTS:
         flag("too_few_events", n, MIN_EVENTS)
     # The checks see the classes as the model assigned them, before the exclusion.
-    checks = plausibility.check(events, assigned, probabilities, profile, qc, adaptation, elapsed_s, unstained)
+    checks = plausibility.check(events, assigned, probabilities, profile, qc, adaptation, elapsed_s, unstained,
+                                stage2_shift_limit, platelet_read)
     # Diluting helps only when the coincidences are what the concentration predicts.
     if qc["coincidence_fraction"] > MAX_COINCIDENCE_FRACTION and "coincidence_implausible" not in checks:
         flag("high_coincidence", qc["coincidence_fraction"], MAX_COINCIDENCE_FRACTION)

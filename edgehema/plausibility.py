@@ -39,6 +39,8 @@ COINCIDENCE_EXCESS_FACTOR = 2.0
 COINCIDENCE_EXCESS_MARGIN = 0.03
 #: Adaptation move of the red-cell components (latent units) beyond the trained species and
 #: instruments' range. (The stage-1 noise centroid moves ~2 on every sample, so stage 1 says nothing.)
+#: A latent space is the model's own: a bundle carries its limit (``thresholds.stage2_shift_max``,
+#: measured on its training samples by edgehema train); this is for bundles made before that.
 MAX_STAGE2_SHIFT = 2.0
 #: A platelet-class event is unstained below this fraction of the red cells' median stain signal.
 UNSTAINED_RATIO = 0.5
@@ -89,13 +91,17 @@ def expected_coincidence(n_events: int, elapsed_s: float | None, window_us: floa
     return 1.0 - math.exp(-lam * window_us)
 
 
-def unstained_platelet_events(events: np.ndarray, labels: np.ndarray, profile: Profile) -> np.ndarray | None:
-    """Mask of platelet-class events without platelet stain (None: the profile has no stain channel)."""
+def unstained_platelet_events(events: np.ndarray, labels: np.ndarray, profile: Profile,
+                              platelet_read: np.ndarray | None = None) -> np.ndarray | None:
+    """Mask of events read as platelets without platelet stain (None: the profile has no stain
+    channel). ``platelet_read`` (default: the platelet class) may add the coincidence events read as
+    platelet clumps: a lipid droplet or a debris aggregate the model calls a coincidence is no more
+    a platelet clump than a single one is a platelet."""
     cols = _cols(profile, "fl_peak")
     if cols is None:
         return None
     red = labels == C.RBC
-    plt = labels == C.PLT
+    plt = labels == C.PLT if platelet_read is None else platelet_read
     if red.sum() < 100 or not plt.any():
         return None
     fl = events[:, cols[0]]
@@ -138,6 +144,8 @@ def check(
     adaptation: dict | None,
     elapsed_s: float | None,
     unstained: np.ndarray | None,
+    max_stage2_shift: float | None = None,
+    platelet_read: np.ndarray | None = None,
 ) -> dict[str, str]:
     """Named flags (code -> text) of the sample-level checks; adds their figures to ``qc``."""
     flags: dict[str, str] = {}
@@ -156,13 +164,14 @@ def check(
     if adaptation and adaptation.get("adapted"):
         s1, s2 = adaptation.get("stage1_centroid_shift", 0.0), adaptation.get("stage2_mean_shift", 0.0)
         qc["stage1_shift"], qc["stage2_shift"] = round(s1, 4), round(s2, 4)
-        if s2 > MAX_STAGE2_SHIFT:
-            why.append(f"red-cell components moved {s2:.2f} (limit {MAX_STAGE2_SHIFT})")
+        limit = max_stage2_shift or MAX_STAGE2_SHIFT
+        if s2 > limit:
+            why.append(f"red-cell components moved {s2:.2f} (limit {limit:.2f})")
     if why:
         flags["population_not_recognised"] = FLAG_TEXT["population_not_recognised"].format(why="; ".join(why))
-    plt = labels == C.PLT
+    plt = labels == C.PLT if platelet_read is None else platelet_read
     n_plt = int(plt.sum())
-    # Platelet stain uptake: debris and lipid.
+    # Platelet stain uptake: debris and lipid (of every event read as platelets).
     if unstained is not None and n_plt:
         share = float(unstained.sum()) / n_plt
         qc["plt_unstained_share"] = round(share, 6)

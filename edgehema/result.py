@@ -90,6 +90,7 @@ def result_from_inference(
         elapsed_s=elapsed_seconds(sample),
         complete=complete,
         adaptation=inf.adaptation,
+        stage2_shift_limit=manifest.get("thresholds", {}).get("stage2_shift_max"),
     )
     trained = manifest.get("training", {}).get("species")
     species = (sample.info.species or "").strip().lower()

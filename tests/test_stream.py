@@ -207,7 +207,7 @@ def test_ctrl_c_or_sigterm_exits_cleanly_and_reports_the_open_sample(tmp_path, s
     t.join(10)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-    assert "model edgehema-reference-tflite-int8 1.0.0 on tflite" in err  # which model counts, said once
+    assert "model edgehema-reference-tflite-int8 2.0.0 on tflite" in err  # which model counts, said once
     results = [json.loads(line) for line in out.splitlines()]
     assert results and results[-1]["complete"] is False and "incomplete" in results[-1]["flags"]
     with sqlite3.connect(journal) as db:

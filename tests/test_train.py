@@ -112,6 +112,44 @@ def test_poisson_targets_match_the_simulators_event_counts(tmp_path):
         assert shares["retic/(rbc+retic)"] == pytest.approx(e["retic"] / (e["rbc"] + e["retic"]), rel=0.1, abs=2e-4)
 
 
+def test_event_counts_per_class_supervise_every_share(tmp_path):
+    """A reference that counted each file's events per class (expert gates; the simulator for the
+    shipped model) supervises every share as given, noise and coincidences included; a class absent
+    from a sample (a horse's reticulocytes) is floored, not a log of zero."""
+    files, ref, truths = simulate_instrument("optical-b", tmp_path / "d", 3, 20_000, seed=12, event_counts=True)
+    table = read_reference(ref)
+    assert table.rows[0].event_counts is not None and "events_noise" in table.columns
+    found, _ = scan(files, table, None, 2000, 64.0)
+    for f, t in zip(found.files, truths):
+        tg = targets_for(f, found.profile.coincidence_window_us)
+        assert tg.coincidence == "counted"
+        e = t["events"]
+        side = e["rbc"] + e["retic"] + e["coincidence"]
+        shares = {s.name: s.target for s in tg.stage1 + tg.stage2}
+        assert shares["noise/all"] == pytest.approx(max(e["noise"] / e["total"], 1e-5), rel=1e-4)
+        assert shares["coincidence/side"] == pytest.approx(e["coincidence"] / side, rel=1e-4)
+        assert shares["retic/side"] == pytest.approx(max(e["retic"] / side, 1e-5), rel=1e-4)
+    horse = tmp_path / "horse.csv"
+    horse.write_text("sample_id,rbc,plt,events_noise,events_rbc,events_retic,events_coincidence,events_plt\n"
+                     f"{found.files[0].stem},7000000,200000,10,9000,0,500,489\n", encoding="utf-8")
+    found, _ = scan(files[:1], read_reference(horse), None, 2000, 64.0)
+    shares = {s.name: s.target for s in targets_for(found.files[0], found.profile.coincidence_window_us).stage2}
+    assert shares["retic/side"] == 1e-5 and all(v > 0 for v in shares.values())
+
+
+def test_event_counts_are_all_five_or_none(tmp_path):
+    p = _csv(tmp_path, "sample_id,rbc,events_noise,events_rbc\nA,5000000,1,2\n")
+    with pytest.raises(ReferenceProblems) as e:
+        read_reference(p)
+    assert "event counts per class need all of" in e.value.problems[0] and "missing events_retic" in e.value.problems[0]
+    p = _csv(tmp_path, "sample_id,rbc,events_noise,events_rbc,events_retic,events_coincidence,events_plt\n"
+                       "A,5000000,1,2,3,4,5\nB,5000000,1,2,,4,5\nC,5000000,0,0,0,0,0\n")
+    with pytest.raises(ReferenceProblems) as e:
+        read_reference(p)
+    assert e.value.problems[0].endswith("line 3: event counts per class are all five or none; empty: events_retic")
+    assert e.value.problems[1].endswith("line 4: the event counts per class add up to 0")
+
+
 def test_event_store_rereads_what_its_budget_cannot_hold(tmp_path):
     files, ref, _ = simulate_instrument("optical-b", tmp_path / "d", 4, 5000, seed=3)
     found, store = scan(files, read_reference(ref), None, 3000, cache_mb=0.2)  # 3000 x 11 x 4 B = 0.13 MB each
@@ -326,3 +364,49 @@ def test_restarts_keep_the_seed_with_the_best_held_out_error(instrument_b, tmp_p
     assert crossval.score(card["crossval"]) == pytest.approx(best["score"])
     with pytest.raises(TrainingError, match="--restarts needs cross-validation"):
         train(files[:6], ref, tmp_path / "r2", folds=0, restarts=2, settings=cfg, log=lambda _: None)
+
+
+def test_tune_is_deterministic_for_a_seed(instrument_b, tmp_path):
+    """--tune: the same seed gives the same trials, the same chosen settings and the same model."""
+    pytest.importorskip("optuna", reason="--tune needs the export extra (optuna)")
+    d, files, ref, _, _ = instrument_b
+    cfg = FitSettings.tiny(pretrain_steps=10, stage1_steps=20, stage2_steps=20, events_per_sample=2000)
+    runs = []
+    for k in range(2):
+        res = train(files[:6], ref, tmp_path / f"t{k}", folds=2, tune=3, seed=7, settings=cfg, log=lambda _: None)
+        card = Bundle.load(res.bundle).manifest["model_card"]
+        runs.append((card["tuning"], card["settings"], (res.bundle / "model.onnx").read_bytes()))
+    (tune_a, set_a, onnx_a), (tune_b, set_b, onnx_b) = runs
+    assert tune_a["trials"] == 3 and len(tune_a["scores"]) == 3
+    assert tune_a == tune_b and set_a == set_b and onnx_a == onnx_b
+    # The search really tried different settings, and the chosen ones are in the model.
+    assert set_a["lr"] == pytest.approx(tune_a["best"]["lr"])
+    other = train(files[:6], ref, tmp_path / "t-other", folds=2, tune=3, seed=8, settings=cfg, log=lambda _: None)
+    assert Bundle.load(other.bundle).manifest["model_card"]["tuning"]["best"] != tune_a["best"]
+
+
+def test_a_trained_bundle_carries_its_own_population_limit(trained):
+    """The population check's limit is the model's own (its latent space), measured on its training
+    samples; the check uses it, and the old fixed limit only for bundles without one."""
+    from edgehema import plausibility
+    from edgehema.profiles import get_profile
+
+    out, _, held, _ = trained
+    t = Bundle.load(out).manifest["thresholds"]
+    q1, q3 = t["stage2_shift_training"]["quartiles"]
+    assert t["stage2_shift_training"]["samples"] == 9
+    assert t["stage2_shift_max"] == pytest.approx(q3 + 3 * (q3 - q1), abs=2e-4)
+    r = runner.invoke(app, ["classify", "--json", "--model", str(out), str(held[0])])
+    res = json.loads(r.stdout)
+    assert ("population_not_recognised" in res["flags"]) == (res["qc"]["stage2_shift"] > t["stage2_shift_max"])
+    events = np.ones((100, 11))
+    labels = np.full(100, 1)
+    probs = np.eye(5)[labels]
+
+    def flagged(limit):
+        qc: dict = {}
+        return "population_not_recognised" in plausibility.check(
+            events, labels, probs, get_profile("optical-11"), qc, {"adapted": True, "stage2_mean_shift": 1.5}, None, None, limit)
+
+    assert flagged(1.0) and not flagged(1.6)
+    assert not flagged(None) and plausibility.MAX_STAGE2_SHIFT == 2.0  # bundles made before the limit travelled

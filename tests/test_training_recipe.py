@@ -1,4 +1,5 @@
-"""The training recipe at a tiny scale: losses fall, the bundle exports, loads and classifies.
+"""The shipped model's recipe at a tiny scale: it goes through edgehema train, losses fall, the
+bundle exports, loads and classifies.
 
 CI does not retrain the shipped model; this proves the recipe still runs end to end. Needs torch
 (the ``export`` extra, which the README's test command installs).
@@ -38,6 +39,16 @@ def test_exported_bundles_load_and_classify(tiny):
     ref = Bundle.load(written["reference"])
     assert ref.manifest["training"]["samples"] == 15
     assert ref.manifest["supervision"].startswith("sample-level counts only")
+    # The one training code path: the shipped recipe is edgehema train on simulated files and their
+    # reference CSV (sample-level counts, the events per class the simulator knows included).
+    card = ref.manifest["model_card"]
+    assert "edgehema train" in ref.manifest["training"]["recipe"]
+    assert card["data"]["files"] == 15 and card["data"]["with_reference"] == 15
+    assert set(card["reference"]["columns"]) == {"sample_id", "rbc", "plt", "retic_percent", "dilution", "volume_ul",
+                                                 "events_noise", "events_rbc", "events_retic", "events_coincidence", "events_plt"}
+    assert card["supervision"]["coincidences"] == ["counted"]
+    assert card["supervision"]["noise"] == "counted per class in the reference"
+    assert ref.manifest["training"]["species"] == ["cat", "cattle", "dog", "horse", "human"]
     s = SampleSimulator("dog", seed=3).generate(5000)
     result = classify_sample(s.sample, Classifier(ref)).to_dict()
     assert result["events"]["total"] == 5000

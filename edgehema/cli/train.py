@@ -50,7 +50,7 @@ class _Progress:
 @app.command()
 def train(
     data: List[Path] = typer.Argument(..., help="Event files or folders (CSV, FCS, Sysmex XN), one sample per file."),
-    reference: Path = typer.Option(..., "--reference", "-r", help="CSV of reference counts per sample: sample_id or file; rbc, plt (unit in the header), retic_percent; optional dilution, volume_ul."),
+    reference: Path = typer.Option(..., "--reference", "-r", help="CSV of reference counts per sample: sample_id or file; rbc, plt (unit in the header), retic_percent; optional dilution, volume_ul, and events per class where counted (events_noise, events_rbc, events_retic, events_coincidence, events_plt)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="New folder for the trained float bundle."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Instrument profile name or TOML file (default: recognised from the files)."),
     init: Optional[str] = typer.Option(None, "--init", help="Fine-tune from this float bundle (e.g. reference) instead of training from scratch."),

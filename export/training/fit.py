@@ -447,13 +447,36 @@ def export_onnx(module: torch.nn.Module, n_features: int, outputs: list[str], pa
         )
 
 
-def write_bundle(directory: Path, manifest: dict, known_answer: np.ndarray | None = None) -> dict:
+#: The population check's limit: Tukey's far-out fence (Q3 + 3 IQR) of the adaptation moves of the
+#: training samples. Not their maximum: a training set holds interferences (agglutination, noise
+#: bursts) whose populations move far, and a limit above them would let unseen species through.
+SHIFT_FENCE_IQR = 3.0
+
+
+def shift_limit(shifts: list[float]) -> float:
+    q1, q3 = np.quantile(shifts, [0.25, 0.75])
+    return float(q3 + SHIFT_FENCE_IQR * (q3 - q1))
+
+
+def write_bundle(directory: Path, manifest: dict, known_answer: np.ndarray | None = None,
+                 training_events: list[np.ndarray] | None = None) -> dict:
     """Seal and write the bundle, then give it its known answer (the self-test the device runs at
     start-up: events and the classes this float model gives them) and seal again. The events are
-    simulated in the bundle's profile, or ``known_answer`` (the user's own) where it cannot be."""
+    simulated in the bundle's profile, or ``known_answer`` (the user's own) where it cannot be.
+    With ``training_events`` (samples it was trained on), the bundle also gets the limit of its
+    population check: how far its red-cell components may move in a sample's adaptation."""
     sealed = seal(manifest, directory)
     (directory / MANIFEST).write_text(json.dumps(sealed, indent=1) + "\n", encoding="utf-8")
     float_model = Classifier(Bundle.load(directory), backend="onnx", adapt=False, selftest=False)
+    if training_events:
+        adapting = Classifier(float_model.bundle, backend="onnx", adapt=True, selftest=False)
+        shifts = [adapting.infer(e).adaptation.get("stage2_mean_shift", 0.0) for e in training_events]
+        manifest = dict(manifest, thresholds={
+            **manifest.get("thresholds", {}),
+            "stage2_shift_max": round(shift_limit(shifts), 4),
+            "stage2_shift_training": {"samples": len(shifts), "median": round(float(np.median(shifts)), 4),
+                                      "quartiles": [round(float(q), 4) for q in np.quantile(shifts, [0.25, 0.75])],
+                                      "max": round(float(max(shifts)), 4), "rule": "Q3 + 3 IQR"}})
     events = known_answer
     if events is None:
         events = known_answer_events(float_model.bundle.profile())
@@ -481,7 +504,7 @@ def area_features(profile: Profile) -> list[str]:
 
 def save_bundle(fitted: Fitted, profile: Profile, out: Path, name: str, description: str, training: dict,
                 sample_events: list[np.ndarray], extra: dict | None = None, extra_files: dict[str, Path] | None = None,
-                profile_file: Path | None = None) -> dict:
+                profile_file: Path | None = None, version: str = "1.0.0") -> dict:
     """Write ``fitted`` as a float bundle (docs/bundle.md) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     export_onnx(InferenceGraph(fitted.idec, fitted.vade), len(profile.feature_names), ["z1", "recon_err", "z2"],
@@ -492,7 +515,7 @@ def save_bundle(fitted: Fitted, profile: Profile, out: Path, name: str, descript
     manifest = {
         "format": FORMAT,
         "name": name,
-        "version": "1.0.0",
+        "version": version,
         "description": description,
         "profile": profile.name,
         "features": list(profile.feature_names),
@@ -523,7 +546,7 @@ def save_bundle(fitted: Fitted, profile: Profile, out: Path, name: str, descript
     known = None
     if not _simulable(profile):
         known = spread_events(sample_events)
-    return write_bundle(out, manifest, known)
+    return write_bundle(out, manifest, known, training_events=sample_events)
 
 
 def _simulable(profile: Profile) -> bool:

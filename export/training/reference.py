@@ -5,6 +5,11 @@ Any subset of ``rbc``, ``plt`` (cells/uL, or 10^9/L, 10^12/L, G/L, T/L, 10^3/uL,
 the header: ``plt (10^9/L)``), ``retic_percent`` (or ``ret %``), ``dilution``, ``volume_ul``; a
 cell may be empty. Comma, semicolon (with decimal commas) or tab separated; UTF-8 with or without
 BOM, UTF-16 with BOM, else read as Windows-1252. Every problem is one line; all are collected.
+
+Where the events of a file were counted per class (an expert's gates on each file, or a simulator,
+which knows every event), the five columns ``events_noise``, ``events_rbc``, ``events_retic``,
+``events_coincidence``, ``events_plt`` give them, all five or none; training then supervises every
+share, noise and coincidences included, instead of deriving them (supervision.py).
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ ALIASES = {
     "ret": "retic_percent", "ret%": "retic_percent", "retic%": "retic_percent", "ret_pct": "retic_percent",
     "dilution": "dilution", "volume_ul": "volume_ul", "volume": "volume_ul",
 }
+#: Optional event counts per class, in the classifier's class order (edgehema.classes.EVENT_CLASSES).
+EVENT_COUNT_CLASSES = ("noise", "rbc", "retic", "coincidence", "plt")
+EVENT_COUNT_COLUMNS = tuple(f"events_{c}" for c in EVENT_COUNT_CLASSES)
+ALIASES.update({c: c for c in EVENT_COUNT_COLUMNS})
+ALIASES.update({f"{c}_events": f"events_{c}" for c in EVENT_COUNT_CLASSES})
 COUNT_COLUMNS = ("rbc", "plt")
 #: Below this, an RBC in cells/uL is surely in another unit (a human RBC is about 5,000,000/uL).
 IMPLAUSIBLE_RBC_PER_UL = 1000.0
@@ -59,6 +69,16 @@ class ReferenceRow:
     retic_percent: float | None = None
     dilution: float | None = None
     volume_ul: float | None = None
+    #: The file's events per class (EVENT_COUNT_CLASSES order), where they were counted.
+    event_counts: tuple[float, ...] | None = None
+
+    @property
+    def events(self) -> dict[str, float] | None:
+        if self.event_counts is None:
+            return None
+        d = dict(zip(EVENT_COUNT_CLASSES, self.event_counts))
+        d["total"] = float(sum(self.event_counts))
+        return d
 
     @property
     def plt_to_rbc(self) -> float | None:
@@ -67,7 +87,7 @@ class ReferenceRow:
         return None
 
     def given(self) -> list[str]:
-        return [k for k in ("rbc_per_ul", "plt_per_ul", "retic_percent") if getattr(self, k) is not None]
+        return [k for k in ("rbc_per_ul", "plt_per_ul", "retic_percent", "event_counts") if getattr(self, k) is not None]
 
 
 @dataclass
@@ -151,6 +171,10 @@ def read_reference(path: str | Path) -> ReferenceTable:
         problems.append(f"{path}: header: no sample_id or file column (found {', '.join(h.strip() for h in header)})")
     if not any(c in columns for c in ("rbc", "plt", "retic_percent")):
         problems.append(f"{path}: header: none of the columns rbc, plt, retic_percent (found {', '.join(h.strip() for h in header)})")
+    some = [c for c in EVENT_COUNT_COLUMNS if c in columns]
+    if some and len(some) < len(EVENT_COUNT_COLUMNS):
+        problems.append(f"{path}: header: event counts per class need all of {', '.join(EVENT_COUNT_COLUMNS)}; "
+                        f"missing {', '.join(c for c in EVENT_COUNT_COLUMNS if c not in columns)}")
     if problems:
         raise ReferenceProblems(problems)
     key_field = "sample_id" if "sample_id" in columns else "file"
@@ -199,7 +223,19 @@ def read_reference(path: str | Path) -> ReferenceTable:
         for k in ("dilution", "volume_ul"):
             if values.get(k) == 0:
                 problems.append(f"{path}: line {line}: {k} is 0")
-        rows.append(ReferenceRow(key, key_field, line, rbc, plt, ret, values.get("dilution"), values.get("volume_ul")))
+        counts = None
+        given = [c for c in EVENT_COUNT_COLUMNS if c in values]
+        if given and len(given) < len(EVENT_COUNT_COLUMNS):
+            problems.append(f"{path}: line {line}: event counts per class are all five or none; empty: "
+                            f"{', '.join(columns[c] for c in EVENT_COUNT_COLUMNS if c not in values)}")
+            continue
+        if given:
+            counts = tuple(float(values[c]) for c in EVENT_COUNT_COLUMNS)
+            if sum(counts) <= 0:
+                problems.append(f"{path}: line {line}: the event counts per class add up to 0")
+                continue
+        rows.append(ReferenceRow(key, key_field, line, rbc, plt, ret, values.get("dilution"), values.get("volume_ul"),
+                                 counts))
     if problems:
         raise ReferenceProblems(problems)
     if not rows:
@@ -208,16 +244,21 @@ def read_reference(path: str | Path) -> ReferenceTable:
 
 
 def write_reference(path: str | Path, rows: list[dict]) -> Path:
-    """A reference CSV as analyzers export it (rbc in 10^12/L, plt in 10^9/L): for simulated data."""
+    """A reference CSV as analyzers export it (rbc in 10^12/L, plt in 10^9/L): for simulated data.
+    Rows with ``events`` (counts per class) add the event-count columns."""
     path = Path(path)
+    counted = any(r.get("events") for r in rows)
     with open(path, "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["sample_id", "rbc (10^12/L)", "plt (10^9/L)", "retic_percent", "dilution", "volume_ul"])
+        w.writerow(["sample_id", "rbc (10^12/L)", "plt (10^9/L)", "retic_percent", "dilution", "volume_ul"]
+                   + (list(EVENT_COUNT_COLUMNS) if counted else []))
         for r in rows:
+            e = r.get("events") or {}
             w.writerow([r["sample_id"],
                         "" if r.get("rbc_per_ul") is None else f"{r['rbc_per_ul'] / 1e6:.4f}",
                         "" if r.get("plt_per_ul") is None else f"{r['plt_per_ul'] / 1e3:.2f}",
                         "" if r.get("retic_percent") is None else f"{r['retic_percent']:.3f}",
                         "" if r.get("dilution") is None else f"{r['dilution']:g}",
-                        "" if r.get("volume_ul") is None else f"{r['volume_ul']:.6f}"])
+                        "" if r.get("volume_ul") is None else f"{r['volume_ul']:.6f}"]
+                       + ([f"{e[c]:g}" if c in e else "" for c in EVENT_COUNT_CLASSES] if counted else []))
     return path

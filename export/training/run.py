@@ -32,6 +32,8 @@ class TrainResult:
     notices: list[str]
     seconds: float
     manifest: dict
+    #: Loss per step of the final model's fit, per stage.
+    history: dict
 
 
 def _check_out(out: Path) -> None:
@@ -75,12 +77,16 @@ def train(
     settings: FitSettings | None = None,
     cache_mb: float = 1024.0,
     name: str | None = None,
+    description: str | None = None,
+    version: str = "1.0.0",
+    training_notes: dict | None = None,
     log: Callable[[str], None] = print,
     progress=None,
     scan_progress=None,
 ) -> TrainResult:
     """Check everything first (every problem listed together), then cross-validate, then train the
-    final model on every sample and write it to ``out``."""
+    final model on every sample and write it to ``out``. ``description`` and ``training_notes``
+    (added to the manifest's ``training``) describe where the data came from."""
     t0 = time.perf_counter()
     out = Path(out)
     _check_out(out)
@@ -134,7 +140,7 @@ def train(
     how = {t.coincidence for t in targets if t.supervised}
     log(f"training data: {len(files)} files of profile {prof.name}, {n_sup} with reference values "
         f"({', '.join(table.columns.get(k, '') for k in ('rbc', 'plt', 'retic_percent') if k in table.columns)}); "
-        f"coincidences {'from Poisson occupancy' if how == {'poisson'} else 'learned unsupervised' if how == {'unsupervised'} else 'from Poisson occupancy where the file has its acquisition time, else unsupervised'}")
+        f"coincidences {_how(how)}")
 
     report: dict = {"folds": folds, "seed": seed}
     fold_of = crossval.folds_for(files, folds, seed) if folds else [-1] * len(files)
@@ -220,8 +226,9 @@ def train(
                  "events_kept_per_sample": cfg.events_per_sample,
                  "files_with_acquisition_time": sum(f.elapsed_s is not None for f in files)},
         "reference": {"file": Path(reference).name, "columns": table.columns, "encoding": table.encoding},
-        "supervision": {"coincidences": sorted(how), "noise": "unsupervised (share held under "
-                        f"{cfg.noise_cap:.0%} by a prior)", "shares": sorted({s.name for t in targets for s in t.stage1 + t.stage2})},
+        "supervision": {"coincidences": sorted(how), "noise": "counted per class in the reference" if how == {"counted"}
+                        else f"unsupervised (share held under {cfg.noise_cap:.0%} by a prior)"
+                        + (" where the reference gives no events per class" if "counted" in how else ""), "shares": sorted({s.name for t in targets for s in t.stage1 + t.stage2})},
         "crossval": None if summary is None else {"folds": folds, **summary},
         "tuning": report.get("tuning"),
         "restarts": report.get("restarts"),
@@ -235,7 +242,7 @@ def train(
     # Only named species: a model from files without one is validated for no species in particular.
     training = {"species": sorted(k for k in species if k != "not given"), "samples": len(files), "events_per_sample": cfg.events_per_sample,
                 "recipe": "edgehema train (export/training)", "recipe_settings": settings_dict(cfg),
-                "torch": _torch_version(), "seconds": None}
+                "torch": _torch_version(), "seconds": None, **(training_notes or {})}
     extra_files = {}
     with tempfile.TemporaryDirectory() as tmp:
         if summary is not None:
@@ -246,12 +253,12 @@ def train(
         training["seconds"] = round(time.perf_counter() - t0, 1)
         card["seconds"] = training["seconds"]
         manifest = save_bundle(
-            fitted, prof, out, name or out.name, "Two-stage deep clustering (AE + IDEC, then VaDE) trained with "
-            "edgehema train on an instrument's own event files and sample-level reference counts", training,
+            fitted, prof, out, name or out.name, description or "Two-stage deep clustering (AE + IDEC, then VaDE) "
+            "trained with edgehema train on an instrument's own event files and sample-level reference counts", training,
             [store.events(i) for i in range(min(len(files), 40))], extra={"model_card": card}, extra_files=extra_files,
-            profile_file=_profile_file(prof))
+            profile_file=_profile_file(prof), version=version)
     log(f"wrote {out} in {time.perf_counter() - t0:.1f} s (files read from disk again: {store.reads})")
-    return TrainResult(out, summary, found.notices, time.perf_counter() - t0, manifest)
+    return TrainResult(out, summary, found.notices, time.perf_counter() - t0, manifest, fitted.history)
 
 
 #: Seeds of restarts (the folds stay those of --seed, so restarts are compared on the same held-out samples).
@@ -287,6 +294,17 @@ def _torch_version() -> str:
     import torch
 
     return torch.__version__
+
+
+def _how(how: set[str]) -> str:
+    if how == {"counted"}:
+        return "and noise as counted per class in the reference"
+    if how == {"poisson"}:
+        return "from Poisson occupancy"
+    if how == {"unsupervised"}:
+        return "learned unsupervised"
+    return "counted per class where the reference gives events per class, else from Poisson occupancy where " \
+           "the file has its acquisition time, else unsupervised"
 
 
 def _tagged(progress, label: str):

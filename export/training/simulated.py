@@ -8,8 +8,9 @@ reference analyzer adds its own imprecision on top; these figures are the model'
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -26,6 +27,8 @@ class Instrument:
     settings: InstrumentSettings
     species: tuple[str, ...]
     pathology_share: float = 0.35
+    #: Pathology presets drawn from (None: every one the simulator has).
+    pathologies: tuple[str, ...] | None = None
     fmt: str = "csv"
     notes: str = ""
     extra: dict = field(default_factory=dict)
@@ -51,9 +54,16 @@ INSTRUMENTS = {
 
 
 def simulate_instrument(instrument: str | Instrument, out: Path, n_samples: int, events: int, seed: int,
-                        reference_name: str = "reference.csv") -> tuple[list[Path], Path, list[dict]]:
+                        reference_name: str = "reference.csv",
+                        vary: Callable[[np.random.Generator], dict] | None = None,
+                        keep: Callable[[object], None] | None = None,
+                        event_counts: bool = False) -> tuple[list[Path], Path, list[dict]]:
     """``n_samples`` event files of ``instrument`` in ``out`` and their reference CSV; returns the
-    files, the CSV and each sample's truth."""
+    files, the CSV and each sample's truth. ``vary(rng)`` gives per-sample changes to the
+    instrument's settings (a lab's samples differ in dilution, gain, noise); ``keep`` is handed each
+    simulated sample (events with their hidden labels) before it is written. ``event_counts`` adds
+    each file's true events per class to the reference CSV (what only a simulator or an expert's
+    gates can give)."""
     ins = INSTRUMENTS[instrument] if isinstance(instrument, str) else instrument
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -62,15 +72,20 @@ def simulate_instrument(instrument: str | Instrument, out: Path, n_samples: int,
         species = ins.species[k % len(ins.species)]
         pathology = None
         if rng.random() < ins.pathology_share:
-            pathology = sorted(PATHOLOGIES)[int(rng.integers(len(PATHOLOGIES)))]
-        sim = SampleSimulator(species, pathology, ins.settings, profile=ins.profile, seed=int(seed * 10_000 + k))
+            names = sorted(ins.pathologies or PATHOLOGIES)
+            pathology = names[int(rng.integers(len(names)))]
+        settings = ins.settings if vary is None else replace(ins.settings, **vary(rng))
+        sim = SampleSimulator(species, pathology, settings, profile=ins.profile, seed=int(seed * 10_000 + k))
         s = sim.generate(events, sample_id=f"{ins.name}-{seed}-{k:04d}")
+        if keep is not None:
+            keep(s)
         ext = ".116.csv" if ins.fmt == "sysmex-xn" else ".csv"
         files += write_sample(s.sample, out / f"{s.truth['sample_id']}{ext}", ins.fmt)[:1]
         t = s.truth
         per_cell = t["dilution"] / t["volume_ul"]
         rows.append({"sample_id": t["sample_id"], "rbc_per_ul": t["cells"]["rbc"] * per_cell,
                      "plt_per_ul": t["cells"]["plt"] * per_cell, "retic_percent": t["retic_percent"],
-                     "dilution": t["dilution"], "volume_ul": t["volume_ul"]})
+                     "dilution": t["dilution"], "volume_ul": t["volume_ul"],
+                     **({"events": t["events"]} if event_counts else {})})
         truths.append(t)
     return files, write_reference(out / reference_name, rows), truths

@@ -17,8 +17,9 @@ resolving window tau of a red cell hides under its pulse. So, with the sample's 
 Without an acquisition time (a file that does not record start and end), c_R and h are unknown:
 the PLT:RBC target is then taken as it is (k = rho, which reads PLT low by about c_R, a few per cent)
 and coincidences are learned without supervision, from their place in the latent space. Noise
-events are in no reference: they are learned without supervision everywhere (a weak prior keeps
-their share small). docs/training.md says the same.
+events are in no analyzer's reference: they are learned without supervision (a weak prior keeps
+their share small). Where the reference gives the file's events per class (expert gates, or the
+simulator for the shipped model), every share is supervised as given. docs/training.md says the same.
 """
 
 from __future__ import annotations
@@ -64,17 +65,20 @@ def unit_rate(events_per_us: float, tau_us: float) -> float:
     return lam
 
 
-def targets_for(f: TrainingFile, tau_us: float | None, full_counts: dict | None = None) -> Targets:
-    """The shares ``f``'s reference (or, for simulated data, its full event counts) supervises."""
+def targets_for(f: TrainingFile, tau_us: float | None) -> Targets:
+    """The shares ``f``'s reference supervises: every share where its events were counted per class
+    (expert gates, or a simulator, which knows every event), else those derived from the ratios."""
     t = Targets()
-    if full_counts is not None:  # the simulator knows every event's class: supervise all shares
-        e = full_counts
+    if f.reference is not None and f.reference.event_counts is not None:
+        # Floored like the derived shares: a class absent from a sample (a horse's reticulocytes)
+        # would be a log ratio of minus infinity in the initial share regression.
+        e = f.reference.events
         side = e["rbc"] + e["retic"] + e["coincidence"]
         for k, name in enumerate(STAGE1_CLASSES):
             n = side if name == "rbc_side" else e[name]
-            t.stage1.append(Share(f"{name}/all", (k,), (0, 1, 2), n / max(e["total"], 1)))
+            t.stage1.append(Share(f"{name}/all", (k,), (0, 1, 2), max(n / max(e["total"], 1), 1e-5)))
         for k, name in enumerate(STAGE2_CLASSES):
-            t.stage2.append(Share(f"{name}/side", (k,), (0, 1, 2), e[name] / max(side, 1)))
+            t.stage2.append(Share(f"{name}/side", (k,), (0, 1, 2), max(e[name] / max(side, 1), 1e-5)))
         t.coincidence = "counted"
         return t
     r = f.reference
