@@ -231,6 +231,18 @@ def test_bad_lis_urls_are_one_line(url, problem):
 
 # --- store and forward -----------------------------------------------------------------------
 
+def send_once_listening(dest, message: str, control_id: str, what: str, timeout: float = 30.0) -> None:
+    """Send the first message to a ``lis-listen`` started as a subprocess, retrying while it starts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            dest.send(message, control_id)
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.2)
+
+
 def wait_for(cond, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -405,14 +417,7 @@ def test_lis_listen_receives_and_spots_resends(tmp_path):
                              "--count", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         dest = open_destination(f"mllp://127.0.0.1:{port}")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                dest.send(build_oru(result(1), "C1"), "C1")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "lis-listen did not start"
-                time.sleep(0.2)
+        send_once_listening(dest, build_oru(result(1), "C1"), "C1", "lis-listen")
         dest.send(build_oru(result(1), "C1"), "C1")  # a resend
         dest.send(build_oru(result(2, flags=["out_of_distribution"]), "C2"), "C2")
         out, err = proc.communicate(timeout=30)

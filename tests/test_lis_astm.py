@@ -24,7 +24,7 @@ from edgehema.lis.astm import build_records, checksum, esc, frames
 from edgehema.lis.outbox import Outbox
 from edgehema.sinks.lis_sink import LisSink
 
-from .test_lis import FAST, LoopbackServer, free_port, result, wait_for
+from .test_lis import FAST, LoopbackServer, free_port, result, send_once_listening, wait_for
 
 ENQ, ACK, NAK, EOT, STX, ETX, ETB = b"\x05", b"\x06", b"\x15", b"\x04", b"\x02", b"\x03", b"\x17"
 
@@ -269,15 +269,8 @@ def test_lis_listen_astm_receives_checks_and_spots_resends(tmp_path):
                              "--count", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         dest = open_destination(f"astm+tcp://127.0.0.1:{port}?timeout=5")
-        deadline = time.monotonic() + 30
         message = dest.render(result(1, flags=["out_of_distribution"]), "C1")
-        while True:
-            try:
-                dest.send(message, "C1")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "lis-listen --astm did not start"
-                time.sleep(0.2)
+        send_once_listening(dest, message, "C1", "lis-listen --astm")
         dest.send(message, "C1")  # a resend
         dest.send(dest.render(result(2), "C2"), "C2")
         out, err = proc.communicate(timeout=30)

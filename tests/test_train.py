@@ -93,20 +93,25 @@ def test_unit_rate_inverts_the_recorded_rate():
         assert unit_rate(lam * math.exp(-lam * tau), tau) == pytest.approx(lam, rel=1e-6)
 
 
+def _targets_beside_truth(files, table, truths):
+    """Per file: its training targets, the simulator's hidden event counts, the red-cell side and
+    the targets by share name."""
+    found, _ = scan(files, table, None, 2000, 64.0)
+    assert not found.problems
+    for f, t in zip(found.files, truths):
+        tg = targets_for(f, found.profile.coincidence_window_us)
+        e = t["events"]
+        yield f, tg, e, e["rbc"] + e["retic"] + e["coincidence"], {s.name: s.target for s in tg.stage1 + tg.stage2}
+
+
 def test_poisson_targets_match_the_simulators_event_counts(tmp_path):
     """From PLT:RBC, RET % and the acquisition time alone, the event shares each stage is trained on
     are those the simulator actually produced (which the trainer never sees), within what Poisson
     occupancy cannot know: aggregates (rouleaux, platelet clumps) are coincidences by adhesion, not
     by chance, and move the shares by up to 9 % (coincidence) and 8 % (platelets) here."""
     files, ref, truths = simulate_instrument("optical-b", tmp_path / "d", 6, 60_000, seed=11)
-    found, _ = scan(files, read_reference(ref), None, 2000, 64.0)
-    assert not found.problems
-    for f, t in zip(found.files, truths):
-        tg = targets_for(f, found.profile.coincidence_window_us)
+    for f, tg, e, side, shares in _targets_beside_truth(files, read_reference(ref), truths):
         assert tg.coincidence == "poisson"
-        e = t["events"]
-        side = e["rbc"] + e["retic"] + e["coincidence"]
-        shares = {s.name: s.target for s in tg.stage1 + tg.stage2}
         assert shares["plt/(plt+rbc_side)"] == pytest.approx(e["plt"] / (e["plt"] + side), rel=0.10), f.stem
         assert shares["coincidence/side"] == pytest.approx(e["coincidence"] / side, rel=0.2), f.stem
         assert shares["retic/(rbc+retic)"] == pytest.approx(e["retic"] / (e["rbc"] + e["retic"]), rel=0.1, abs=2e-4)
@@ -119,19 +124,14 @@ def test_event_counts_per_class_supervise_every_share(tmp_path):
     files, ref, truths = simulate_instrument("optical-b", tmp_path / "d", 3, 20_000, seed=12, event_counts=True)
     table = read_reference(ref)
     assert table.rows[0].event_counts is not None and "events_noise" in table.columns
-    found, _ = scan(files, table, None, 2000, 64.0)
-    for f, t in zip(found.files, truths):
-        tg = targets_for(f, found.profile.coincidence_window_us)
+    for f, tg, e, side, shares in _targets_beside_truth(files, table, truths):
         assert tg.coincidence == "counted"
-        e = t["events"]
-        side = e["rbc"] + e["retic"] + e["coincidence"]
-        shares = {s.name: s.target for s in tg.stage1 + tg.stage2}
         assert shares["noise/all"] == pytest.approx(max(e["noise"] / e["total"], 1e-5), rel=1e-4)
         assert shares["coincidence/side"] == pytest.approx(e["coincidence"] / side, rel=1e-4)
         assert shares["retic/side"] == pytest.approx(max(e["retic"] / side, 1e-5), rel=1e-4)
     horse = tmp_path / "horse.csv"
     horse.write_text("sample_id,rbc,plt,events_noise,events_rbc,events_retic,events_coincidence,events_plt\n"
-                     f"{found.files[0].stem},7000000,200000,10,9000,0,500,489\n", encoding="utf-8")
+                     f"{files[0].stem},7000000,200000,10,9000,0,500,489\n", encoding="utf-8")
     found, _ = scan(files[:1], read_reference(horse), None, 2000, 64.0)
     shares = {s.name: s.target for s in targets_for(found.files[0], found.profile.coincidence_window_us).stage2}
     assert shares["retic/side"] == 1e-5 and all(v > 0 for v in shares.values())
