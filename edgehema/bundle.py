@@ -24,6 +24,7 @@ import numpy as np
 
 from .exceptions import BundleError, ProfileMismatchError
 from .profiles import Profile, get_profile
+from .signing import TrustedKey, TrustPolicy
 
 FORMAT = "edgehema-bundle/1"
 MANIFEST = "manifest.json"
@@ -74,11 +75,19 @@ class Bundle:
 
     path: Path
     manifest: dict[str, Any]
+    #: The trusted key whose signature was verified at load (``None``: no trusted keys configured).
+    signed_by: "TrustedKey | None" = None
 
     # ----------------------------------------------------------- loading
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, verify: bool = True) -> "Bundle":
-        """Load a bundle directory (or a shipped bundle by name; the reference model for ``None``)."""
+    def load(cls, path: str | os.PathLike | None = None, verify: bool = True,
+             trust: "TrustPolicy | None" = None) -> "Bundle":
+        """Load a bundle directory (or a shipped bundle by name; the default model for ``None``).
+
+        ``trust``: the public keys whose signature the bundle must carry (edgehema.signing); ``None``
+        reads them from $EDGEHEMA_TRUSTED_KEYS, and no keys means hash checks only. With trusted keys
+        the hashes are always checked, whatever ``verify`` says: a signature covers the hashes only.
+        """
         directory = resolve_bundle_path(path)
         mpath = directory / MANIFEST
         if not mpath.is_file():
@@ -101,8 +110,11 @@ class Bundle:
         if missing:
             raise BundleError(f"{mpath}: a {kind} manifest needs {', '.join(missing)}")
         bundle = cls(directory, manifest)
-        if verify:
+        trust = TrustPolicy.from_environment() if trust is None else trust
+        if verify or trust.enforced:
             bundle.verify()
+        if trust.enforced:
+            bundle = cls(directory, manifest, trust.check(directory, bundle.sha256))
         return bundle
 
     def verify(self) -> None:

@@ -59,3 +59,8 @@ class StorageFullError(EdgehemaError):
     """The device's storage cannot take a write (disk full, quota, I/O error): the journal or an
     archive could not be written. The stream keeps results in memory and does not acknowledge them
     until they are stored."""
+
+
+class SignatureError(BundleError):
+    """A bundle's signature is missing, made by a key the device does not trust, or does not verify;
+    or a signing key cannot be read."""

@@ -109,6 +109,8 @@ def result_from_inference(
         "name": classifier.bundle.name,
         "version": classifier.bundle.version,
         "sha256": classifier.bundle.sha256,
+        # The trusted key whose signature was verified at load; None when no keys are configured.
+        "signed_by": classifier.bundle.signed_by.key_id if classifier.bundle.signed_by else None,
         "backend": classifier.backend_name,
         **classifier.ran,
         "selftest": classifier.selftest.summary() if classifier.selftest else None,

@@ -121,7 +121,8 @@ def test_fault_matrix(tmp_path, clf, fault):
 def test_kill_9_recovery(tmp_path):
     """kill -9 mid-sample: completed results survive, the interrupted sample is reported incomplete at restart."""
     emu = InstrumentEmulator("dog", samples=3, events=40_000, seed=8)
-    t, port = start_tcp_instrument(emu, rate=60_000.0)
+    # 1.6 s per sample: room for a loaded machine to see sample 2 open and kill the host before it ends.
+    t, port = start_tcp_instrument(emu, rate=25_000.0)
     journal, archive = tmp_path / "j.sqlite", tmp_path / "archive"
     cmd = [sys.executable, "-m", "edgehema", "stream", "--port", port, "--journal", str(journal), "--archive", str(archive),
            "--no-reconnect", "--output", str(tmp_path / "out1.jsonl")]

@@ -79,7 +79,8 @@ def models() -> None:
         tfl = b.manifest["model"].get("tflite")
         device_file = b.path / tfl["file"] if tfl else b.model_file
         rows.append([path.name + mark, b.name, b.version, b.kind, b.manifest.get("target", "onnx-fp32"),
-                     f"{device_file.stat().st_size:,}", b.sha256[:12], "verified"])
+                     f"{device_file.stat().st_size:,}", b.sha256[:12],
+                     "verified" + (f", signed by trusted key {b.signed_by.key_id}" if b.signed_by else "")])
     render("model bundles (size: the file the default engine runs)", columns, rows, sys.stdout)
 
 
@@ -87,12 +88,29 @@ def models() -> None:
 def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or shipped name (default: the default model).")) -> None:
     """Print a bundle's manifest summary and parity report, after verifying every hash."""
     from ..bundle import DEFAULT_BUNDLE, Bundle
+    from ..exceptions import SignatureError
+    from ..signing import TrustPolicy, read_signatures
 
-    b = Bundle.load(bundle)
+    trust = TrustPolicy.from_environment()
+    # Loaded without the signature check so that a refused bundle can still be described.
+    b = Bundle.load(bundle, trust=TrustPolicy())
     m = b.manifest
     default = " (the default model)" if bundle in (None, DEFAULT_BUNDLE) else ""
     out.print(f"{b.name}{default} {b.version} ({b.kind}, {m.get('target', 'onnx-fp32')}) at {b.path}")
     out.print(f"  hashes: verified ({len(m['files'])} file(s)), manifest sha256 {b.sha256}")
+    signatures = read_signatures(b.path)
+    out.print("  signatures: " + ("; ".join(f"key {s['key_id']}" + (f" ({s['signer']})" if s.get("signer") else "")
+                                             + f" at {s.get('signed_at', '?')}" for s in signatures) or "none"))
+    refused = None
+    if trust.enforced:
+        try:
+            key = trust.check(b.path, b.sha256)
+            out.print(f"  this device: runs it (signed by trusted key {key.key_id}, {key.source})")
+        except SignatureError as exc:
+            refused = exc
+            out.print(f"  this device: REFUSES it ({trust.describe()})")
+    else:
+        out.print(f"  this device: {trust.describe()}")
     out.print(f"  profile {m['profile']}: {', '.join(m['features'])}")
     out.print(f"  classes: {', '.join(m['classes'])}; supervision: {m.get('supervision', '-')}")
     t = m.get("training", {})
@@ -140,6 +158,8 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
                      f"{p['float_gain_step_max_count_delta_pct']:.3f} %)" if "mean_count_delta_pct" in p else "")
                   + f", retic delta {p['max_retic_delta_pt']:.3f} pt, size {p['size_ratio']:.0%}, "
                   f"speed {p['speedup_vs_float']:.2f}x; gate failures: {'; '.join(p['gate_failures']) or 'none'}")
+    if refused is not None:
+        raise refused
 
 
 @app.command()

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from ..exceptions import EdgehemaError
-from ._app import app, error
+from ._app import app, error, warn
 
 DEFAULT_BCCD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "bccd"
 
@@ -21,7 +21,7 @@ def smear(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image: counts, detections, flags."),
     as_csv: bool = typer.Option(False, "--csv", help="One CSV row per image."),
     overlay_dir: Optional[Path] = typer.Option(None, "--overlay", help="Folder for each image with its detections drawn and the counts in a corner."),
-    engine: str = typer.Option("model", "--engine", help="Detector: model (the shipped int8 network), baseline (classical OpenCV), model:FILE.onnx."),
+    engine: str = typer.Option("model", "--engine", help="Detector: model (the shipped int8 network), baseline (classical OpenCV), model:FOLDER (a model folder) or model:FILE.onnx."),
     watch_dir: Optional[Path] = typer.Option(None, "--watch", help="Count every image dropped into this folder, as it arrives (JSON lines), until stopped."),
     journal: Path = typer.Option(Path("edgehema-smear-journal.sqlite"), "--journal", help="With --watch: the SQLite journal results are committed to before they are written out."),
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="With --watch: stop after this many images."),
@@ -140,8 +140,17 @@ def _check_engine(name: str) -> None:
 
     if name not in ENGINES and not name.startswith("model:"):
         raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINES)} or model:FILE.onnx, not {name!r}")
-    if name.startswith("model:") and not Path(name[6:]).is_file():
-        raise EdgehemaError(f"{name[6:]}: no such model file")
+    if name.startswith("model:") and not Path(name[6:]).exists():
+        raise EdgehemaError(f"{name[6:]}: no such model file or folder")
+    if name == "model" or name.startswith("model:"):
+        # Opened before any image: a refused model (signature, hashes, known answer) is one line up
+        # front, and an engine that runs unfused says so once.
+        from ..smear import learned
+
+        model = name[6:] or learned.DEFAULT_MODEL
+        learned.session(model)
+        if model in learned.ENGINE_NOTES:
+            warn(learned.ENGINE_NOTES[model])
 
 
 def _watch(folder: Path, journal_path: Path, engine: str, overlay_dir: Optional[Path], max_images: Optional[int],

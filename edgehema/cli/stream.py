@@ -98,6 +98,7 @@ def stream(
         max_samples=max_samples or settings.get("max_samples"),
         idle_exit=idle_exit or settings.get("idle_exit"),
         plots=plots or (Path(settings["plots"]) if "plots" in settings else None),
+        **_trusted_keys(settings, config),
     )
     output = output or (Path(settings["output"]) if "output" in settings else None)
     from .lis import lis_sinks
@@ -130,6 +131,17 @@ def stream(
             stream_out.close()
         for sender in senders:
             sender.close()
+
+
+def _trusted_keys(settings: dict, config: Optional[Path]) -> dict:
+    """The settings file's trusted keys, relative to the file (it travels with its keys on a device)."""
+    keys = settings.get("trusted_keys")
+    if not keys:
+        return {}
+    keys = [keys] if isinstance(keys, str) else keys
+    base = config.parent if config else Path(".")
+    return {"trusted_keys": tuple(str(base / Path(k).expanduser()) for k in keys),
+            "trusted_keys_origin": f"{config}: trusted_keys"}
 
 
 def _run_live(runner) -> None:

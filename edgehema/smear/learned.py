@@ -65,30 +65,128 @@ def decode(hm: np.ndarray, wh: np.ndarray, off: np.ndarray, scale_x: float, scal
     return out
 
 
+def smear_manifest_digest(directory: Path) -> str:
+    """A smear model folder's identity (what a signature covers): the sha256 of its manifest file,
+    after checking that the model file has the sha256 the manifest gives."""
+    import hashlib
+    import json
+
+    directory = Path(directory)
+    path, mpath = directory / "model.onnx", directory / "manifest.json"
+    if not path.is_file() or not mpath.is_file():
+        raise BundleError(f"{directory}: a smear model folder holds model.onnx and manifest.json")
+    raw = mpath.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise BundleError(f"{mpath}: manifest is not valid JSON: {exc}") from None
+    if hashlib.sha256(path.read_bytes()).hexdigest() != manifest.get("sha256"):
+        raise BundleError(f"{path}: sha256 differs from its manifest: the model file is damaged or replaced")
+    return hashlib.sha256(raw).hexdigest()
+
+
 @lru_cache(maxsize=4)
 def session(model: str = DEFAULT_MODEL):
-    """An onnxruntime session of a shipped smear model (by name) or a model file, one per process.
-    A shipped model's file must have the sha256 its manifest gives."""
-    import hashlib
+    """An onnxruntime session of a smear model: a shipped one (by name), a model folder (model.onnx
+    and manifest.json) or a bare model file. A folder's model file must have the sha256 its
+    manifest gives; on a device with trusted keys the folder must be signed and a bare file is
+    refused (edgehema.signing)."""
     import json
 
     import onnxruntime as ort
 
+    from ..signing import TrustPolicy
+
     path = Path(model)
-    if not path.is_file():
-        path = MODELS / model / "model.onnx"
-        if not path.is_file():
+    trust = TrustPolicy.from_environment()
+    if path.is_file():
+        if trust.enforced:
+            raise BundleError(f"{path}: a bare smear model file is refused: this device runs only signed model folders "
+                              f"({trust.describe()})")
+    else:
+        folder = path if path.is_dir() else MODELS / model
+        if not (folder / "model.onnx").is_file():
             shipped = ", ".join(sorted(p.name for p in MODELS.iterdir() if p.is_dir())) if MODELS.is_dir() else "none"
-            raise BundleError(f"{model}: no smear model of that name or file (shipped: {shipped})")
-        manifest = json.loads((path.parent / "manifest.json").read_text())
-        if hashlib.sha256(path.read_bytes()).hexdigest() != manifest.get("sha256"):
-            raise BundleError(f"{path}: sha256 differs from its manifest: the model file is damaged or replaced")
+            raise BundleError(f"{model}: no smear model of that name, folder or file (shipped: {shipped})")
+        digest = smear_manifest_digest(folder)
+        if trust.enforced:
+            trust.check(folder, digest)
+        path = folder / "model.onnx"
+    answer = None
+    if path.parent.joinpath("manifest.json").is_file() and path.name == "model.onnx":
+        answer = json.loads(path.parent.joinpath("manifest.json").read_text()).get("known_answer")
+    sess = _open(ort, path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    if answer is not None:
+        problem = check_known_answer(sess, answer)
+        if problem:
+            # The fused int8 kernels of this CPU disagree with the model's arithmetic (x86 without
+            # VNNI saturates u8 x s8 products): run the same graph unfused, which is exact.
+            basic = _open(ort, path, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+            again = check_known_answer(basic, answer)
+            if again:
+                raise BundleError(f"{path}: the model fails its known answer on this machine ({again})")
+            ENGINE_NOTES[str(model)] = (f"{path.parent.name}: fused int8 kernels failed the known answer ({problem}); "
+                                        "running the graph unfused (exact, slower)")
+            return basic
+    return sess
+
+
+#: Why a smear model runs other than fully optimised on this machine (model -> one line).
+ENGINE_NOTES: dict[str, str] = {}
+
+
+def _open(ort, path: Path, level):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1  # one core per image, as the device runs it
+    opts.graph_optimization_level = level
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are many types; the file is at fault
         raise BundleError(f"{path}: not a smear model onnxruntime can run: {str(exc).splitlines()[0][:200]}") from None
+
+
+def known_answer_field() -> np.ndarray:
+    """A fixed synthetic smear field (BGR, 240 x 320): pale background, pink discs of red cells, two
+    dark-violet white cells, small platelets. Drawn from fixed numbers (no random generator), so it
+    is the same image on every machine and numpy version."""
+    import cv2
+
+    img = np.full((INPUT[1], INPUT[0], 3), (205, 200, 215), np.uint8)
+    for i in range(42):
+        cx, cy = 18 + (i * 53) % 290, 16 + (i * 37) % 210
+        r = 13 + (i * 7) % 6
+        cv2.circle(img, (cx, cy), r, (150, 140, 210), -1, cv2.LINE_AA)
+        cv2.circle(img, (cx, cy), r // 2, (175, 165, 220), -1, cv2.LINE_AA)
+    for cx, cy in ((80, 60), (230, 170)):
+        cv2.circle(img, (cx, cy), 24, (190, 120, 150), -1, cv2.LINE_AA)
+        cv2.circle(img, (cx - 5, cy), 13, (140, 40, 90), -1, cv2.LINE_AA)
+        cv2.circle(img, (cx + 8, cy + 6), 9, (140, 40, 90), -1, cv2.LINE_AA)
+    for cx, cy in ((150, 30), (40, 200), (290, 100), (160, 220)):
+        cv2.circle(img, (cx, cy), 4, (150, 60, 120), -1, cv2.LINE_AA)
+    return img
+
+
+def known_answer(sess) -> dict:
+    """What a model answers on :func:`known_answer_field`: each class's heat-map maximum and sum."""
+    hm = sess.run(None, {sess.get_inputs()[0].name: preprocess(known_answer_field())})[0][0]
+    return {"input": "known_answer_field/1", "heatmap_max": [round(float(v), 5) for v in hm.max(axis=(1, 2))],
+            "heatmap_sum": [round(float(v), 3) for v in hm.sum(axis=(1, 2))]}
+
+
+#: Agreement asked of an engine with the recorded answer: a heat-map peak is a score, and a count
+#: turns on scores near 0.5; the saturation this guards against moved peaks from 0.85 to 0.16.
+KNOWN_ANSWER_TOLERANCE = {"heatmap_max": 0.02, "heatmap_sum_rel": 0.02}
+
+
+def check_known_answer(sess, want: dict) -> str | None:
+    got = known_answer(sess)
+    for k, (g, w) in enumerate(zip(got["heatmap_max"], want["heatmap_max"])):
+        if abs(g - w) > KNOWN_ANSWER_TOLERANCE["heatmap_max"]:
+            return f"{SMEAR_CLASSES[k]} heat-map peak {g:.3f}, recorded {w:.3f}"
+    for k, (g, w) in enumerate(zip(got["heatmap_sum"], want["heatmap_sum"])):
+        if abs(g - w) > KNOWN_ANSWER_TOLERANCE["heatmap_sum_rel"] * max(abs(w), 1.0):
+            return f"{SMEAR_CLASSES[k]} heat-map sum {g:.2f}, recorded {w:.2f}"
+    return None
 
 
 def detect(image: np.ndarray, model: str = DEFAULT_MODEL) -> list[Detection]:

@@ -25,6 +25,8 @@ import numpy as np
 from firmware_bridge import codec
 from firmware_bridge import protocol as P
 
+from ..bundle import Bundle
+from ..signing import TrustPolicy
 from ..classifier import Classifier, EventInference
 from ..exceptions import EdgehemaError, StorageFullError
 from ..profiles import get_profile
@@ -163,6 +165,10 @@ class StreamConfig:
     max_held: int = 500
     #: Folder for each sample's scattergram PNG (None: no pictures).
     plots: Path | None = None
+    #: Public keys the model must be signed by (files or folders; empty: $EDGEHEMA_TRUSTED_KEYS, and
+    #: without it hash checks only). ``trusted_keys_origin`` names where the list was set.
+    trusted_keys: tuple[str, ...] = ()
+    trusted_keys_origin: str = "trusted_keys"
 
 
 @dataclass
@@ -210,7 +216,15 @@ class StreamRunner:
             raise EdgehemaError(f"{cfg.archive_dir}: the archive folder is a file, not a folder")
         if not Path(cfg.journal).parent.is_dir():
             raise EdgehemaError(f"{cfg.journal}: the journal's folder {Path(cfg.journal).parent} does not exist")
-        self.classifier = classifier or Classifier(cfg.model, backend=cfg.backend, adapt=cfg.adapt)
+        if classifier is None:
+            trust = (TrustPolicy.from_paths(cfg.trusted_keys, cfg.trusted_keys_origin) if cfg.trusted_keys
+                     else TrustPolicy.from_environment())
+            classifier = Classifier(Bundle.load(cfg.model, trust=trust), backend=cfg.backend, adapt=cfg.adapt)
+        self.classifier = classifier
+        b = classifier.bundle
+        signed = (f"signed by trusted key {b.signed_by.key_id} ({b.signed_by.source})" if b.signed_by
+                  else "signature not checked: no trusted keys configured, hash check only")
+        self.log(f"model {b.name} {b.version} at {b.path}, manifest sha256 {b.sha256[:16]}..., {signed}")
         for line in self.classifier.refused:  # engines passed over: not installed, or failed the self-test
             self.log(f"{self.classifier.bundle.name}: {line}; counting on {self.classifier.backend_name}")
         if self.classifier.selftest is not None:

@@ -29,8 +29,9 @@ SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
     "cpu": ((int,), "pin the stream to this CPU core"),
     "lis": ((str,), "LIS to send each result to (mllp://, astm+tcp://, astm+serial://)"),
     "plots": ((str,), "folder for each sample's scattergram PNG"),
+    "trusted_keys": ((str, list), "public key files or folders the model must be signed by"),
 }
-_TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+_TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list of strings"}
 
 
 def load_stream_settings(path: str | Path) -> dict:
@@ -49,6 +50,9 @@ def load_stream_settings(path: str | Path) -> dict:
         if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
             want = " or ".join(_TYPE_NAMES[t] for t in types)
             raise EdgehemaError(f"{path}: setting '{key}' ({what}) must be {want}, not {value!r}")
+    keys = settings.get("trusted_keys")
+    if isinstance(keys, list) and (not keys or not all(isinstance(k, str) and k for k in keys)):
+        raise EdgehemaError(f"{path}: setting 'trusted_keys' must be a key file or folder, or a non-empty list of them")
     if "backend" in settings and settings["backend"] not in ("onnx", "tflite", "auto"):
         raise EdgehemaError(f"{path}: setting 'backend' must be onnx, tflite or auto, not {settings['backend']!r}")
     for key in ("baud", "max_samples"):
