@@ -35,6 +35,9 @@ DEFAULT_AGREEMENT = 0.995
 #: Largest change of a class's event count, in % of all events. Over 3,000 events this allows
 #: 9 events to change class, twice what int8 against float changes (parity reports: 99.9 %).
 DEFAULT_CLASS_SHIFT_PCT = 0.3
+#: Largest share of the known answer's events scored out of distribution: the sample flag's limit
+#: (counting.MAX_OOD_FRACTION); the float models score 0.0-0.2 % of them.
+MAX_KNOWN_ANSWER_OOD = 0.01
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,15 @@ class SelfTest:
     class_shift_pct: float  # largest |events of a class - known answer| in % of all events
     ms: float
     reason: str = ""
+    #: Share of the known answer's events the engine scores as unlike the training data (None: the
+    #: bundle has no such score). They are training-like events: the float model scores about 0.1 %.
+    ood_fraction: float | None = None
 
     def line(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
+        ood = f", {self.ood_fraction:.2%} scored out of distribution" if self.ood_fraction is not None else ""
         text = (f"engine {self.engine} {verdict} the known-answer self-test: {self.agreement:.2%} of {self.events:,} "
-                f"events agree with the float model, largest class shift {self.class_shift_pct:.2f} % ({self.ms:.0f} ms)")
+                f"events agree with the float model, largest class shift {self.class_shift_pct:.2f} %{ood} ({self.ms:.0f} ms)")
         return text + (f"; {self.reason}" if self.reason else "")
 
     def to_dict(self) -> dict:
@@ -59,8 +66,11 @@ class SelfTest:
     def summary(self) -> dict:
         """What a result records: which engine passed and how closely (no timing, so that a replay
         of an archive gives the same result to the last digit)."""
-        return {"engine": self.engine, "passed": self.passed, "events": self.events,
-                "agreement": round(self.agreement, 6), "class_shift_pct": round(self.class_shift_pct, 4)}
+        out = {"engine": self.engine, "passed": self.passed, "events": self.events,
+               "agreement": round(self.agreement, 6), "class_shift_pct": round(self.class_shift_pct, 4)}
+        if self.ood_fraction is not None:
+            out["ood_fraction"] = round(self.ood_fraction, 6)
+        return out
 
 
 def known_answer_events(profile=None, seed: int = 20_261_124) -> np.ndarray:
@@ -123,9 +133,17 @@ def compare(classifier: "Classifier", events: np.ndarray, want: np.ndarray) -> S
     """Classes the classifier's engine gives ``events`` (no adaptation) against the known ``want``."""
     want = np.asarray(want, np.int64)
     t0 = time.perf_counter()
+    ood = None
     try:
-        got = classifier.infer(events, adapt=False).labels.astype(np.int64)
+        inference = classifier.infer(events, adapt=False)
+        got = inference.labels.astype(np.int64)
         reason = ""
+        limit = classifier.bundle.manifest.get("thresholds", {}).get("recon_err_p999")
+        if inference.recon_err is not None and limit:
+            # The out-of-distribution score is checked too: an engine can keep every class and still
+            # miscompute the reconstruction (fused int8 kernels saturating on x86 without VNNI put
+            # 100 % of normal events out of distribution, and every sample was flagged).
+            ood = float(np.mean(inference.recon_err > float(limit)))
     except Exception as exc:  # noqa: BLE001 - an engine that crashes on the known answer fails it
         got, reason = np.full(len(want), -1), f"the engine raised {type(exc).__name__}: {str(exc)[:120]}"
     ms = 1000 * (time.perf_counter() - t0)
@@ -138,4 +156,8 @@ def compare(classifier: "Classifier", events: np.ndarray, want: np.ndarray) -> S
     passed = not reason and agreement >= need_agreement and class_shift <= need_shift
     if not passed and not reason:
         reason = f"needs at least {need_agreement:.1%} agreement and at most {need_shift:.2f} % class shift"
-    return SelfTest(classifier.backend_name, passed, n, agreement, class_shift, ms, reason)
+    if passed and ood is not None and ood > MAX_KNOWN_ANSWER_OOD:
+        passed = False
+        reason = (f"{ood:.1%} of the known answer's training-like events scored out of distribution "
+                  f"(at most {MAX_KNOWN_ANSWER_OOD:.0%}): the engine miscomputes the reconstruction")
+    return SelfTest(classifier.backend_name, passed, n, agreement, class_shift, ms, reason, ood)

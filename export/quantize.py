@@ -132,14 +132,18 @@ def quantize_int8(bundle: Bundle, samples: list, out_model: Path, method: str, f
         # The heads stay float: their outputs are the latents the clustering reads, and 8-bit
         # latents moved boundary events between classes (mean per-sample count delta over 25
         # samples 0.065 % with int8 heads, 0.035 % with float heads; docs/export.md).
+        # Weights in a 7-bit range (reduce_range): onnxruntime's fused int8 kernels on x86 without
+        # VNNI add pairs of products in 16 bits, and full-range weights saturated the decoder there
+        # (model 2.0.0's first int8 export: every event scored out of distribution on such a CPU).
         quantize_static(str(pre), str(out_model), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calib,
-                        nodes_to_exclude=heads if float_heads else [], extra_options={"QuantizeBias": False})
+                        nodes_to_exclude=heads if float_heads else [], reduce_range=True,
+                        extra_options={"QuantizeBias": False})
     if float_heads:
         float_graph_outputs(out_model)
     compact_names(out_model)
     return {"tool": "onnxruntime.quantization.quantize_static after quant_pre_process", "format": "QDQ",
-            "activations": "int8 (signed)", "weights": "int8 (signed), per channel",
+            "activations": "int8 (signed)", "weights": "int8 (signed), per channel, 7-bit range (reduce_range)",
             "float": (["biases"] + ([f"heads {', '.join(heads)}"] if float_heads and heads else [])),
             "calibration": method, "calibration_batches": len(reader.batches),
             "calibration_events": len(reader.batches) * CALIBRATION_BATCH}

@@ -41,9 +41,10 @@ def test_same_counts_on_every_backend(species, seed):
         # PLT: the release gate of model 2.0.0, 0.5 % (0.2 % failed on one parity sample: platelets read
         # in coincidences flip with int8, docs/export.md); the dog sample here moves 0.28 % (13 platelets).
         assert abs(cells["plt"] / float_counts["plt"] - 1) < 0.005
-    # Both int8 forms quantize the same layers on the same calibration: they count alike.
+    # Both int8 forms quantize the same layers on the same calibration, the ONNX one with 7-bit weights
+    # (exact on x86 without VNNI): they count within the release gate of each other.
     a, b = results[("reference-int8", "onnx")], results[("reference-tflite-int8", "tflite")]
-    assert abs(a["rbc"] / b["rbc"] - 1) < 1e-4 and abs(a["plt"] / b["plt"] - 1) < 5e-4
+    assert abs(a["rbc"] / b["rbc"] - 1) < 2e-4 and abs(a["plt"] / b["plt"] - 1) < 0.005
     # The TFLite bundle carries the float graph too: on onnx it is the float model exactly.
     assert results[("reference-tflite-int8", "onnx")] == float_counts
 

@@ -176,3 +176,46 @@ def test_stream_end_to_end_without_the_c_extension(tmp_path):
         a.pop("seconds"), b.pop("seconds")
         assert a == b
     assert len(out["walk"]) == 2 and all(r["events"]["total"] == 8000 for r in out["walk"])
+
+
+@pytest.fixture
+def saturating_fused_kernels(monkeypatch):
+    """What onnxruntime's fused int8 kernels did on an x86 CPU without VNNI with full-range weights:
+    the classes right, the reconstruction error wrong (every event out of distribution)."""
+    from edgehema.backends.onnx_backend import OnnxBackend
+
+    real = OnnxBackend.run
+
+    def run(self, x):
+        out = real(self, x)
+        if self.fused and "recon_err" in out:
+            out["recon_err"] = out["recon_err"] + 10.0
+        return out
+
+    monkeypatch.setattr(OnnxBackend, "run", run)
+
+
+def test_the_known_answer_checks_the_out_of_distribution_score(saturating_fused_kernels):
+    # A float bundle has no unfused fallback: the engine is refused, naming the reconstruction.
+    with pytest.raises(BackendError, match="scored out of distribution .*miscomputes the reconstruction"):
+        Classifier("reference", backend="onnx")
+
+
+def test_int8_onnx_falls_back_to_the_unfused_graph_and_counts_right(saturating_fused_kernels):
+    from edgehema.result import classify_sample
+    from edgehema.simulator import SampleSimulator
+
+    sample = SampleSimulator("dog", seed=11).generate(30_000).sample
+    clf = Classifier("reference-int8", backend="onnx")
+    assert clf.backend.fused is False and clf.selftest.passed
+    assert any("running the graph unfused" in line for line in clf.refused)
+    r = classify_sample(sample, clf).to_dict()
+    assert r["model"]["graph"] == "unfused" and "out_of_distribution" not in r["flags"]
+    assert r["model"]["selftest"]["ood_fraction"] < 0.01
+
+
+def test_shipped_int8_onnx_runs_fused_here():
+    """The shipped int8 ONNX graph (7-bit weights) passes its known answer with the fused kernels on
+    this machine's CPU, out-of-distribution score included."""
+    clf = Classifier("reference-int8", backend="onnx")
+    assert clf.backend.fused is True and clf.selftest.passed and clf.selftest.ood_fraction < 0.01

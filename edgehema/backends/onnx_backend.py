@@ -11,7 +11,8 @@ from ..exceptions import BackendError
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
+    def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None,
+                 fused: bool = True):
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is a runtime dependency
@@ -21,6 +22,11 @@ class OnnxBackend:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        if not fused:
+            # The graph as written, without onnxruntime's fused int8 kernels: exact on every CPU (on
+            # x86 without VNNI the fused kernels can saturate; the self-test decides, docs/device.md).
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        self.fused = fused
         try:
             self.session = ort.InferenceSession(
                 str(bundle.model_file), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
