@@ -101,6 +101,7 @@ class SampleAssembler:
             instrument_id=s.instrument_id, started_at=closed.started_at() if s.started_unix_us else None,
             ended_at=closed.ended_at() if s.started_unix_us else None, source=f"stream tag {s.tag}",
         )
+        self.info = info
         sample = Sample(events=events, profile=profile, info=info)
         if len(events):
             out = {k: np.concatenate(v) for k, v in self.outputs.items()}
@@ -123,8 +124,10 @@ class SampleAssembler:
         return out_dict
 
 
-def replay_bytes(data: bytes, classifier: Classifier, plots: Path | None = None) -> list[dict]:
-    """Results of every sample in an archive (or any captured byte stream), as the stream made them."""
+def replay_bytes(data: bytes, classifier: Classifier, plots: Path | None = None,
+                 origins: list[SampleInfo] | None = None) -> list[dict]:
+    """Results of every sample in an archive (or any captured byte stream), as the stream made them.
+    ``origins``, if given, receives each result's SampleInfo (instrument, start time) in order."""
     session = WireSession()
     results: list[dict] = []
     assemblers: dict[int, SampleAssembler] = {}
@@ -137,6 +140,8 @@ def replay_bytes(data: bytes, classifier: Classifier, plots: Path | None = None)
         elif isinstance(item, SampleClosed):
             a = assemblers.pop(id(item.sample))
             results.append(a.finish(item, time.perf_counter(), plots))
+            if origins is not None:
+                origins.append(a.info)
 
     for item in session.feed(data):
         handle(item)
