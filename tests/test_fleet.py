@@ -217,3 +217,32 @@ def test_report_finds_crossings_flag_changes_and_new_only_failures():
     assert not rep.passed and any("fail with the new model only" in f for f in rep.verdict_failures)
     a = rep.total.agreement("plt_per_ul", True)
     assert a.n == 3 and a.bias == pytest.approx(((149 - 151) / 150 * 100 + 0 + (40 - 40.2) / 40.1 * 100) / 3)
+
+
+def test_fsspec_urls_are_inputs(tmp_path):
+    """Inputs by URL go through fsspec (here its in-memory file system, shared with an in-process
+    cluster; s3://, gs:// or http:// work the same where their driver is installed)."""
+    import fsspec
+    from dask.distributed import Client, LocalCluster
+
+    fs = fsspec.filesystem("memory")
+    local = make_archive(tmp_path / "archive", n_files=3, events=10_000)
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            fs.pipe(f"/fleet-test/{f.relative_to(local)}", f.read_bytes())
+    try:
+        with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster, Client(cluster):
+            summary = reanalyze(["memory://fleet-test/analyzer-0/*.csv", "memory://fleet-test/analyzer-1"],
+                                FleetJob(NEW), tmp_path / "out", cluster=cluster.scheduler_address)
+    finally:
+        fs.rm("/fleet-test", recursive=True)
+    rows = read_results(tmp_path / "out").to_pylist()
+    assert summary.inputs == 5 and {r["input"].split("/")[-1] for r in rows} == {"s00.csv", "s01.csv", "s02.csv", "broken.csv", "run.ehw"}
+    want = {Path(p).name: p for p in map(str, local.rglob("s*.csv"))}
+    c = run("classify", *sorted(want.values()), "--json", "--model", NEW)
+    by_name = {Path(r["source"]).name: r["cells"] for r in map(json.loads, c.stdout.splitlines())}
+    for r in rows:
+        if r["input"].endswith(".csv") and not r["error"]:
+            result = json.loads(r["result_json"])
+            # Read with its sidecar (species, dilution) as the local file was; named by its URL.
+            assert result["cells"] == by_name[r["input"].split("/")[-1]] and result["source"] == r["input"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import re
 import tempfile
 from contextlib import contextmanager
@@ -89,7 +88,7 @@ def analyse_input(item: InputFile, job: FleetJob) -> list[dict]:
     roles = [("model", job.model)] + ([("baseline", job.baseline)] if job.baseline else [])
     try:
         with local_copy(item) as path:
-            loaded = load(path)
+            loaded = load(path, None if item.is_local else item.url)
     except EdgehemaError as exc:
         return [error_row(item, "input", str(exc))]
     except OSError as exc:
@@ -113,13 +112,15 @@ def analyse_input(item: InputFile, job: FleetJob) -> list[dict]:
     return rows
 
 
-def load(path: Path):
-    """An archive's bytes, or an event file's sample: what every model of the job then classifies."""
+def load(path: Path, source: str | None = None):
+    """An archive's bytes, or an event file's sample: what every model of the job then classifies.
+    ``source``: the URL a fetched copy came from (the result names it, not the temporary copy)."""
     if path.suffix.lower() == ARCHIVE_SUFFIX:
         return path.read_bytes()
     from ..formats import read_sample
+    from ..sample import SampleInfo
 
-    return read_sample(path)
+    return read_sample(path, info=SampleInfo(source=source) if source else None)
 
 
 def results_of(loaded, clf) -> list[tuple[dict, object]]:
@@ -138,21 +139,32 @@ def results_of(loaded, clf) -> list[tuple[dict, object]]:
 @contextmanager
 def local_copy(item: InputFile) -> Iterator[Path]:
     """A local path of the input: itself, or a temporary copy fetched with fsspec (any URL whose
-    driver is installed on the worker: s3://, gs://, http://, ...)."""
+    driver is installed on the worker: s3://, gs://, http://, ...), with its CSV metadata sidecar
+    (``NAME.meta.json``) when there is one, as a local file would be read with it."""
     if item.is_local:
         yield Path(item.url[len("file://"):] if item.url.startswith("file://") else item.url)
         return
     import fsspec
 
-    suffix = Path(item.url.split("?")[0]).suffix
-    fd, name = tempfile.mkstemp(suffix=suffix, prefix="edgehema-fleet-")
-    try:
-        with os.fdopen(fd, "wb") as out, fsspec.open(item.url, "rb") as src:
-            while block := src.read(1 << 20):
-                out.write(block)
-        yield Path(name)
-    finally:
-        os.unlink(name)
+    from ..formats.csv_format import sidecar_path
+
+    name = Path(item.url.split("?")[0]).name
+    with tempfile.TemporaryDirectory(prefix="edgehema-fleet-") as tmp:
+        local = Path(tmp) / name
+        _fetch(fsspec, item.url, local)
+        side = sidecar_path(local).name
+        side_url = item.url.split("?")[0].rsplit("/", 1)[0] + "/" + side
+        try:
+            _fetch(fsspec, side_url, Path(tmp) / side)
+        except (FileNotFoundError, OSError):
+            pass  # no sidecar: the file says what it says
+        yield local
+
+
+def _fetch(fsspec, url: str, to: Path) -> None:
+    with open(to, "wb") as out, fsspec.open(url, "rb") as src:
+        while block := src.read(1 << 20):
+            out.write(block)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
