@@ -38,7 +38,10 @@ METHODS = ("minmax", "entropy", "percentile")
 #: int8 weights alone are 23 % of the float file, and scales, float biases and heads and the graph
 #: itself add a sixth of it. A default gate the shipped reference itself fails would fail every
 #: export, the README's example included.
-DEFAULT_GATES = {"agreement": 0.995, "count_delta_pct": 0.2, "size_ratio": 0.40}
+#: ood_delta_pt: the share of a sample's events scored out of distribution may move by at most this
+#: many percentage points (the flag fires at 1 %): an int8 graph can keep every class and still
+#: miscompute the reconstruction (docs/device.md).
+DEFAULT_GATES = {"agreement": 0.995, "count_delta_pct": 0.2, "size_ratio": 0.40, "ood_delta_pt": 0.5}
 #: Python modules each kind of export needs (the ``export`` extra), checked before any work starts.
 CONVERTERS = {"onnx-fp32": ("onnx",), "onnx-int8": ("onnx", "onnxruntime.quantization"),
               "tflite-fp32": ("onnx", "onnx2tf", "tensorflow"), "tflite-int8": ("onnx", "onnx2tf", "tensorflow"),
@@ -185,6 +188,9 @@ def parity(float_bundle: Bundle, new_bundle: Bundle, calibration: list, heldout:
                 },
                 "label_agreement": float(np.mean(ri.labels == ni.labels)),
                 "float_gain_step": _deltas(gc, rc),
+                "ood_delta_pt": 100.0 * (nc.qc.get("ood_fraction", 0.0) - rc.qc.get("ood_fraction", 0.0)),
+                "flags_gained": sorted(set(nc.flags) - set(rc.flags)),
+                "flags_lost": sorted(set(rc.flags) - set(nc.flags)),
             }
             rows.append(row)
             deltas.append(row)
@@ -198,6 +204,10 @@ def parity(float_bundle: Bundle, new_bundle: Bundle, calibration: list, heldout:
     report["probability_deviation"] = {"max": dev_max, "mean": dev_sum / max(total_n * len(C.EVENT_CLASSES), 1)}
     report["max_count_delta_pct"] = max(max(abs(r["rbc_delta_pct"]), abs(r["plt_delta_pct"])) for r in deltas)
     report["max_retic_delta_pt"] = max(abs(r["retic_delta_pt"]) for r in deltas)
+    report["max_ood_delta_pt"] = max(abs(r["ood_delta_pt"]) for r in deltas)
+    report["samples_with_flag_changes"] = sum(1 for r in deltas if r["flags_gained"] or r["flags_lost"])
+    # An engine that ran other than as built here (an int8 graph unfused after failing its known answer).
+    report["engine_notes"] = list(new.refused)
     report["mean_count_delta_pct"] = float(np.mean([max(abs(r["rbc_delta_pct"]), abs(r["plt_delta_pct"])) for r in deltas]))
     # The yardstick: how far the float model's own counts move when every optical signal changes
     # by GAIN_STEP (far inside any analyzer's gain tolerance), on the same samples.
@@ -248,6 +258,9 @@ def check_gates(report: dict, gates: dict[str, float]) -> list[str]:
         failures.append(f"label agreement {report['label_agreement']:.4%} < {gates['agreement']:.2%}")
     if "count_delta_pct" in gates and report["max_count_delta_pct"] > gates["count_delta_pct"]:
         failures.append(f"largest per-sample count delta {report['max_count_delta_pct']:.3f} % > {gates['count_delta_pct']} %")
+    if "ood_delta_pt" in gates and report.get("max_ood_delta_pt", 0.0) > gates["ood_delta_pt"]:
+        failures.append(f"out-of-distribution share moved by {report['max_ood_delta_pt']:.2f} points on a sample "
+                        f"> {gates['ood_delta_pt']} (the engine miscomputes the reconstruction?)")
     if "size_ratio" in gates and report["size_ratio"] > gates["size_ratio"]:
         failures.append(f"size {report['size_ratio']:.0%} of float > {gates['size_ratio']:.0%}")
     return failures
@@ -343,7 +356,7 @@ def _export(source, target, calibration_files, out, method, heldout_files, gates
             "label_agreement": report["label_agreement"], "max_count_delta_pct": report["max_count_delta_pct"],
             "max_retic_delta_pt": report["max_retic_delta_pt"], "mean_count_delta_pct": report["mean_count_delta_pct"],
             "float_gain_step_max_count_delta_pct": report["float_gain_step"]["max_count_delta_pct"],
-            "size_ratio": report["size_ratio"],
+            "size_ratio": report["size_ratio"], "max_ood_delta_pt": report["max_ood_delta_pt"],
             "speedup_vs_float": report["speedup_vs_float"], "gate_failures": failures,
         }
         (out / MANIFEST).write_text(json.dumps(seal(manifest, out), indent=1) + "\n", encoding="utf-8")

@@ -85,7 +85,10 @@ def test_release_gate_fails_with_one_line(tmp_path, calib):
     proc = run("export", "--target", "onnx-fp32", "--calibration", str(calib[0]), "--out", str(tmp_path / "fp32b"))
     assert proc.returncode == 0, proc.stderr
     gates = Bundle.load(tmp_path / "fp32b")
-    assert json.loads((gates.path / "parity.json").read_text())["gates"]["thresholds"] == {"agreement": 0.995, "count_delta_pct": 0.2}
+    assert json.loads((gates.path / "parity.json").read_text())["gates"]["thresholds"] == {"agreement": 0.995, "count_delta_pct": 0.2,
+                                                                                       "ood_delta_pt": 0.5}
+    # The out-of-distribution share is compared per sample too (the float graph: no move at all).
+    assert json.loads((gates.path / "parity.json").read_text())["max_ood_delta_pt"] == 0.0
     # ... and the int8 ONNX target is held to a size gate: the default (40 %) passes what the shipped
     # model meets (39 %, the README's example), the 35 % target fails it with one line.
     proc = run("export", "--target", "onnx-int8", "--calibration", str(calib[0]), "--out", str(tmp_path / "int8"))

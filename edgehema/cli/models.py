@@ -23,7 +23,7 @@ def export(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the new bundle (must not exist or be empty)."),
     method: str = typer.Option("minmax", "--method", help="Calibration: minmax, entropy or percentile."),
     heldout: List[Path] = typer.Option([], "--heldout", help="Event files for the held-out part of the parity report. Repeatable."),
-    fail_under: Optional[str] = typer.Option(None, "--fail-under", help="Release gates, e.g. agreement=0.995,count_delta_pct=0.2,size_ratio=0.40 (default those; size_ratio for onnx-int8 only; 'none' for no gate)."),
+    fail_under: Optional[str] = typer.Option(None, "--fail-under", help="Release gates, e.g. agreement=0.995,count_delta_pct=0.2,size_ratio=0.40,ood_delta_pt=0.5 (default those; size_ratio for onnx-int8 only; 'none' for no gate)."),
 ) -> None:
     """Workstation: turn a float bundle into a device bundle (quantized), with a parity report.
 
@@ -51,6 +51,7 @@ def export(
               f"count delta largest {r['max_count_delta_pct']:.3f} % / mean {r['mean_count_delta_pct']:.3f} % "
               f"(float model under a {r['float_gain_step']['gain_step']:.1%} gain step: {r['float_gain_step']['max_count_delta_pct']:.3f} / "
               f"{r['float_gain_step']['mean_count_delta_pct']:.3f} %), retic delta {r['max_retic_delta_pt']:.3f} pt, "
+              f"out-of-distribution share delta {r['max_ood_delta_pt']:.2f} pt, "
               f"size {r['size_bytes']:,} bytes ({r['size_ratio']:.0%} of float), graph {r['speedup_vs_float']:.2f}x float speed")
     if result.failures:
         raise EdgehemaError(f"{result.bundle}: release gate failed: " + "; ".join(result.failures))
