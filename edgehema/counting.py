@@ -143,6 +143,7 @@ def count_sample(
     complete: bool = True,
     adaptation: dict | None = None,
     stage2_shift_limit: float | None = None,
+    stain_skew_limit: float | None = None,
 ) -> Counts:
     n = len(labels)
     assigned = labels
@@ -207,7 +208,7 @@ def count_sample(
         flag("too_few_events", n, MIN_EVENTS)
     # The checks see the classes as the model assigned them, before the exclusion.
     checks = plausibility.check(events, assigned, probabilities, profile, qc, adaptation, elapsed_s, unstained,
-                                stage2_shift_limit, platelet_read)
+                                stage2_shift_limit, platelet_read, stain_skew_limit)
     # Diluting helps only when the coincidences are what the concentration predicts.
     if qc["coincidence_fraction"] > MAX_COINCIDENCE_FRACTION and "coincidence_implausible" not in checks:
         flag("high_coincidence", qc["coincidence_fraction"], MAX_COINCIDENCE_FRACTION)

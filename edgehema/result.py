@@ -91,6 +91,7 @@ def result_from_inference(
         complete=complete,
         adaptation=inf.adaptation,
         stage2_shift_limit=manifest.get("thresholds", {}).get("stage2_shift_max"),
+        stain_skew_limit=manifest.get("thresholds", {}).get("rbc_stain_skew_max"),
     )
     trained = manifest.get("training", {}).get("species")
     species = (sample.info.species or "").strip().lower()

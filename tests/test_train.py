@@ -410,3 +410,40 @@ def test_a_trained_bundle_carries_its_own_population_limit(trained):
 
     assert flagged(1.0) and not flagged(1.6)
     assert not flagged(None) and plausibility.MAX_STAGE2_SHIFT == 2.0  # bundles made before the limit travelled
+
+
+def test_a_trained_bundle_carries_its_own_stain_skew_limit(trained):
+    """The reticulocyte-signal check's limit is the model's own too: Tukey's fence of the mature red
+    cells' stain asymmetry over its training samples, as the model classifies them."""
+    from edgehema import plausibility
+    from edgehema.profiles import get_profile
+
+    out, _, held, _ = trained
+    t = Bundle.load(out).manifest["thresholds"]
+    q1, q3 = t["rbc_stain_skew_training"]["quartiles"]
+    assert t["rbc_stain_skew_training"]["samples"] == 9
+    assert t["rbc_stain_skew_max"] == pytest.approx(q3 + 1.5 * (q3 - q1), abs=2e-4)
+    res = json.loads(runner.invoke(app, ["classify", "--json", "--model", str(out), str(held[0])]).stdout)
+    assert ("retic_abnormal_distribution" in res["flags"]) == (res["qc"]["rbc_stain_skew"] > t["rbc_stain_skew_max"])
+    # The check itself: a log-normal stain signal with a long upper tail, against two limits.
+    rng = np.random.default_rng(1)
+    fl = np.exp(np.concatenate([rng.normal(5.0, 0.2, 4000), rng.normal(5.6, 0.1, 150)]))
+    events = np.ones((len(fl), 11))
+    events[:, get_profile("optical-11").index("fl_peak")] = fl
+    labels = np.full(len(fl), 1)
+    skew = plausibility.stain_skew(events, labels, get_profile("optical-11"))
+    assert skew > 0.02
+
+    def flagged(limit):
+        return "retic_abnormal_distribution" in plausibility.check(
+            events, labels, np.eye(5)[labels], get_profile("optical-11"), {}, None, None, None, max_stain_skew=limit)
+
+    assert flagged(skew - 0.01) and not flagged(skew + 0.01)
+    assert flagged(None) == (skew > plausibility.MAX_STAIN_SKEW)  # bundles made before the limit travelled
+
+
+def test_the_shipped_models_carry_their_stain_skew_limit():
+    """Measured on model 2.0.0's own 40 training samples (the ones its population limit came from)."""
+    for name in ("reference", "reference-int8", "reference-tflite-int8"):
+        t = Bundle.load(name).manifest["thresholds"]
+        assert t["rbc_stain_skew_max"] == 0.0117 and t["stage2_shift_training"]["samples"] == 40

@@ -459,6 +459,36 @@ def shift_limit(shifts: list[float]) -> float:
     return float(q3 + SHIFT_FENCE_IQR * (q3 - q1))
 
 
+def _fence(values: list[float]) -> dict:
+    return {"samples": len(values), "median": round(float(np.median(values)), 4),
+            "quartiles": [round(float(q), 4) for q in np.quantile(values, [0.25, 0.75])],
+            "max": round(float(max(values)), 4), "rule": f"Q3 + {SHIFT_FENCE_IQR:g} IQR"}
+
+
+def sample_check_limits(bundle: Bundle, training_events: list[np.ndarray]) -> dict:
+    """A bundle's own limits of its sample-level checks, from the samples it was trained on (as the
+    device classifies them, with adaptation): how far its red-cell components move, and how
+    asymmetric the mature red cells' stain signal is. Both Tukey's fence, Q3 + 1.5 IQR."""
+    from edgehema.plausibility import stain_skew
+
+    adapting = Classifier(bundle, backend="onnx", adapt=True, selftest=False)
+    profile = bundle.profile()
+    shifts, skews = [], []
+    for e in training_events:
+        inf = adapting.infer(e)
+        shifts.append(inf.adaptation.get("stage2_mean_shift", 0.0))
+        skew = stain_skew(e, inf.labels, profile)
+        if skew is not None:
+            skews.append(skew)
+    out = {}
+    if bundle.kind == "two-stage-idec-vade":  # a softmax classifier has no components that move
+        out = {"stage2_shift_max": round(shift_limit(shifts), 4), "stage2_shift_training": _fence(shifts)}
+    if len(skews) >= 8:
+        out["rbc_stain_skew_max"] = round(shift_limit(skews), 4)
+        out["rbc_stain_skew_training"] = _fence(skews)
+    return out
+
+
 def write_bundle(directory: Path, manifest: dict, known_answer: np.ndarray | None = None,
                  training_events: list[np.ndarray] | None = None) -> dict:
     """Seal and write the bundle, then give it its known answer (the self-test the device runs at
@@ -470,14 +500,8 @@ def write_bundle(directory: Path, manifest: dict, known_answer: np.ndarray | Non
     (directory / MANIFEST).write_text(json.dumps(sealed, indent=1) + "\n", encoding="utf-8")
     float_model = Classifier(Bundle.load(directory), backend="onnx", adapt=False, selftest=False)
     if training_events:
-        adapting = Classifier(float_model.bundle, backend="onnx", adapt=True, selftest=False)
-        shifts = [adapting.infer(e).adaptation.get("stage2_mean_shift", 0.0) for e in training_events]
-        manifest = dict(manifest, thresholds={
-            **manifest.get("thresholds", {}),
-            "stage2_shift_max": round(shift_limit(shifts), 4),
-            "stage2_shift_training": {"samples": len(shifts), "median": round(float(np.median(shifts)), 4),
-                                      "quartiles": [round(float(q), 4) for q in np.quantile(shifts, [0.25, 0.75])],
-                                      "max": round(float(max(shifts)), 4), "rule": f"Q3 + {SHIFT_FENCE_IQR:g} IQR"}})
+        manifest = dict(manifest, thresholds={**manifest.get("thresholds", {}),
+                                              **sample_check_limits(float_model.bundle, training_events)})
     events = known_answer
     if events is None:
         events = known_answer_events(float_model.bundle.profile())
