@@ -128,9 +128,9 @@ def test_model_with_unexpected_inputs_is_refused(tmp_path):
 def test_models_and_info_commands():
     proc = run("models")
     assert proc.returncode == 0
-    for name in ("reference", "reference-int8", "reference-tflite-int8", "supervised-mlp"):
+    for name in ("reference", "reference-int8", "reference-tflite-int8", "supervised-mlp", "bccd-int8"):
         assert name in proc.stdout
-    assert proc.stdout.count("verified") == 4
+    assert proc.stdout.count("verified") == 5  # the four event bundles and the smear detector
     proc = run("info", "reference-int8")
     assert proc.returncode == 0 and "hashes: verified" in proc.stdout and "parity vs float: label agreement" in proc.stdout
 

@@ -150,3 +150,15 @@ def test_training_recipe_is_deterministic_for_a_seed_and_exports_a_runnable_mode
     image = cv2.imread(str(data / "JPEGImages" / "BloodImage_00000.jpg"))
     found = learned.detect(image, model=str(tmp_path / "a" / "model-float.onnx"))
     assert isinstance(found, list)  # one epoch finds little; the graph runs end to end
+
+
+def test_models_and_info_show_the_smear_detector():
+    proc = subprocess.run([sys.executable, "-m", "edgehema", "models"], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("bccd-int8"))
+    assert "smear" in line and "verified" in line and "1.1.0" in line
+    proc = subprocess.run([sys.executable, "-m", "edgehema", "info", "bccd-int8"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "(smear detector)" in proc.stdout and "known answer: heat-map peaks" in proc.stdout
+    assert "BCCD val: mAP@0.5 0.905" in proc.stdout and "hash check only" in proc.stdout

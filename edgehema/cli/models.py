@@ -82,7 +82,32 @@ def models() -> None:
         rows.append([path.name + mark, b.name, b.version, b.kind, b.manifest.get("target", "onnx-fp32"),
                      f"{device_file.stat().st_size:,}", b.sha256[:12],
                      "verified" + (f", signed by trusted key {b.signed_by.key_id}" if b.signed_by else "")])
+    rows += _smear_rows()
     render("model bundles (size: the file the default engine runs)", columns, rows, sys.stdout)
+
+
+def _smear_rows() -> list[list[str]]:
+    """The shipped smear detectors (their own folder and manifest, kind smear), hashes checked."""
+    import json
+
+    from ..exceptions import EdgehemaError
+    from ..signing import TrustPolicy
+    from ..smear.learned import DEFAULT_MODEL, MODELS, smear_manifest_digest
+
+    rows = []
+    trust = TrustPolicy.from_environment()
+    for folder in sorted(p for p in MODELS.iterdir() if (p / "manifest.json").is_file()) if MODELS.is_dir() else []:
+        mark = " (smear default)" if folder.name == DEFAULT_MODEL else ""
+        try:
+            digest = smear_manifest_digest(folder)
+            signed = f", signed by trusted key {trust.check(folder, digest).key_id}" if trust.enforced else ""
+        except EdgehemaError as exc:
+            rows.append([folder.name + mark, "-", "-", "smear", "-", "-", "-", f"REFUSED: {exc}"])
+            continue
+        m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        rows.append([folder.name + mark, m.get("name", "-"), m.get("version", "-"), "smear", "onnx-int8",
+                     f"{(folder / 'model.onnx').stat().st_size:,}", digest[:12], "verified" + signed])
+    return rows
 
 
 @app.command()
@@ -93,6 +118,9 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
     from ..signing import TrustPolicy, read_signatures
 
     trust = TrustPolicy.from_environment()
+    smear = _smear_folder(bundle)
+    if smear is not None:
+        return _smear_info(smear, trust)
     # Loaded without the signature check so that a refused bundle can still be described.
     b = Bundle.load(bundle, trust=TrustPolicy())
     m = b.manifest
@@ -159,6 +187,67 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
                      f"{p['float_gain_step_max_count_delta_pct']:.3f} %)" if "mean_count_delta_pct" in p else "")
                   + f", retic delta {p['max_retic_delta_pt']:.3f} pt, size {p['size_ratio']:.0%}, "
                   f"speed {p['speedup_vs_float']:.2f}x; gate failures: {'; '.join(p['gate_failures']) or 'none'}")
+    if refused is not None:
+        raise refused
+
+
+def _smear_folder(name: Optional[str]) -> Optional[Path]:
+    """The smear model folder ``name`` names (a shipped name or a folder whose manifest says kind
+    smear), or None for an event bundle."""
+    import json
+
+    from ..smear.learned import MODELS
+
+    if name is None:
+        return None
+    for folder in (Path(name), MODELS / name):
+        mpath = folder / "manifest.json"
+        if folder.is_dir() and mpath.is_file() and (folder / "model.onnx").is_file():
+            try:
+                if json.loads(mpath.read_text(encoding="utf-8")).get("kind") == "smear":
+                    return folder
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def _smear_info(folder: Path, trust) -> None:
+    import json
+
+    from ..exceptions import SignatureError
+    from ..signing import read_signatures
+    from ..smear.learned import smear_manifest_digest
+
+    digest = smear_manifest_digest(folder)
+    m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    out.print(f"{m.get('name')} {m.get('version')} (smear detector) at {folder}")
+    out.print(f"  hashes: verified (model.onnx sha256 {m['sha256'][:12]}...), manifest sha256 {digest}")
+    signatures = read_signatures(folder)
+    out.print("  signatures: " + ("; ".join(f"key {s['key_id']}" for s in signatures) or "none"))
+    refused = None
+    if trust.enforced:
+        try:
+            key = trust.check(folder, digest)
+            out.print(f"  this device: runs it (signed by trusted key {key.key_id}, {key.source})")
+        except SignatureError as exc:
+            refused = exc
+            out.print(f"  this device: REFUSES it ({trust.describe()})")
+    else:
+        out.print(f"  this device: {trust.describe()}")
+    inp = m.get("input", {})
+    out.print(f"  classes: {', '.join(m.get('classes', []))}; input {inp.get('width')} x {inp.get('height')} "
+              f"{inp.get('layout', '')}, stride {m.get('stride')}")
+    q = m.get("quantization")
+    if q:
+        out.print(f"  quantization: {q.get('format')}, activations {q.get('activations')}, weights {q.get('weights')}; "
+                  f"float: {'; '.join(q.get('float', []))}")
+    ka = m.get("known_answer")
+    out.print("  known answer: " + (f"heat-map peaks {ka['heatmap_max']} on {ka['input']} (checked at load)" if ka
+                                    else "none (a model made before the known answer existed)"))
+    ev = m.get("evaluation_bccd_val", {}).get("int8")
+    if ev:
+        out.print(f"  BCCD val: mAP@0.5 {ev['map50']:.3f} ("
+                  + ", ".join(f"{k.upper()} {v['ap50']:.3f}" for k, v in ev["classes"].items()) + ")")
     if refused is not None:
         raise refused
 
