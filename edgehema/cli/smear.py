@@ -29,6 +29,7 @@ def smear(
     lis: Optional[List[str]] = typer.Option(None, "--lis", metavar="URL", help="Also send each image's counts to a LIS (mllp://, astm+tcp://, astm+serial://), queued until acknowledged. Repeatable."),
     outbox: Path = typer.Option(Path("edgehema-outbox.sqlite"), "--outbox", help="With --lis and files: the queue (with --watch: the journal)."),
     lis_wait: float = typer.Option(30.0, "--lis-wait", min=0.0, help="With --lis: seconds to wait at the end for the LIS."),
+    stain: str = typer.Option("auto", "--stain", help="Stain normalisation to the training images' colours: auto (images whose stain is unlike them), always, never."),
 ) -> None:
     """Count red cells, white cells and platelets on blood-smear images.
 
@@ -38,6 +39,7 @@ def smear(
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
     _check_engine(engine)
+    _check_stain(stain)
     if overlay_dir is not None:
         if overlay_dir.exists() and not overlay_dir.is_dir():
             raise EdgehemaError(f"{overlay_dir}: is a file; --overlay names a folder")
@@ -45,7 +47,7 @@ def smear(
     if watch_dir is not None:
         senders = lis_sinks(lis or [], journal, lis_wait)  # the journal's database is the outbox
         try:
-            return _watch(watch_dir, journal, engine, overlay_dir, max_images, idle_exit, as_csv, senders)
+            return _watch(watch_dir, journal, engine, overlay_dir, max_images, idle_exit, as_csv, senders, stain)
         finally:
             for sender in senders:
                 sender.close()
@@ -53,13 +55,14 @@ def smear(
         raise typer.BadParameter("name images or folders, or --watch FOLDER")
     senders = lis_sinks(lis or [], outbox, lis_wait)
     try:
-        _count_files(images, as_json, as_csv, overlay_dir, engine, senders)
+        _count_files(images, as_json, as_csv, overlay_dir, engine, senders, stain)
     finally:
         for sender in senders:
             sender.close()
 
 
-def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path], engine: str, senders: list) -> None:
+def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path], engine: str, senders: list,
+                 stain: str = "auto") -> None:
     import cv2
 
     from ..smear import count_image, image_files, overlay
@@ -73,7 +76,7 @@ def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path
         sys.stdout.write("image,rbc,wbc,plt,flags,seconds\n")
     for path in files:
         try:
-            result, image = count_image(path, engine)
+            result, image = count_image(path, engine, stain=stain)
         except EdgehemaError as exc:
             failed += 1
             error(str(exc))
@@ -108,16 +111,33 @@ def evaluate_smear(
     split: str = typer.Option("val", "--split", help="Which list of images: val (for the figures) or train."),
     engine: List[str] = typer.Option(["model", "baseline"], "--engine", help="Detector(s) to measure side by side: model, baseline, model:FILE.onnx."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per engine."),
+    stain: str = typer.Option("auto", "--stain", help="Stain normalisation: auto, always, never."),
+    restain: Optional[str] = typer.Option(None, "--restain", metavar="a=DA,b=DB,contrast=C,l=DL", help="Measure on the images restained: CIELAB a*, b* moved, colour spread scaled, lightness moved (a stain unlike the training set)."),
 ) -> None:
     """Per class AP@0.5 and mAP, precision and recall, and per-image count errors on BCCD val."""
+    from functools import partial
+
     from ..smear.evaluate import evaluate
+    from ..smear.stain import restain as restained
     from ..text_table import Column, render
 
     if not (data / f"{split}.txt").is_file():
         raise EdgehemaError(f"{data}: no {split}.txt here (a VOC set: JPEGImages/, Annotations/, {split}.txt)")
     for e in engine:
         _check_engine(e)
-    reports = [evaluate(data, split, e) for e in engine]
+    _check_stain(stain)
+    perturb = None
+    if restain:
+        names = {"a": "da", "b": "db", "contrast": "contrast", "l": "dl"}
+        kwargs = {}
+        for part in restain.split(","):
+            key, _, value = part.partition("=")
+            try:
+                kwargs[names[key.strip().lower()]] = float(value)
+            except (KeyError, ValueError):
+                raise typer.BadParameter(f"--restain {part!r}: a=NUMBER, b=NUMBER, contrast=NUMBER or l=NUMBER") from None
+        perturb = partial(restained, **kwargs)
+    reports = [evaluate(data, split, e, stain=stain, perturb=perturb) for e in engine]
     if as_json:
         for r in reports:
             typer.echo(json.dumps(r))
@@ -133,6 +153,13 @@ def evaluate_smear(
         Column("engine", "left", keep=9), Column("mAP@0.5", keep=8), Column("AP RBC", keep=7), Column("AP WBC", keep=7),
         Column("AP PLT", keep=7), Column("RBC count within 5 %", keep=5), Column("every WBC found", keep=5),
         Column("PLT within 1", keep=5), Column("images/s", keep=3)], rows, sys.stdout)
+
+
+def _check_stain(mode: str) -> None:
+    from ..smear.stain import MODES
+
+    if mode not in MODES:
+        raise typer.BadParameter(f"--stain must be one of {', '.join(MODES)}, not {mode!r}")
 
 
 def _check_engine(name: str) -> None:
@@ -154,7 +181,7 @@ def _check_engine(name: str) -> None:
 
 
 def _watch(folder: Path, journal_path: Path, engine: str, overlay_dir: Optional[Path], max_images: Optional[int],
-           idle_exit: Optional[float], as_csv: bool, senders: list) -> None:
+           idle_exit: Optional[float], as_csv: bool, senders: list, stain: str = "auto") -> None:
     import signal
 
     import cv2
@@ -184,7 +211,7 @@ def _watch(folder: Path, journal_path: Path, engine: str, overlay_dir: Optional[
     sys.stderr.write(f"edgehema: watching {folder} for smear images (journal {journal_path}); Ctrl-C stops\n")
     try:
         watch(folder, journal, emit, error, engine, max_images=max_images, idle_exit=idle_exit,
-              stop=lambda: stopping["now"], on_image=draw)
+              stop=lambda: stopping["now"], on_image=draw, stain=stain)
     except KeyboardInterrupt:
         pass
     finally:

@@ -13,7 +13,12 @@ from .pipeline import analyse
 from .voc import average_precision, read_annotation
 
 
-def evaluate(root: str | Path, split: str = "val", engine: str = "model") -> dict:
+def evaluate(root: str | Path, split: str = "val", engine: str = "model", stain: str = "auto",
+             perturb=None) -> dict:
+    """``perturb``: a function applied to each image first (a stain unlike the training set, for
+    measuring the stain normalisation: edgehema.smear.stain.restain)."""
+    from .image_io import read_image
+
     root = Path(root)
     ids = (root / f"{split}.txt").read_text().split()
     preds: dict[str, list[Detection]] = {}
@@ -23,7 +28,9 @@ def evaluate(root: str | Path, split: str = "val", engine: str = "model") -> dic
     wbc_all_found = 0
     t0 = time.perf_counter()
     for i in ids:
-        result, _, every = analyse(root / "JPEGImages" / f"{i}.jpg", engine)
+        path = root / "JPEGImages" / f"{i}.jpg"
+        image = read_image(path)
+        result, _, every = analyse(path, engine, perturb(image) if perturb else image, stain)
         preds[i] = every  # AP over every detection and its score; counts as the result gives them
         truth[i] = read_annotation(root / "Annotations" / f"{i}.xml")
         true = counts([g for g, _ in truth[i]])

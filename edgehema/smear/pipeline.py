@@ -132,15 +132,24 @@ def count_thresholds(engine: str) -> dict[str, float]:
     return COUNT_THRESHOLDS
 
 
-def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = None):
-    """(result, image, every detection with its score) for one smear image."""
+def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = None, stain: str = "auto"):
+    """(result, image, every detection with its score) for one smear image. ``stain``: normalise the
+    colours to the training images' before detection ``auto`` (when the stain is unlike them),
+    ``always`` or ``never`` (edgehema.smear.stain)."""
+    from . import stain as S
+
     t0 = time.perf_counter()
     path = Path(path)
     image = read_image(path) if image is None else image
-    every = detect_tiled(image, engine_for(engine))
+    q = quality(image)
+    unlike = max(abs(q["stain_a"] - STAIN_AB[0]), abs(q["stain_b"] - STAIN_AB[1])) > STAIN_TOLERANCE
+    normalised = stain == "always" or (stain == "auto" and unlike)
+    seen = S.normalise(image) if normalised else image
+    every = detect_tiled(seen, engine_for(engine))
     thresholds = count_thresholds(engine)
     found = [d for d in every if d.score >= thresholds[d.kind]]
-    q = quality(image)
+    # The flags judge the image as it came (a stain unlike training stays flagged: normalising
+    # helps the detector, it does not make the slide a typical one).
     flags = flags_for(q, found, image.shape[:2])
     result = {
         "kind": "smear",
@@ -153,15 +162,17 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
         "flags": sorted(flags),
         "flag_details": flags,
         "quality": {k: round(v, 2) for k, v in q.items()},
+        "stain_normalised": normalised,
         "engine": engine,
         "seconds": round(time.perf_counter() - t0, 4),
     }
     return result, image, every
 
 
-def count_image(path: str | Path, engine: str = "model", image: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+def count_image(path: str | Path, engine: str = "model", image: np.ndarray | None = None,
+                stain: str = "auto") -> tuple[dict, np.ndarray]:
     """(result, image) for one smear image; the result in the smear schema (docs/smear.md)."""
-    result, image, _ = analyse(path, engine, image)
+    result, image, _ = analyse(path, engine, image, stain)
     return result, image
 
 
