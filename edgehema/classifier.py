@@ -81,11 +81,10 @@ class Classifier:
                 self.refused.append(f"{engine}: {exc}")
                 continue
             result = check(self) if verify else None
-            if result is not None and not result.passed and engine == "onnx" and self.bundle.manifest.get("target") == "onnx-int8":
+            if result is not None and not result.passed and self.can_run_unfused():
                 # Fused int8 kernels that miscompute on this CPU: the same graph unfused is exact.
                 first = result.line()
-                self.backend = OnnxBackend(self.bundle, threads, fused=False)
-                result = check(self)
+                result = self.run_unfused(threads)
                 if result.passed:
                     self.refused.append(f"{first}; running the graph unfused (exact, slower)")
             if result is not None and not result.passed:
@@ -96,6 +95,17 @@ class Classifier:
             self.selftest = result
             return self.backend
         raise BackendError(f"{self.bundle.name}: no inference engine can count with this bundle: " + "; ".join(self.refused))
+
+    def can_run_unfused(self) -> bool:
+        """An int8 ONNX graph on onnxruntime, whose fused kernels can be turned off."""
+        return self.backend.name == "onnx" and self.bundle.manifest.get("target") == "onnx-int8" \
+            and getattr(self.backend, "fused", False)
+
+    def run_unfused(self, threads: int | None = None) -> SelfTest:
+        """Switch to the graph without onnxruntime's fused int8 kernels (exact on every CPU) and run
+        the known answer on it."""
+        self.backend = OnnxBackend(self.bundle, threads, fused=False)
+        return check(self)
 
     @property
     def backend_name(self) -> str:

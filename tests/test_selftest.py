@@ -219,3 +219,13 @@ def test_shipped_int8_onnx_runs_fused_here():
     this machine's CPU, out-of-distribution score included."""
     clf = Classifier("reference-int8", backend="onnx")
     assert clf.backend.fused is True and clf.selftest.passed and clf.selftest.ood_fraction < 0.01
+
+
+def test_selftest_command_shows_the_unfused_fallback(saturating_fused_kernels):
+    from typer.testing import CliRunner
+
+    from edgehema.cli import app
+
+    r = CliRunner().invoke(app, ["selftest", "--model", "reference-int8"])
+    assert r.exit_code == 0, r.output
+    assert "engine onnx FAILED" in r.output and "unfused graph: engine onnx passed" in r.output

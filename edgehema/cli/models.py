@@ -114,8 +114,7 @@ def _smear_rows() -> list[list[str]]:
 def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or shipped name (default: the default model).")) -> None:
     """Print a bundle's manifest summary and parity report, after verifying every hash."""
     from ..bundle import DEFAULT_BUNDLE, Bundle
-    from ..exceptions import SignatureError
-    from ..signing import TrustPolicy, read_signatures
+    from ..signing import TrustPolicy
 
     trust = TrustPolicy.from_environment()
     smear = _smear_folder(bundle)
@@ -127,19 +126,7 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
     default = " (the default model)" if bundle in (None, DEFAULT_BUNDLE) else ""
     out.print(f"{b.name}{default} {b.version} ({b.kind}, {m.get('target', 'onnx-fp32')}) at {b.path}")
     out.print(f"  hashes: verified ({len(m['files'])} file(s)), manifest sha256 {b.sha256}")
-    signatures = read_signatures(b.path)
-    out.print("  signatures: " + ("; ".join(f"key {s['key_id']}" + (f" ({s['signer']})" if s.get("signer") else "")
-                                             + f" at {s.get('signed_at', '?')}" for s in signatures) or "none"))
-    refused = None
-    if trust.enforced:
-        try:
-            key = trust.check(b.path, b.sha256)
-            out.print(f"  this device: runs it (signed by trusted key {key.key_id}, {key.source})")
-        except SignatureError as exc:
-            refused = exc
-            out.print(f"  this device: REFUSES it ({trust.describe()})")
-    else:
-        out.print(f"  this device: {trust.describe()}")
+    refused = _print_signatures(b.path, b.sha256, trust)
     out.print(f"  profile {m['profile']}: {', '.join(m['features'])}")
     out.print(f"  classes: {', '.join(m['classes'])}; supervision: {m.get('supervision', '-')}")
     t = m.get("training", {})
@@ -191,6 +178,26 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
         raise refused
 
 
+def _print_signatures(folder: Path, digest: str, trust):
+    """The signatures a bundle carries and whether this device runs it; the refusal, if it would refuse it."""
+    from ..exceptions import SignatureError
+    from ..signing import read_signatures
+
+    signatures = read_signatures(folder)
+    out.print("  signatures: " + ("; ".join(f"key {s['key_id']}" + (f" ({s['signer']})" if s.get("signer") else "")
+                                             + f" at {s.get('signed_at', '?')}" for s in signatures) or "none"))
+    if not trust.enforced:
+        out.print(f"  this device: {trust.describe()}")
+        return None
+    try:
+        key = trust.check(folder, digest)
+    except SignatureError as exc:
+        out.print(f"  this device: REFUSES it ({trust.describe()})")
+        return exc
+    out.print(f"  this device: runs it (signed by trusted key {key.key_id}, {key.source})")
+    return None
+
+
 def _smear_folder(name: Optional[str]) -> Optional[Path]:
     """The smear model folder ``name`` names (a shipped name or a folder whose manifest says kind
     smear), or None for an event bundle."""
@@ -214,26 +221,13 @@ def _smear_folder(name: Optional[str]) -> Optional[Path]:
 def _smear_info(folder: Path, trust) -> None:
     import json
 
-    from ..exceptions import SignatureError
-    from ..signing import read_signatures
     from ..smear.learned import smear_manifest_digest
 
     digest = smear_manifest_digest(folder)
     m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     out.print(f"{m.get('name')} {m.get('version')} (smear detector) at {folder}")
     out.print(f"  hashes: verified (model.onnx sha256 {m['sha256'][:12]}...), manifest sha256 {digest}")
-    signatures = read_signatures(folder)
-    out.print("  signatures: " + ("; ".join(f"key {s['key_id']}" for s in signatures) or "none"))
-    refused = None
-    if trust.enforced:
-        try:
-            key = trust.check(folder, digest)
-            out.print(f"  this device: runs it (signed by trusted key {key.key_id}, {key.source})")
-        except SignatureError as exc:
-            refused = exc
-            out.print(f"  this device: REFUSES it ({trust.describe()})")
-    else:
-        out.print(f"  this device: {trust.describe()}")
+    refused = _print_signatures(folder, digest, trust)
     inp = m.get("input", {})
     out.print(f"  classes: {', '.join(m.get('classes', []))}; input {inp.get('width')} x {inp.get('height')} "
               f"{inp.get('layout', '')}, stride {m.get('stride')}")
@@ -283,12 +277,9 @@ def selftest(
             raise EdgehemaError(f"{b.path}: the bundle carries no known answer (selftest.npz): it was made before "
                                 f"the self-test existed; export or train it again")
         out.print(f"{b.name}: {result.line()}")
-        if not result.passed and engine == "onnx" and b.manifest.get("target") == "onnx-int8":
-            from ..backends.onnx_backend import OnnxBackend
-
+        if not result.passed and clf.can_run_unfused():
             # What counting does next: the same graph without the fused int8 kernels.
-            clf.backend = OnnxBackend(b, fused=False)
-            result = check(clf)
+            result = clf.run_unfused()
             out.print(f"{b.name}: unfused graph: {result.line()}")
         passed += result.passed
         failed += not result.passed
