@@ -246,3 +246,17 @@ def test_fsspec_urls_are_inputs(tmp_path):
             result = json.loads(r["result_json"])
             # Read with its sidecar (species, dilution) as the local file was; named by its URL.
             assert result["cells"] == by_name[r["input"].split("/")[-1]] and result["source"] == r["input"]
+
+
+def test_a_cluster_that_cannot_start_is_one_error(tmp_path, monkeypatch):
+    import dask.distributed
+
+    from edgehema.exceptions import EdgehemaError
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Nanny failed to start.")
+
+    monkeypatch.setattr(dask.distributed, "LocalCluster", broken)
+    archive = make_archive(tmp_path / "archive", n_files=2, events=5_000)
+    with pytest.raises(EdgehemaError, match="cannot start a local Dask cluster of 2 worker.*Nanny failed"):
+        reanalyze([str(archive)], FleetJob(NEW), tmp_path / "out", workers=2)

@@ -279,8 +279,13 @@ def reanalyze(patterns: list[str], job: FleetJob, out: Path, cluster: str | None
             # to the OS so eagerly that a sample's large temporary arrays are mapped afresh each
             # time: classification ran 1.7x slower (measured, docs/fleet.md). The default stays.
             with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-                local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                     silence_logs=logging.ERROR)
+                try:
+                    local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                         silence_logs=logging.ERROR)
+                except (RuntimeError, OSError, TimeoutError) as exc:  # a worker process that cannot start
+                    cause = exc.__cause__ or exc
+                    raise EdgehemaError(f"cannot start a local Dask cluster of {workers} worker(s): "
+                                        f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from None
             client = Client(local)
         with client:
             summary.dashboard = client.dashboard_link
