@@ -1,5 +1,6 @@
 """Smear images end to end on one core: JPEG file to counts (read, tile, detect, count, flags),
-the shipped int8 detector against its float source and the classical baseline in the same run.
+the shipped int8 detector (ONNX on onnxruntime, and TFLite on LiteRT) against its float source and
+the classical baseline in the same run.
 
     python benchmarks/bench_smear.py [--images 40] [--rounds 3]
 """
@@ -35,8 +36,8 @@ def main() -> None:
         pass
     ids = (BCCD / "val.txt").read_text().split()[: args.images]
     files = [BCCD / "JPEGImages" / f"{i}.jpg" for i in ids]
-    engines = {"int8 (shipped)": "model", "float": f"model:{MODELS / DEFAULT_MODEL / 'model-float.onnx'}",
-               "classical baseline": "baseline"}
+    engines = {"int8 (shipped)": "model", "int8 TFLite (LiteRT)": "model-tflite",
+               "float": f"model:{MODELS / DEFAULT_MODEL / 'model-float.onnx'}", "classical baseline": "baseline"}
     for e in engines.values():  # warm up: sessions, OpenCV
         count_image(files[0], e)
     rates: dict[str, list[float]] = {k: [] for k in engines}

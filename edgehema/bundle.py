@@ -67,6 +67,10 @@ _REQUIRED = ("format", "name", "version", "profile", "features", "preprocessing"
              "integrity")
 #: Model kinds this runtime can run, and the manifest members each needs besides the common ones.
 KINDS = {"two-stage-idec-vade": ("stage1", "stage2"), "softmax-classifier": ()}
+#: What a model folder's top-level ``kind`` says it counts: events (this class; the default where a
+#: manifest has no ``kind``, as every event bundle made before it existed) or smear images
+#: (edgehema.smear.learned, its own manifest).
+BUNDLE_KINDS = ("events", "smear")
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,12 @@ class Bundle:
             raise BundleError(f"{mpath}: manifest is not valid JSON: {exc}") from None
         if not isinstance(manifest, dict):
             raise BundleError(f"{mpath}: manifest is not a JSON object")
+        bundle_kind = manifest.get("kind", "events")
+        if bundle_kind == "smear":
+            raise BundleError(f"{directory}: a smear detector (kind smear), not an event bundle: count images with "
+                              f"edgehema smear --engine model:{directory}")
+        if bundle_kind not in BUNDLE_KINDS:
+            raise BundleError(f"{mpath}: unknown bundle kind {bundle_kind!r} (known: {', '.join(BUNDLE_KINDS)})")
         missing = [k for k in _REQUIRED if k not in manifest]
         if missing:
             raise BundleError(f"{mpath}: manifest lacks {', '.join(missing)}")

@@ -130,7 +130,8 @@ def test_models_and_info_commands():
     assert proc.returncode == 0
     for name in ("reference", "reference-int8", "reference-tflite-int8", "supervised-mlp", "bccd-int8"):
         assert name in proc.stdout
-    assert proc.stdout.count("verified") == 5  # the four event bundles and the smear detector
+    assert proc.stdout.count("verified") == 6  # the four event bundles, the smear detector (ONNX and TFLite)
+    assert "bccd-int8/model.tflite" in proc.stdout
     proc = run("info", "reference-int8")
     assert proc.returncode == 0 and "hashes: verified" in proc.stdout and "parity vs float: label agreement" in proc.stdout
 

@@ -16,10 +16,10 @@ from ._app import app, out
 
 @app.command()
 def export(
-    source: str = typer.Argument("reference", help="Float bundle (a directory or a shipped name), or a PyTorch file (.pt/.pth TorchScript or nn.Module) with --manifest."),
+    source: str = typer.Argument("reference", help="Float bundle (a directory or a shipped name), or a PyTorch file (.pt/.pth TorchScript or nn.Module) with --manifest; or a smear detector: a smear model folder or its float .onnx file."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest template for a PyTorch model (docs/bundle.md, without files and integrity)."),
     target: str = typer.Option(..., "--target", "-t", help="onnx-fp32, onnx-int8, tflite-fp32 or tflite-int8."),
-    calibration: List[Path] = typer.Option(..., "--calibration", "-c", help="Event files for calibration and parity (any format, the bundle's profile). Repeatable."),
+    calibration: List[Path] = typer.Option(..., "--calibration", "-c", help="Event files for calibration and parity (any format, the bundle's profile). Repeatable. For a smear detector: one VOC set (train.txt calibrates, val.txt measures)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the new bundle (must not exist or be empty)."),
     method: str = typer.Option("minmax", "--method", help="Calibration: minmax, entropy or percentile."),
     heldout: List[Path] = typer.Option([], "--heldout", help="Event files for the held-out part of the parity report. Repeatable."),
@@ -28,8 +28,13 @@ def export(
     """Workstation: turn a float bundle into a device bundle (quantized), with a parity report.
 
     Needs the export extra (pip install 'edgehema[export]'). Exit status 1 if a release gate fails;
-    the bundle is written either way, with the failures in its parity report.
+    the bundle is written either way, with the failures in its parity report. A smear detector
+    (a folder whose manifest says kind smear, or a float .onnx file without --manifest) becomes a
+    smear model folder: onnx-int8, or tflite-int8 (int8 ONNX and int8 TFLite side by side).
     """
+    if _smear_folder(source) is not None or (source.endswith(".onnx") and manifest is None):
+        _export_smear(Path(_smear_folder(source) or source), target, calibration, out_dir, heldout, fail_under)
+        return
     try:
         from export.quantize import export_bundle
     except ImportError as exc:
@@ -55,6 +60,26 @@ def export(
               f"size {r['size_bytes']:,} bytes ({r['size_ratio']:.0%} of float), graph {r['speedup_vs_float']:.2f}x float speed")
     if result.failures:
         raise EdgehemaError(f"{result.bundle}: release gate failed: " + "; ".join(result.failures))
+
+
+def _export_smear(source: Path, target: str, calibration: List[Path], out_dir: Path, heldout: List[Path],
+                  fail_under: Optional[str]) -> None:
+    try:
+        from export.smear_export import export_smear
+    except ImportError as exc:
+        raise EdgehemaError(f"edgehema export needs the workstation extra: pip install 'edgehema[export]' ({exc})") from None
+    if len(calibration) != 1 or heldout:
+        raise typer.BadParameter("a smear detector takes one --calibration VOC set (its train.txt calibrates, its "
+                                 "val.txt measures) and no --heldout")
+    if fail_under and fail_under.strip().lower() != "none":
+        raise typer.BadParameter("a smear export has fixed gates (mAP within 0.01, counts within 1 %); --fail-under none "
+                                 "writes the folder without failing on them")
+    result = export_smear(source, target, calibration[0], out_dir)
+    out.print(f"wrote {result.folder} ({target}, smear detector)")
+    for line in result.lines:
+        out.print("  " + line)
+    if result.failures and not fail_under:
+        raise EdgehemaError(f"{result.folder}: release gate failed: " + "; ".join(result.failures))
 
 
 @app.command()
@@ -90,6 +115,8 @@ def _smear_rows() -> list[list[str]]:
     """The shipped smear detectors (their own folder and manifest, kind smear), hashes checked."""
     import json
 
+    import hashlib
+
     from ..exceptions import EdgehemaError
     from ..signing import TrustPolicy
     from ..smear.learned import DEFAULT_MODEL, MODELS, smear_manifest_digest
@@ -107,6 +134,12 @@ def _smear_rows() -> list[list[str]]:
         m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         rows.append([folder.name + mark, m.get("name", "-"), m.get("version", "-"), "smear", "onnx-int8",
                      f"{(folder / 'model.onnx').stat().st_size:,}", digest[:12], "verified" + signed])
+        if m.get("tflite"):  # its sha256 is in the manifest, which the digest (and a signature) covers
+            t = folder / m["tflite"]["file"]
+            state = ("verified" + signed if t.is_file() and hashlib.sha256(t.read_bytes()).hexdigest() == m["tflite"]["sha256"]
+                     else "REFUSED: sha256 differs from its manifest")
+            rows.append([f"{folder.name}/{t.name}", m.get("name", "-"), m.get("version", "-"), "smear", "tflite-int8",
+                         f"{t.stat().st_size:,}" if t.is_file() else "-", digest[:12], state])
     return rows
 
 
@@ -242,6 +275,14 @@ def _smear_info(folder: Path, trust) -> None:
     if ev:
         out.print(f"  BCCD val: mAP@0.5 {ev['map50']:.3f} ("
                   + ", ".join(f"{k.upper()} {v['ap50']:.3f}" for k, v in ev["classes"].items()) + ")")
+    t = m.get("tflite")
+    if t:
+        ev, p = t.get("evaluation_bccd_val", {}), t.get("parity_bccd_val", {})
+        out.print(f"  {t['file']} (engine model-tflite, LiteRT): {t.get('bytes', 0):,} bytes, "
+                  f"activations {t['quantization']['activations']}, weights {t['quantization']['weights']}; BCCD val "
+                  f"mAP@0.5 {ev.get('map50', float('nan')):.3f}; counts vs float "
+                  + ", ".join(f"{k.upper()} {v:+.2f} %" for k, v in p.get("count_delta_pct", {}).items())
+                  + f"; gates {'passed' if not t.get('gates', {}).get('failed') else 'FAILED'}")
     if refused is not None:
         raise refused
 

@@ -87,10 +87,11 @@ def smear_manifest_digest(directory: Path) -> str:
 
 @lru_cache(maxsize=4)
 def session(model: str = DEFAULT_MODEL):
-    """An onnxruntime session of a smear model: a shipped one (by name), a model folder (model.onnx
-    and manifest.json) or a bare model file. A folder's model file must have the sha256 its
-    manifest gives; on a device with trusted keys the folder must be signed and a bare file is
-    refused (edgehema.signing)."""
+    """An engine for a smear model: a shipped one (by name), a model folder (model.onnx and
+    manifest.json), a bare ONNX file, or a folder's ``model.tflite`` (run by LiteRT; named by its
+    path, or ``NAME/model.tflite`` for a shipped one). A folder's model file must have the sha256
+    its manifest gives; on a device with trusted keys the folder must be signed and a bare file is
+    refused (edgehema.signing). Every engine answers ``run`` like an onnxruntime session."""
     import json
 
     import onnxruntime as ort
@@ -98,19 +99,24 @@ def session(model: str = DEFAULT_MODEL):
     from ..signing import TrustPolicy
 
     path = Path(model)
+    tflite = path.suffix == ".tflite"
+    if tflite and not path.is_file() and (MODELS / path).is_file():
+        path = MODELS / path
     trust = TrustPolicy.from_environment()
-    if path.is_file():
+    if path.is_file() and not tflite:
         if trust.enforced:
             raise BundleError(f"{path}: a bare smear model file is refused: this device runs only signed model folders "
                               f"({trust.describe()})")
     else:
-        folder = path if path.is_dir() else MODELS / model
+        folder = path.parent if tflite else path if path.is_dir() else MODELS / model
         if not (folder / "model.onnx").is_file():
             shipped = ", ".join(sorted(p.name for p in MODELS.iterdir() if p.is_dir())) if MODELS.is_dir() else "none"
             raise BundleError(f"{model}: no smear model of that name, folder or file (shipped: {shipped})")
         digest = smear_manifest_digest(folder)
         if trust.enforced:
             trust.check(folder, digest)
+        if tflite:
+            return _tflite_session(path, json.loads((folder / "manifest.json").read_text()))
         path = folder / "model.onnx"
     answer = None
     if path.parent.joinpath("manifest.json").is_file() and path.name == "model.onnx":
@@ -129,6 +135,25 @@ def session(model: str = DEFAULT_MODEL):
                                         "running the graph unfused (exact, slower)")
             return basic
     return sess
+
+
+def _tflite_session(path: Path, manifest: dict):
+    """LiteRT on a folder's TFLite model, which its manifest must describe (sha256, outputs, known answer)."""
+    import hashlib
+
+    from .litert import SmearInterpreter
+
+    member = manifest.get("tflite") or {}
+    if member.get("file") != path.name:
+        raise BundleError(f"{path}: not described by its folder's manifest (no tflite member for it)")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != member.get("sha256"):
+        raise BundleError(f"{path}: sha256 differs from its manifest: the model file is damaged or replaced")
+    interpreter = SmearInterpreter(path, member.get("outputs") or {})
+    if member.get("known_answer"):
+        problem = check_known_answer(interpreter, member["known_answer"])
+        if problem:
+            raise BundleError(f"{path}: the model fails its known answer on this machine ({problem})")
+    return interpreter
 
 
 #: Why a smear model runs other than fully optimised on this machine (model -> one line).

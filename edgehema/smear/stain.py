@@ -20,16 +20,29 @@ REFERENCE_STD = (20.31, 8.55, 10.77)
 MODES = ("auto", "always", "never")
 
 
-def normalise(image: np.ndarray) -> np.ndarray:
-    """The BGR image with its CIELAB channel means and standard deviations set to the reference's."""
+def normalise(image: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """The BGR image with its CIELAB channel means and standard deviations set to the reference's.
+    ``stats``: (means, standard deviations) of the whole image when ``image`` is a band of it (an
+    image streamed row by row); by default the image's own."""
     import cv2
 
     lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB).astype(np.float32)
-    flat = lab.reshape(-1, 3)
-    mean = flat.mean(0)
-    std = np.maximum(flat.std(0), 1e-3)
+    if stats is None:
+        stats = lab_statistics(image)
+    mean = np.asarray(stats[0], np.float32)
+    std = np.maximum(np.asarray(stats[1], np.float32), 1e-3)
     out = (lab - mean) * (np.asarray(REFERENCE_STD, np.float32) / std) + np.asarray(REFERENCE_MEAN, np.float32)
     return cv2.cvtColor(np.clip(out + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2BGR)
+
+
+def lab_statistics(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CIELAB (means, standard deviations) per channel of a BGR image, in float64 (as a streamed
+    image's are summed, so that both give the same normalisation)."""
+    import cv2
+
+    lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB).reshape(-1, 3).astype(np.float64)
+    mean = lab.mean(0)
+    return mean, np.sqrt(np.maximum(np.square(lab).mean(0) - mean ** 2, 0.0))
 
 
 def restain(image: np.ndarray, da: float = 0.0, db: float = 0.0, contrast: float = 1.0, dl: float = 0.0) -> np.ndarray:

@@ -1,0 +1,105 @@
+"""``edgehema export`` for smear detectors: a float model (a smear model folder, or a float ONNX file
+of the same network: one 1 x 3 x 240 x 320 image in, ``heatmap``, ``size``, ``offset`` out) to a
+device folder of kind ``smear`` with int8 ONNX (onnxruntime) and, for ``tflite-int8``, int8 TFLite
+(LiteRT) beside it; calibrated on a VOC set's train list, measured on its val list, gated.
+
+Gates (as the event bundles' export has its own): mAP@0.5 within 0.01 of the float model and each
+class's total count on val within 1 % (``export.smear_tflite.GATES``). The folder is written either
+way, with the failures in its manifest; the command then exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .common import ExportError
+
+TARGETS = ("onnx-int8", "tflite-int8")
+
+
+@dataclass
+class SmearExport:
+    folder: Path
+    failures: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+
+def float_source(source: Path) -> Path:
+    """The float ONNX model a smear source names: a folder's model-float.onnx, or the file itself."""
+    if source.is_dir():
+        path = source / "model-float.onnx"
+        if not path.is_file():
+            raise ExportError(f"{source}: a smear model folder to export from holds model-float.onnx")
+        return path
+    if source.suffix != ".onnx" or not source.is_file():
+        raise ExportError(f"{source}: a smear source is a model folder or a float .onnx file")
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are many types; the file is at fault
+        raise ExportError(f"{source}: not an ONNX model onnxruntime can load: {str(exc).splitlines()[0][:200]}") from None
+    shape = [d if isinstance(d, int) else None for d in sess.get_inputs()[0].shape]
+    outputs = [o.name for o in sess.get_outputs()]
+    if shape[1:] != [3, 240, 320] or outputs != ["heatmap", "size", "offset"]:
+        raise ExportError(f"{source}: a smear detector takes 1 x 3 x 240 x 320 and gives heatmap, size, offset; this "
+                          f"model takes {sess.get_inputs()[0].shape} and gives {', '.join(outputs)}")
+    return source
+
+
+def export_smear(source: Path, target: str, data: Path, out_dir: Path) -> SmearExport:
+    from edgehema.smear.evaluate import evaluate
+    from edgehema.smear.learned import session
+
+    from . import smear_tflite
+    from .smear_quantize import quantize, ship
+
+    if target not in TARGETS:
+        raise ExportError(f"--target {target}: a smear detector exports to {' or '.join(TARGETS)}")
+    if not (data / "train.txt").is_file() or not (data / "val.txt").is_file():
+        raise ExportError(f"{data}: a smear export calibrates on a VOC set (JPEGImages/, Annotations/, train.txt, val.txt)")
+    float_model = float_source(Path(source))
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ExportError(f"{out_dir}: must not exist or be empty")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(float_model, out_dir / "model-float.onnx")
+    # A folder's training card and history come along (ship() reads training.json beside the float model).
+    card = Path(source) / "manifest.json" if Path(source).is_dir() else None
+    if card is not None:
+        training = json.loads(card.read_text()).get("training")
+        if training:
+            (out_dir / "training.json").write_text(json.dumps(training))
+    int8 = quantize(out_dir / "model-float.onnx", data, out_dir / "int8.onnx")
+    reports = [evaluate(data, "val", f"model:{m}") for m in (out_dir / "model-float.onnx", int8)]
+    sizes = [(out_dir / "model-float.onnx").stat().st_size, int8.stat().st_size]
+    ship(out_dir, out_dir / "model-float.onnx", int8,
+         {"float": reports[0], "int8": reports[1], "bytes": sizes, "size_ratio": round(sizes[1] / sizes[0], 3)})
+    int8.unlink()
+    (out_dir / "training.json").unlink(missing_ok=True)
+    session.cache_clear()
+    manifest_path = out_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["name"] = f"edgehema-smear-{out_dir.name}"
+    manifest["parity_bccd_val"] = smear_tflite.parity(data, f"model:{out_dir / 'model-float.onnx'}", f"model:{out_dir}")
+    result = SmearExport(out_dir)
+    result.failures += smear_tflite.gate_evaluation(manifest["evaluation_bccd_val"]["float"], reports[1],
+                                                    manifest["parity_bccd_val"], "int8 ONNX")
+    manifest["gates"] = {"limits": smear_tflite.GATES, "failed": list(result.failures)}
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    result.lines.append(_line("int8 ONNX", reports[1], manifest["parity_bccd_val"], sizes[1], sizes[0]))
+    if target == "tflite-int8":
+        member, failures = smear_tflite.add_tflite(out_dir, data)
+        result.failures += failures
+        result.lines.append(_line("int8 TFLite", member["evaluation_bccd_val"], member["parity_bccd_val"],
+                                  member["bytes"], sizes[0]))
+    return result
+
+
+def _line(what: str, report: dict, parity: dict, size: int, float_size: int) -> str:
+    return (f"{what}: BCCD val mAP@0.5 {report['map50']:.3f} ("
+            + ", ".join(f"{k.upper()} {v['ap50']:.3f}" for k, v in report["classes"].items())
+            + "); total counts vs float " + ", ".join(f"{k.upper()} {v:+.2f} %" for k, v in parity["count_delta_pct"].items())
+            + f"; {size:,} bytes ({size / float_size:.2f} of float)")
