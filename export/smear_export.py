@@ -72,6 +72,10 @@ def export_smear(source: Path, target: str, data: Path, out_dir: Path) -> SmearE
         training = json.loads(card.read_text()).get("training")
         if training:
             (out_dir / "training.json").write_text(json.dumps(training))
+    # The stain normalisation and the stain_unlike_training check compare with the training stain:
+    # that of the set's train list (the images such a detector is trained on). Written first, so
+    # that the evaluations below use it; ship() keeps it.
+    (out_dir / "manifest.json").write_text(json.dumps({"stain_reference": training_stain(data).to_dict()}))
     int8 = quantize(out_dir / "model-float.onnx", data, out_dir / "int8.onnx")
     reports = [evaluate(data, "val", f"model:{m}") for m in (out_dir / "model-float.onnx", int8)]
     sizes = [(out_dir / "model-float.onnx").stat().st_size, int8.stat().st_size]
@@ -83,6 +87,7 @@ def export_smear(source: Path, target: str, data: Path, out_dir: Path) -> SmearE
     manifest_path = out_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["name"] = f"edgehema-smear-{out_dir.name}"
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
     manifest["parity_bccd_val"] = smear_tflite.parity(data, f"model:{out_dir / 'model-float.onnx'}", f"model:{out_dir}")
     result = SmearExport(out_dir)
     result.failures += smear_tflite.gate_evaluation(manifest["evaluation_bccd_val"]["float"], reports[1],
@@ -96,6 +101,16 @@ def export_smear(source: Path, target: str, data: Path, out_dir: Path) -> SmearE
         result.lines.append(_line("int8 TFLite", member["evaluation_bccd_val"], member["parity_bccd_val"],
                                   member["bytes"], sizes[0]))
     return result
+
+
+def training_stain(data: Path):
+    import cv2
+
+    from edgehema.smear.stain import reference_from_images
+
+    ids = (data / "train.txt").read_text().split()
+    return reference_from_images((cv2.imread(str(data / "JPEGImages" / f"{i}.jpg")) for i in ids),
+                                 f"{data.name} train ({len(ids)} images)")
 
 
 def _line(what: str, report: dict, parity: dict, size: int, float_size: int) -> str:

@@ -118,6 +118,8 @@ def ship(folder: Path, float_model: Path, int8_model: Path, summary: dict) -> No
         "evaluation_bccd_val": {"float": summary["float"], "int8": summary["int8"]},
         "bytes": {"int8": summary["bytes"][1], "float": summary["bytes"][0]},
     }
+    if old.get("stain_reference"):  # the stain the detector was trained on travels with it
+        manifest["stain_reference"] = old["stain_reference"]
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 

@@ -156,6 +156,27 @@ def _tflite_session(path: Path, manifest: dict):
     return interpreter
 
 
+def stain_reference(model: str = DEFAULT_MODEL):
+    """The stain a smear model was trained on (its manifest's ``stain_reference``), or None where
+    the model names no folder or its manifest has none."""
+    import json
+
+    from .stain import StainReference
+
+    path = Path(model)
+    if path.suffix == ".tflite" and not path.is_file():
+        path = MODELS / path
+    folder = path.parent if path.is_file() else path if path.is_dir() else MODELS / model
+    mpath = folder / "manifest.json"
+    if not mpath.is_file():
+        return None
+    try:
+        found = json.loads(mpath.read_text()).get("stain_reference")
+        return StainReference.from_dict(found) if found else None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{mpath}: stain_reference is not a stain reference ({exc})") from None
+
+
 #: Why a smear model runs other than fully optimised on this machine (model -> one line).
 ENGINE_NOTES: dict[str, str] = {}
 

@@ -30,12 +30,14 @@ TILE = (640, 480)
 OVERLAP = 256
 
 #: Reference statistics of the images the detectors were made on (BCCD train, measured with
-#: ``quality()``): focus = variance of the Laplacian 5.4-16.6; brightness 165-193; CIELAB a*, b*
-#: means 132.9 +- 1.1 and 126.9 +- 1.5.
+#: ``quality()``): focus = variance of the Laplacian 5.4-16.6; brightness 165-193. The stain's
+#: (CIELAB a*, b* means 132.9 +- 1.1 and 126.9 +- 1.5; colour spread) is the model's own:
+#: edgehema.smear.stain.StainReference, BCCD's by default.
 FOCUS_MIN = 3.0
 BRIGHTNESS = (120.0, 235.0)
-STAIN_AB = (132.9, 126.9)
-STAIN_TOLERANCE = 8.0
+#: Colour spread (the CIELAB a*, b* standard deviations' hypotenuse) below which BCCD's stain is
+#: pale or faded (means alone miss such a stain): stain.BCCD.spread_min.
+STAIN_SPREAD_MIN = 9.0
 MIN_CELLS = 5
 CROWDED = 0.85
 
@@ -43,8 +45,8 @@ FLAG_TEXT = {
     "out_of_focus": "image out of focus (variance of the Laplacian {focus:.1f} < {min:.1f}): refocus and retake",
     "too_dark": "image too dark (mean {brightness:.0f} of 255): check the illumination",
     "too_bright": "image too bright (mean {brightness:.0f} of 255): check the exposure",
-    "stain_unlike_training": "staining unlike the images the detector was made on (CIELAB a* {a:.1f}, b* {b:.1f}): "
-                             "review the counts",
+    "stain_unlike_training": "staining unlike the images the detector was made on (CIELAB a* {a:.1f}, b* {b:.1f}, "
+                             "colour spread {spread:.1f}): review the counts",
     "too_few_cells": "only {cells} cells found: a field with cells is needed",
     "too_crowded": "{crowded:.0%} of the field covered by cells: too crowded to separate them; use a thinner area",
 }
@@ -131,12 +133,42 @@ def detect_tiled(image: np.ndarray | Rows, engine: Engine, transform: Callable |
 
 
 def quality(image: np.ndarray) -> dict[str, float]:
+    return statistics(image)[0]
+
+
+def statistics(image: np.ndarray) -> tuple[dict[str, float], tuple]:
+    """The quality figures of a whole image, and its CIELAB (means, standard deviations)."""
     import cv2
 
+    from .stain import lab_statistics
+
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB).reshape(-1, 3).mean(0)
-    return {"focus": float(cv2.Laplacian(grey, cv2.CV_64F).var()), "brightness": float(grey.mean()),
-            "stain_a": float(lab[1]), "stain_b": float(lab[2])}
+    mean, std = lab_statistics(image)
+    return _quality(float(cv2.Laplacian(grey, cv2.CV_64F).var()), float(grey.mean()), mean, std), (mean, std)
+
+
+def _quality(focus: float, brightness: float, lab_mean, lab_std) -> dict[str, float]:
+    return {"focus": focus, "brightness": brightness, "stain_a": float(lab_mean[1]), "stain_b": float(lab_mean[2]),
+            "stain_spread": float(np.hypot(lab_std[1], lab_std[2]))}
+
+
+def stain_unlike(q: dict, reference=None) -> bool:
+    """Whether the stain is unlike the training images' (``reference``, BCCD's by default): colour
+    means off, or colours pale."""
+    from .stain import BCCD
+
+    return (reference or BCCD).unlike(q)
+
+
+def stain_reference(engine: str):
+    """The stain the engine's detector was trained on: its manifest's, else BCCD's."""
+    from . import learned
+    from .stain import BCCD
+
+    if engine == "baseline":
+        return BCCD
+    model = {"model": learned.DEFAULT_MODEL, "model-tflite": learned.DEFAULT_MODEL}.get(engine, engine[len("model:"):])
+    return learned.stain_reference(model) or BCCD
 
 
 def streamed_statistics(source: Rows, band: int = 64) -> tuple[dict[str, float], tuple]:
@@ -162,12 +194,11 @@ def streamed_statistics(source: Rows, band: int = 64) -> tuple[dict[str, float],
         lab_sum += lab.sum(0)
         lab_sq += np.square(lab).sum(0)
     lab_mean = lab_sum / n
-    q = {"focus": float(lap_sq / n - (lap_sum / n) ** 2), "brightness": grey_sum / n,
-         "stain_a": float(lab_mean[1]), "stain_b": float(lab_mean[2])}
-    return q, (lab_mean, np.sqrt(np.maximum(lab_sq / n - lab_mean ** 2, 0.0)))
+    lab_std = np.sqrt(np.maximum(lab_sq / n - lab_mean ** 2, 0.0))
+    return _quality(float(lap_sq / n - (lap_sum / n) ** 2), grey_sum / n, lab_mean, lab_std), (lab_mean, lab_std)
 
 
-def flags_for(q: dict, found: list[Detection], shape: tuple[int, int]) -> dict[str, str]:
+def flags_for(q: dict, found: list[Detection], shape: tuple[int, int], reference=None) -> dict[str, str]:
     out = {}
     if q["focus"] < FOCUS_MIN:
         out["out_of_focus"] = FLAG_TEXT["out_of_focus"].format(focus=q["focus"], min=FOCUS_MIN)
@@ -175,8 +206,9 @@ def flags_for(q: dict, found: list[Detection], shape: tuple[int, int]) -> dict[s
         out["too_dark"] = FLAG_TEXT["too_dark"].format(**q)
     elif q["brightness"] > BRIGHTNESS[1]:
         out["too_bright"] = FLAG_TEXT["too_bright"].format(**q)
-    if max(abs(q["stain_a"] - STAIN_AB[0]), abs(q["stain_b"] - STAIN_AB[1])) > STAIN_TOLERANCE:
-        out["stain_unlike_training"] = FLAG_TEXT["stain_unlike_training"].format(a=q["stain_a"], b=q["stain_b"])
+    if stain_unlike(q, reference):
+        out["stain_unlike_training"] = FLAG_TEXT["stain_unlike_training"].format(a=q["stain_a"], b=q["stain_b"],
+                                                                                 spread=q["stain_spread"])
     n = sum(d.cells for d in found)
     if n < MIN_CELLS:
         out["too_few_cells"] = FLAG_TEXT["too_few_cells"].format(cells=n)
@@ -213,11 +245,10 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
         q, lab_stats = streamed_statistics(source)
         source = open_rows(path)  # the second pass: a stream is read once
     else:
-        q = quality(source.image)
-        lab_stats = S.lab_statistics(source.image) if stain != "never" else None
-    unlike = max(abs(q["stain_a"] - STAIN_AB[0]), abs(q["stain_b"] - STAIN_AB[1])) > STAIN_TOLERANCE
-    normalised = stain == "always" or (stain == "auto" and unlike)
-    transform = partial(S.normalise, stats=lab_stats) if normalised else None
+        q, lab_stats = statistics(source.image)
+    reference = stain_reference(engine)
+    normalised = stain == "always" or (stain == "auto" and stain_unlike(q, reference))
+    transform = partial(S.normalise, stats=lab_stats, reference=reference) if normalised else None
     scale = min(1.0, PREVIEW_SIDE / max(source.width, source.height)) if streamed else 1.0
     preview: list | None = [] if streamed else None
     every = detect_tiled(source, engine_for(engine), transform, preview, scale)
@@ -225,7 +256,7 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     found = [d for d in every if d.score >= thresholds[d.kind]]
     # The flags judge the image as it came (a stain unlike training stays flagged: normalising
     # helps the detector, it does not make the slide a typical one).
-    flags = flags_for(q, found, (source.height, source.width))
+    flags = flags_for(q, found, (source.height, source.width), reference)
     result = {
         "kind": "smear",
         "sample_id": path.stem,
