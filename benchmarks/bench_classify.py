@@ -68,6 +68,7 @@ class TorchBackend:
 
         torch.set_num_threads(threads)
         settings = bundle.manifest["training"]["recipe_settings"]
+        settings = settings.get("fit", settings)  # edgehema train (model 2.0.0) nests the network's settings
         hidden = tuple(settings["hidden"])
         nf = len(bundle.feature_names)
         graph = InferenceGraph(IDEC(nf, settings["latent1"], hidden, 3), VaDE(nf, settings["latent2"], hidden, 3))
