@@ -176,8 +176,9 @@ def train(data: Path, epochs: int, out: Path, seed: int = 1, batch: int = 16, lr
 
     torch.manual_seed(seed)
     torch.set_num_threads(2)
-    # Deterministic kernels (oneDNN's weight-gradient reductions included): "the same seed, the same
-    # weights" failed once in a full test run without this.
+    # Deterministic kernels (oneDNN's weight-gradient reductions included). Two runs in one long
+    # process can still differ in the last bits (float sums in MKL/oneDNN depend on memory
+    # alignment): the recipe is reproducible run for run, as a command.
     torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(seed)
     cv2.setRNGSeed(seed)
@@ -236,8 +237,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=140)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("build/smear"))
+    ap.add_argument("--limit", type=int, help="Train on the first N training images only (a quick check of the recipe).")
     args = ap.parse_args()
-    print(json.dumps(train(args.data, args.epochs, args.out, args.seed)))
+    print(json.dumps(train(args.data, args.epochs, args.out, args.seed, limit=args.limit)))
 
 
 if __name__ == "__main__":

@@ -133,3 +133,38 @@ def test_an_event_command_given_a_smear_folder_says_what_it_is():
     with pytest.raises(BundleError, match="a smear detector \\(kind smear\\), not an event bundle: count images with "
                                           "edgehema smear --engine model:"):
         Bundle.load(SHIPPED)
+
+
+def test_the_default_engine_runs_the_gated_tflite_and_falls_back_to_onnx_where_litert_cannot(monkeypatch):
+    from edgehema.exceptions import BackendError
+    from edgehema.smear import learned
+    from edgehema.smear.pipeline import detector_file
+
+    learned.default_model.cache_clear()
+    assert learned.default_model() == f"{DEFAULT_MODEL}/model.tflite"
+    assert detector_file("model") == f"{DEFAULT_MODEL}/model.tflite"
+
+    def no_litert():
+        raise BackendError("neither ai-edge-litert (LiteRT) nor tflite-runtime is installed")
+
+    monkeypatch.setattr("edgehema.backends.tflite_backend.load_interpreter_class", no_litert)
+    learned.default_model.cache_clear()
+    session.cache_clear()
+    try:
+        assert learned.default_model() == DEFAULT_MODEL
+        assert detector_file("model") == f"{DEFAULT_MODEL}/model.onnx"
+        assert "running the int8 ONNX on onnxruntime" in learned.ENGINE_NOTES["model"]
+        assert "LiteRT" in learned.ENGINE_NOTES["model"]
+    finally:
+        learned.ENGINE_NOTES.pop("model", None)
+        learned.default_model.cache_clear()
+        session.cache_clear()
+
+
+def test_info_describes_the_tflite_model_and_the_stain_reference():
+    proc = subprocess.run([sys.executable, "-m", "edgehema", "info", DEFAULT_MODEL], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "model.tflite (LiteRT; the default engine where LiteRT runs it" in proc.stdout
+    assert "gates passed" in proc.stdout
+    assert "stain reference: bccd train (205 images): CIELAB means [187.3, 132.94, 126.9]" in proc.stdout

@@ -275,10 +275,14 @@ def _smear_info(folder: Path, trust) -> None:
     if ev:
         out.print(f"  BCCD val: mAP@0.5 {ev['map50']:.3f} ("
                   + ", ".join(f"{k.upper()} {v['ap50']:.3f}" for k, v in ev["classes"].items()) + ")")
+    sr = m.get("stain_reference")
+    out.print("  stain reference: " + (f"{sr.get('source')}: CIELAB means {sr['mean']}, a*/b* tolerance {sr.get('tolerance')}, "
+                                       f"colour spread at least {sr.get('spread_min')}" if sr
+                                       else "none in the manifest: BCCD train's (the images are compared with, and normalised to, it)"))
     t = m.get("tflite")
     if t:
         ev, p = t.get("evaluation_bccd_val", {}), t.get("parity_bccd_val", {})
-        out.print(f"  {t['file']} (engine model-tflite, LiteRT): {t.get('bytes', 0):,} bytes, "
+        out.print(f"  {t['file']} (LiteRT; the default engine where LiteRT runs it, else model.onnx): {t.get('bytes', 0):,} bytes, "
                   f"activations {t['quantization']['activations']}, weights {t['quantization']['weights']}; BCCD val "
                   f"mAP@0.5 {ev.get('map50', float('nan')):.3f}; counts vs float "
                   + ", ".join(f"{k.upper()} {v:+.2f} %" for k, v in p.get("count_delta_pct", {}).items())

@@ -21,7 +21,7 @@ def smear(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image: counts, detections, flags."),
     as_csv: bool = typer.Option(False, "--csv", help="One CSV row per image."),
     overlay_dir: Optional[Path] = typer.Option(None, "--overlay", help="Folder for each image with its detections drawn and the counts in a corner."),
-    engine: str = typer.Option("model", "--engine", help="Detector: model (the shipped int8 network on onnxruntime), model-tflite (the same as int8 TFLite on LiteRT), baseline (classical OpenCV), model:FOLDER (a model folder), model:FILE.onnx or model:FOLDER/model.tflite."),
+    engine: str = typer.Option("model", "--engine", help="Detector: model (the shipped int8 network: TFLite on LiteRT, else ONNX on onnxruntime), model-tflite or model-onnx (the one or the other), baseline (classical OpenCV), model:FOLDER (a model folder), model:FILE.onnx or model:FOLDER/model.tflite."),
     watch_dir: Optional[Path] = typer.Option(None, "--watch", help="Count every image dropped into this folder, as it arrives (JSON lines), until stopped."),
     journal: Path = typer.Option(Path("edgehema-smear-journal.sqlite"), "--journal", help="With --watch: the SQLite journal results are committed to before they are written out."),
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="With --watch: stop after this many images."),
@@ -109,7 +109,7 @@ def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path
 def evaluate_smear(
     data: Path = typer.Option(DEFAULT_BCCD, "--data", help="A VOC-style set: JPEGImages/, Annotations/, SPLIT.txt (default ../shared/data/bccd)."),
     split: str = typer.Option("val", "--split", help="Which list of images: val (for the figures) or train."),
-    engine: List[str] = typer.Option(["model", "baseline"], "--engine", help="Detector(s) to measure side by side: model, model-tflite, baseline, model:FILE.onnx, model:FOLDER/model.tflite."),
+    engine: List[str] = typer.Option(["model", "baseline"], "--engine", help="Detector(s) to measure side by side: model, model-tflite, model-onnx, baseline, model:FILE.onnx, model:FOLDER/model.tflite."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per engine."),
     stain: str = typer.Option("auto", "--stain", help="Stain normalisation: auto, always, never."),
     restain: Optional[str] = typer.Option(None, "--restain", metavar="a=DA,b=DB,contrast=C,l=DL", help="Measure on the images restained: CIELAB a*, b* moved, colour spread scaled, lightness moved (a stain unlike the training set)."),
@@ -169,15 +169,17 @@ def _check_engine(name: str) -> None:
         raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINES)} or model:PATH (a folder, FILE.onnx, FOLDER/model.tflite), not {name!r}")
     if name.startswith("model:") and not Path(name[6:]).exists():
         raise EdgehemaError(f"{name[6:]}: no such model file or folder")
-    if name == "model" or name.startswith("model:"):
+    if name != "baseline":
         # Opened before any image: a refused model (signature, hashes, known answer) is one line up
         # front, and an engine that runs unfused says so once.
         from ..smear import learned
 
-        model = name[6:] or learned.DEFAULT_MODEL
+        model = {"model": None, "model-tflite": f"{learned.DEFAULT_MODEL}/model.tflite",
+                 "model-onnx": learned.DEFAULT_MODEL}.get(name, name[6:]) or learned.default_model()
         learned.session(model)
-        if model in learned.ENGINE_NOTES:
-            warn(learned.ENGINE_NOTES[model])
+        for key in (model, name):
+            if key in learned.ENGINE_NOTES:
+                warn(learned.ENGINE_NOTES[key])
 
 
 def _watch(folder: Path, journal_path: Path, engine: str, overlay_dir: Optional[Path], max_images: Optional[int],

@@ -52,11 +52,11 @@ FLAG_TEXT = {
 }
 
 Engine = Callable[[np.ndarray], list[Detection]]
-#: Detectors by name: ``model`` is the shipped learned detector (int8 ONNX on onnxruntime),
-#: ``model-tflite`` the same network as int8 TFLite on LiteRT, ``baseline`` the classical one;
-#: ``model:PATH`` runs another model folder or file of the same network (a float export, a
-#: retrained one, a folder's model.tflite).
-ENGINES = ("model", "model-tflite", "baseline")
+#: Detectors by name: ``model`` is the shipped learned detector on the best engine here (int8
+#: TFLite on LiteRT, else int8 ONNX on onnxruntime: learned.default_model), ``model-tflite`` and
+#: ``model-onnx`` the one or the other, ``baseline`` the classical one; ``model:PATH`` runs another
+#: model folder or file of the same network (a float export, a retrained one, a folder's model.tflite).
+ENGINES = ("model", "model-tflite", "model-onnx", "baseline")
 
 
 def engine_for(name: str) -> Engine:
@@ -70,9 +70,11 @@ def engine_for(name: str) -> Engine:
         return learned.detect
     if name == "model-tflite":
         return partial(learned.detect, model=f"{learned.DEFAULT_MODEL}/model.tflite")
+    if name == "model-onnx":
+        return partial(learned.detect, model=learned.DEFAULT_MODEL)
     if name.startswith("model:"):
         return partial(learned.detect, model=name[len("model:"):])
-    raise ValueError(f"unknown smear engine {name!r} (model, model-tflite, baseline, model:PATH)")
+    raise ValueError(f"unknown smear engine {name!r} (model, model-tflite, model-onnx, baseline, model:PATH)")
 
 
 def tiles(shape: tuple[int, int], tile=TILE, overlap: int | None = None) -> list[tuple[int, int, int, int, tuple]]:
@@ -160,6 +162,17 @@ def stain_unlike(q: dict, reference=None) -> bool:
     return (reference or BCCD).unlike(q)
 
 
+def detector_file(engine: str) -> str:
+    """The model file an engine runs (``bccd-int8/model.tflite``), or ``baseline``."""
+    from . import learned
+
+    if engine == "baseline":
+        return "baseline"
+    chosen = {"model": learned.default_model(), "model-tflite": f"{learned.DEFAULT_MODEL}/model.tflite",
+              "model-onnx": learned.DEFAULT_MODEL}.get(engine, engine[len("model:"):])
+    return f"{chosen}/model.onnx" if chosen == learned.DEFAULT_MODEL else chosen
+
+
 def stain_reference(engine: str):
     """The stain the engine's detector was trained on: its manifest's, else BCCD's."""
     from . import learned
@@ -167,7 +180,8 @@ def stain_reference(engine: str):
 
     if engine == "baseline":
         return BCCD
-    model = {"model": learned.DEFAULT_MODEL, "model-tflite": learned.DEFAULT_MODEL}.get(engine, engine[len("model:"):])
+    model = {"model": learned.DEFAULT_MODEL, "model-tflite": learned.DEFAULT_MODEL,
+             "model-onnx": learned.DEFAULT_MODEL}.get(engine, engine[len("model:"):])
     return learned.stain_reference(model) or BCCD
 
 
@@ -270,6 +284,7 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
         "quality": {k: round(v, 2) for k, v in q.items()},
         "stain_normalised": normalised,
         "engine": engine,
+        "detector": detector_file(engine),
         "seconds": round(time.perf_counter() - t0, 4),
     }
     if streamed:
