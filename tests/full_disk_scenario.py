@@ -80,7 +80,9 @@ def main(root: str) -> None:
     import sqlite3
 
     with sqlite3.connect(disk / "j.sqlite") as db:
-        rows = [list(r) for r in db.execute("SELECT tag, status, emitted_at IS NOT NULL FROM samples ORDER BY id")]
+        # By tag: a sample opened while the disk was full gets its row only when its result is stored,
+        # so row ids can run 1, 4, 2, 3 when the disk frees just before sample 4 opens (timing).
+        rows = [list(r) for r in db.execute("SELECT tag, status, emitted_at IS NOT NULL FROM samples ORDER BY tag")]
 
     # Phase 2: a restart on a full disk with an interrupted sample and an undelivered result.
     if state["filler"] is not None and state["filler"].exists():
