@@ -174,8 +174,7 @@ def _check_engine(name: str) -> None:
         # front, and an engine that runs unfused says so once.
         from ..smear import learned
 
-        model = {"model": None, "model-tflite": f"{learned.DEFAULT_MODEL}/model.tflite",
-                 "model-onnx": learned.DEFAULT_MODEL}.get(name, name[6:]) or learned.default_model()
+        model = learned.engine_model(name)
         learned.session(model)
         for key in (model, name):
             if key in learned.ENGINE_NOTES:

@@ -251,6 +251,23 @@ def default_model() -> str:
     return DEFAULT_MODEL
 
 
+def engine_model(engine: str) -> str | None:
+    """The model a smear engine name runs (what ``session`` takes), or None for ``baseline``:
+    ``model`` the default choice here, ``model-tflite`` / ``model-onnx`` the shipped detector's
+    TFLite / ONNX file, ``model:PATH`` that folder or file."""
+    if engine == "baseline":
+        return None
+    if engine == "model":
+        return default_model()
+    if engine == "model-tflite":
+        return f"{DEFAULT_MODEL}/model.tflite"
+    if engine == "model-onnx":
+        return DEFAULT_MODEL
+    if engine.startswith("model:"):
+        return engine[len("model:"):]
+    raise ValueError(f"unknown smear engine {engine!r} (model, model-tflite, model-onnx, baseline, model:PATH)")
+
+
 def detect(image: np.ndarray, model: str | None = None) -> list[Detection]:
     sess = session(model or default_model())
     hm, wh, off = sess.run(None, {sess.get_inputs()[0].name: preprocess(image)})

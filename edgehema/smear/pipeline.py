@@ -64,17 +64,8 @@ def engine_for(name: str) -> Engine:
 
     from . import learned
 
-    if name == "baseline":
-        return baseline.detect
-    if name == "model":
-        return learned.detect
-    if name == "model-tflite":
-        return partial(learned.detect, model=f"{learned.DEFAULT_MODEL}/model.tflite")
-    if name == "model-onnx":
-        return partial(learned.detect, model=learned.DEFAULT_MODEL)
-    if name.startswith("model:"):
-        return partial(learned.detect, model=name[len("model:"):])
-    raise ValueError(f"unknown smear engine {name!r} (model, model-tflite, model-onnx, baseline, model:PATH)")
+    model = learned.engine_model(name)
+    return baseline.detect if model is None else partial(learned.detect, model=model)
 
 
 def tiles(shape: tuple[int, int], tile=TILE, overlap: int | None = None) -> list[tuple[int, int, int, int, tuple]]:
@@ -166,11 +157,10 @@ def detector_file(engine: str) -> str:
     """The model file an engine runs (``bccd-int8/model.tflite``), or ``baseline``."""
     from . import learned
 
-    if engine == "baseline":
+    model = learned.engine_model(engine)
+    if model is None:
         return "baseline"
-    chosen = {"model": learned.default_model(), "model-tflite": f"{learned.DEFAULT_MODEL}/model.tflite",
-              "model-onnx": learned.DEFAULT_MODEL}.get(engine, engine[len("model:"):])
-    return f"{chosen}/model.onnx" if chosen == learned.DEFAULT_MODEL else chosen
+    return f"{model}/model.onnx" if model == learned.DEFAULT_MODEL else model
 
 
 def stain_reference(engine: str):
@@ -178,11 +168,8 @@ def stain_reference(engine: str):
     from . import learned
     from .stain import BCCD
 
-    if engine == "baseline":
-        return BCCD
-    model = {"model": learned.DEFAULT_MODEL, "model-tflite": learned.DEFAULT_MODEL,
-             "model-onnx": learned.DEFAULT_MODEL}.get(engine, engine[len("model:"):])
-    return learned.stain_reference(model) or BCCD
+    model = learned.engine_model(engine)
+    return (learned.stain_reference(model) if model is not None else None) or BCCD
 
 
 def streamed_statistics(source: Rows, band: int = 64) -> tuple[dict[str, float], tuple]:
