@@ -123,3 +123,52 @@ def test_stored_but_undelivered_result_is_emitted_at_start(tmp_path):
     assert runner.journal.unemitted() == []
     runner.recover()  # once only
     assert len(emitted) == 1
+
+
+def test_undelivered_results_come_back_in_the_order_they_were_stored(tmp_path):
+    """A sample opened while the disk was full gets its row only when its result is stored, after
+    the row of the sample opened next: at the next start both come back in the order stored, which
+    is the order the samples were measured, not row order."""
+    j = FlakyJournal(tmp_path / "j.sqlite")
+    FlakyJournal.full = True
+    try:
+        with pytest.raises(StorageFullError):
+            j.open_sample(1, "s1", "EMU", "1.ehw")  # sample 1 begins: no row
+    finally:
+        FlakyJournal.full = False
+    row2 = j.open_sample(2, "s2", "EMU", "2.ehw")  # disk free again: sample 2 begins, row 1
+    row1 = j.commit_result(None, _result(1), complete=True, tag=1, sample_id="s1", archive="1.ehw")  # held 1 stored
+    j.commit_result(row2, _result(2), complete=True)
+    assert row1 > row2  # the situation: row order is not sample order
+    j.close()  # the host dies before emitting either
+    j = Journal(tmp_path / "j.sqlite")
+    assert [r["tag"] for _, r in j.unemitted()] == [1, 2]
+    assert [r["tag"] for r in j.results()] == [1, 2]
+    j.close()
+    emitted = []
+    runner = StreamRunner(StreamConfig(port="loop://", journal=tmp_path / "j.sqlite", archive_dir=tmp_path / "a"),
+                          emitted.append, classifier=Classifier())
+    runner.recover()
+    assert [r["tag"] for r in emitted] == [1, 2]
+
+
+def test_a_journal_from_before_the_store_order_is_migrated(tmp_path):
+    """Journals written before stored_seq existed keep working: their stored rows are ordered by row."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE samples (id INTEGER PRIMARY KEY AUTOINCREMENT, tag INTEGER NOT NULL, sample_id TEXT NOT NULL,
+            instrument_id TEXT, status TEXT NOT NULL, archive TEXT NOT NULL, opened_at TEXT NOT NULL,
+            closed_at TEXT, result TEXT, emitted_at TEXT);""")
+    for tag in (4, 5):
+        db.execute("INSERT INTO samples (tag, sample_id, status, archive, opened_at, closed_at, result) "
+                   "VALUES (?, ?, 'complete', 'x', 't', 't', ?)", (tag, f"s{tag}", json.dumps(_result(tag))))
+    db.commit()
+    db.close()
+    j = Journal(path)
+    assert [r["tag"] for _, r in j.unemitted()] == [4, 5]
+    row = j.open_sample(6, "s6", "EMU", "6.ehw")
+    j.commit_result(row, _result(6), complete=True)
+    assert [r["tag"] for r in j.results()] == [4, 5, 6]

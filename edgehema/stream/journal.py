@@ -4,7 +4,9 @@ One row per sample attempt: ``open`` when its SAMPLE_BEGIN arrives, then ``compl
 ``incomplete`` with the result JSON, then ``emitted_at`` once the result has been written to the
 sinks. After a crash (kill -9), rows still ``open`` are the samples that were interrupted (recovery
 recomputes them from their archives and reports them incomplete), and rows with a result but no
-``emitted_at`` are results that were stored but never delivered: they are emitted at the next start.
+``emitted_at`` are results that were stored but never delivered: they are emitted at the next start,
+in the order they were stored (``stored_seq``). That is not row order: a sample opened while the
+disk was full gets its row only when its result is stored, after rows of samples opened later.
 The journal also remembers each instrument's last HELLO, so that a host restarted mid-session can
 still decode (flagged) what an instrument sends before it introduces itself again.
 
@@ -33,7 +35,8 @@ CREATE TABLE IF NOT EXISTS samples (
     opened_at TEXT NOT NULL,
     closed_at TEXT,
     result TEXT,
-    emitted_at TEXT
+    emitted_at TEXT,
+    stored_seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS samples_status ON samples(status);
 CREATE TABLE IF NOT EXISTS instruments (
@@ -63,6 +66,10 @@ class Journal:
             # Journals from before emission was recorded: their results were emitted when stored.
             self.db.execute("ALTER TABLE samples ADD COLUMN emitted_at TEXT")
             self.db.execute("UPDATE samples SET emitted_at = closed_at WHERE result IS NOT NULL")
+        if "stored_seq" not in cols:
+            # Journals from before the store order was recorded: row order is the best that is known.
+            self.db.execute("ALTER TABLE samples ADD COLUMN stored_seq INTEGER")
+            self.db.execute("UPDATE samples SET stored_seq = id WHERE result IS NOT NULL")
 
     def _write(self, sql: str, args: tuple) -> sqlite3.Cursor:
         return execute(self.db, self.path, "result journal", sql, args)
@@ -79,13 +86,17 @@ class Journal:
         """Store a result; ``row`` None (its SAMPLE_BEGIN could not be journaled) inserts the whole row."""
         status = "complete" if complete else "incomplete"
         text = json.dumps(result, separators=(",", ":"))
+        # The store order, taken in the same statement as the write (one writer: the stream).
+        seq = "(SELECT COALESCE(MAX(stored_seq), 0) + 1 FROM samples)"
         if row is None:
             now = _now()
             cur = self._write(
-                "INSERT INTO samples (tag, sample_id, instrument_id, status, archive, opened_at, closed_at, result) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (tag, sample_id, instrument_id, status, archive, now, now, text))
+                "INSERT INTO samples (tag, sample_id, instrument_id, status, archive, opened_at, closed_at, result, "
+                f"stored_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {seq})",
+                (tag, sample_id, instrument_id, status, archive, now, now, text))
             return int(cur.lastrowid)
-        self._write("UPDATE samples SET status = ?, closed_at = ?, result = ? WHERE id = ?", (status, _now(), text, row))
+        self._write(f"UPDATE samples SET status = ?, closed_at = ?, result = ?, stored_seq = {seq} WHERE id = ?",
+                    (status, _now(), text, row))
         return row
 
     def mark_emitted(self, row: int) -> None:
@@ -96,13 +107,14 @@ class Journal:
         return list(self.db.execute("SELECT id, tag, sample_id, archive FROM samples WHERE status = 'open' ORDER BY id"))
 
     def unemitted(self) -> list[tuple[int, dict]]:
-        """(row, result) of results stored but never written to the sinks, oldest first."""
+        """(row, result) of results stored but never written to the sinks, in the order they were stored."""
         return [(r[0], json.loads(r[1])) for r in self.db.execute(
-            "SELECT id, result FROM samples WHERE result IS NOT NULL AND emitted_at IS NULL ORDER BY id")]
+            "SELECT id, result FROM samples WHERE result IS NOT NULL AND emitted_at IS NULL ORDER BY stored_seq, id")]
 
     def results(self) -> list[dict]:
+        """Every stored result, in the order stored."""
         return [json.loads(r[0]) for r in self.db.execute(
-            "SELECT result FROM samples WHERE result IS NOT NULL ORDER BY id")]
+            "SELECT result FROM samples WHERE result IS NOT NULL ORDER BY stored_seq, id")]
 
     def remember_hello(self, instrument_id: str, frame: bytes) -> None:
         self._write("INSERT OR REPLACE INTO instruments (instrument_id, hello, received_at) VALUES (?, ?, ?)",
