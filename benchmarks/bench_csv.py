@@ -1,8 +1,8 @@
 """CSV parsers side by side on the same event file, in one process: which one edgehema should use.
 
 Candidates: numpy's ``loadtxt`` (the fallback, always there), pandas' C engine and pyarrow.csv (one
-and two threads each), polars; and edgehema's own reader (line check, parse, validation) with
-each of its two engines. Each parses one 150k-event optical-11 file into a float32 array; the
+and two threads each), polars, edgehema's compiled tokenizer alone; and edgehema's own reader
+(line check, parse, validation) with each of its three engines. Each parses one 150k-event optical-11 file into a float32 array; the
 figure is the median of interleaved rounds (machines here are noisy), with the ratio to numpy.
 Also: the installed size of each library (the device's constraint) and edgehema's own reader.
 
@@ -72,9 +72,17 @@ def candidates() -> dict:
         _table.load_fast_parser(1)
         return read_sample(p).events
 
+    if _table.native_available():
+        def tokenizer(p):
+            names, delimiter = _table.read_header(p)
+            return _table._parse_native(p, delimiter, len(names), np.dtype(np.float32), "utf-8-sig")
+
+        out["edgehema's compiled tokenizer (parse only)"] = tokenizer
     out["edgehema read_sample, numpy (check, parse, validate)"] = lambda p: ours(p, "numpy")
     if "pandas C engine, 1 thread" in out:
         out["edgehema read_sample, pandas 1 thread"] = lambda p: ours(p, "pandas")
+    if _table.native_available():
+        out["edgehema read_sample, compiled tokenizer"] = lambda p: ours(p, "native")
     return out
 
 
@@ -123,6 +131,10 @@ def main() -> None:
     for module in ("numpy", "pandas", "pyarrow", "polars"):
         mb = installed_mb(module)
         print(f"  {module:<8} " + ("not installed" if mb is None else f"{mb:.0f} MB"))
+    from edgehema.formats import _table
+
+    if _table.native_available():
+        print(f"  edgehema's tokenizer: {Path(_table._fastcsv.__file__).stat().st_size / 1e3:.0f} kB")
 
 
 if __name__ == "__main__":

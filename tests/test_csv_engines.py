@@ -1,14 +1,32 @@
-"""The fast CSV parser (pandas' C engine) and the fallback (numpy) accept and refuse exactly the same
-files, with the same values and the same error lines: the device (numpy only) and a workstation
-(pandas) never disagree about a file."""
+"""The fast CSV parsers (edgehema's compiled tokenizer, pandas' C engine) and the fallback (numpy)
+accept and refuse exactly the same files, with the same values and the same error lines: a device
+without a compiler (numpy only) and a workstation never disagree about a file."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgehema.exceptions import EdgehemaError
 from edgehema.formats import _table, read_sample
 
 pytest.importorskip("pandas", reason="the fast parser's tests need pandas (the test extra installs it)")
+FAST = ["pandas", "native"]
+
+
+def _need(engine):
+    if engine == "native" and not _table.native_available():
+        pytest.skip("edgehema's compiled CSV tokenizer was not built here (no C compiler at install time)")
+
+
+def test_the_tokenizer_is_built_where_a_compiler_exists():
+    """The extension is optional at install time (a device without a compiler reads CSV with numpy);
+    where cc exists (CI, workstations) it must have been built, or the tests above would only skip."""
+    import shutil
+
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here: the tokenizer is not expected")
+    assert _table.native_available(), "a C compiler is present but edgehema/formats/_fastcsv.c was not built"
 
 HEADER = "fsc_lo_peak,fsc_lo_area,fsc_hi_peak,fsc_hi_area,ssc_peak,ssc_area,fl_peak,fl_area,ext_peak,ext_area,ext_width"
 ROW = "1000,20000,1500,30000,300,6000,150,3000,400,9000,3.25"
@@ -39,6 +57,23 @@ CASES = {
     "whitespace line": HEADER + "\n" + ROW + "\n   \n" + ROW + "\n",
     "latin-1 byte": HEADER + "\n" + ROW + "\n" + ROW.replace("300", "3\xe90") + "\n",
     "semicolons": HEADER.replace(",", ";") + "\n" + ROW.replace(",", ";") + "\n",
+    "tabs": HEADER.replace(",", "\t") + "\n" + ROW.replace(",", "\t") + "\n",
+    "crlf no final newline": HEADER + "\r\n" + ROW + "\r\n" + ROW,
+    "lone cr line ends": HEADER + "\r" + ROW + "\r" + ROW + "\r",
+    "two blank lines at the end": HEADER + "\n" + ROW + "\n\n\n",
+    "plus signs and fractions": HEADER + "\n" + ROW.replace("1000", "+1000.").replace("3.25", ".325e+1") + "\n",
+    "exponent without digits": HEADER + "\n" + ROW.replace("3.25", "3.25e") + "\n",
+    "hex number": HEADER + "\n" + ROW.replace("300", "0x1F") + "\n",
+    "underscore digits": HEADER + "\n" + ROW.replace("20000", "20_000") + "\n",
+    "thirty digits": HEADER + "\n" + ROW.replace("3.25", "3.25000000000000000000000000001") + "\n",
+    "long zeros": HEADER + "\n" + ROW.replace("3.25", "0.000000000000000000000000325e25") + "\n",
+    "very long number": HEADER + "\n" + ROW.replace("3.25", "3." + "2" * 80) + "\n",
+    "just beyond float32": HEADER + "\n" + ROW.replace("9000", "3.4028236e38") + "\n",
+    "largest float32": HEADER + "\n" + ROW.replace("9000", "3.4028234e38") + "\n",
+    "tiny": HEADER + "\n" + ROW.replace("3.25", "1e-50") + "\n",
+    "minus zero": HEADER + "\n" + ROW.replace("3.25", "-0") + "\n",
+    "NUL byte": HEADER + "\n" + ROW + "\n" + ROW.replace("300", "3\x000") + "\n",
+    "utf-16": "\ufeff" + HEADER + "\n" + ROW + "\n",
 }
 
 
@@ -50,13 +85,20 @@ def outcome(path, engine, monkeypatch):
         return str(exc)
 
 
+def _encode(name, text):
+    if name == "latin-1 byte":
+        return text.encode("latin-1")
+    return text.encode("utf-16") if name == "utf-16" else text.encode("utf-8")
+
+
+@pytest.mark.parametrize("engine", FAST)
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_both_engines_agree(tmp_path, monkeypatch, name):
+def test_fast_engines_agree_with_numpy(tmp_path, monkeypatch, name, engine):
+    _need(engine)
     path = tmp_path / "s.csv"
-    text = CASES[name]
-    path.write_bytes(text.encode("latin-1") if name == "latin-1 byte" else text.encode("utf-8"))
+    path.write_bytes(_encode(name, CASES[name]))
     a = outcome(path, "numpy", monkeypatch)
-    b = outcome(path, "pandas", monkeypatch)
+    b = outcome(path, engine, monkeypatch)
     if isinstance(a, str) or isinstance(b, str):
         assert a == b
     else:
@@ -64,18 +106,66 @@ def test_both_engines_agree(tmp_path, monkeypatch, name):
         assert a.dtype == b.dtype == np.float32 and b.flags["C_CONTIGUOUS"]
 
 
+def test_the_tokenizer_reads_good_files_itself(tmp_path):
+    """The agreement above would hold trivially if the tokenizer refused everything: it must read
+    the plain files itself, and hand the odd ones on."""
+    _need("native")
+    names = HEADER.split(",")
+    for name, read_itself in [("good", True), ("crlf", True), ("bom", True), ("no final newline", True),
+                              ("tabs", True), ("thirty digits", True), ("quoted number", False),
+                              ("spaces", False), ("blank line inside", False), ("nan", False), ("utf-16", False)]:
+        path = tmp_path / f"{len(name)}.csv"
+        path.write_bytes(_encode(name, CASES[name]))
+        got = _table._parse_native(path, "\t" if name == "tabs" else ",", len(names), np.dtype(np.float32),
+                                   _table.text_encoding(path))
+        assert (got is not None) == read_itself, name
+
+
 def test_engine_choice(monkeypatch):
     monkeypatch.setattr(_table, "CSV_ENGINE", "numpy")
     assert _table.csv_engine(10**9) == "numpy" and _table.load_fast_parser() == "numpy"
+    monkeypatch.setattr(_table, "CSV_ENGINE", "pandas")
+    assert _table.csv_engine(100) == "pandas"
     monkeypatch.setattr(_table, "CSV_ENGINE", "auto")
+    if _table.native_available():
+        assert _table.csv_engine(100) == "native" and _table.load_fast_parser() == "native"
+    monkeypatch.setattr(_table, "_fastcsv", None)  # an installation built without a compiler
     assert _table.csv_engine(100) == "numpy"  # a small file is not worth pandas' import
     assert _table.load_fast_parser() == "pandas" and _table.csv_engine(10**7) == "pandas"
 
 
-def test_large_simulated_file_identical_with_both_engines(tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", FAST)
+def test_large_simulated_file_identical_with_every_engine(tmp_path, monkeypatch, engine):
+    _need(engine)
     from edgehema.formats import write_sample
     from edgehema.simulator import SampleSimulator
 
     path = tmp_path / "big.csv"
     write_sample(SampleSimulator("horse", seed=4).generate(60_000).sample, path)
-    np.testing.assert_array_equal(outcome(path, "numpy", monkeypatch), outcome(path, "pandas", monkeypatch))
+    np.testing.assert_array_equal(outcome(path, "numpy", monkeypatch), outcome(path, engine, monkeypatch))
+
+
+NUMBER = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.floats(allow_nan=False, allow_infinity=False, width=32).map(lambda x: f"{x:.9g}"),
+    st.integers(-10**25, 10**25).map(str),
+    st.from_regex(r"\A[+-]?[0-9]{1,22}(\.[0-9]{0,22})?([eE][+-]?[0-9]{1,3})?\Z"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(NUMBER, min_size=3, max_size=3), min_size=1, max_size=20), st.booleans())
+def test_tokenizer_rounds_every_number_as_numpy_does(tmp_path_factory, rows, as_double):
+    """Correct rounding (Clinger's fast path, else CPython's conversion), to float64 and to float32,
+    on numbers of every length and exponent: bit for bit what numpy's loadtxt gives."""
+    _need("native")
+    path = tmp_path_factory.mktemp("n") / "t.csv"
+    path.write_text("a,b,c\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    dtype = np.dtype(np.float64 if as_double else np.float32)
+    with np.errstate(over="ignore"):
+        ref = np.loadtxt(path, delimiter=",", skiprows=1, dtype=dtype, ndmin=2, comments=None)
+    got = _table._parse_native(path, ",", 3, dtype, "utf-8-sig")
+    if got is None:  # only a float32 beyond range may be handed on
+        assert not as_double and not np.isfinite(ref).all()
+    else:
+        assert got.dtype == dtype and got.tobytes() == ref.tobytes()

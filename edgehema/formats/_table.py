@@ -1,8 +1,8 @@
 """Shared helpers for delimited-text event tables (plain CSV and Sysmex XN exports).
 
-The fast path hands the file to numpy's C parser; only when that fails do we walk the
-file with the csv module to name the exact line and column, so good files stay fast and
-bad files still get a precise one-line error.
+The fast path hands the file to a compiled parser (edgehema's own tokenizer, else pandas' C
+engine, else numpy's); only when that fails do we walk the file with the csv module to name the
+exact line and column, so good files stay fast and bad files still get a precise one-line error.
 """
 
 from __future__ import annotations
@@ -147,21 +147,34 @@ def _count_newlines(mm, end: int) -> int:
     return n
 
 
-#: Which parser reads event tables: ``auto`` (pandas' C engine where it is installed and loaded,
-#: else numpy), ``pandas`` or ``numpy``. Environment: EDGEHEMA_CSV_ENGINE.
+#: Which parser reads event tables: ``auto`` (edgehema's compiled tokenizer where it was built, else
+#: pandas' C engine where pandas is installed and loaded, else numpy), ``native``, ``pandas`` or
+#: ``numpy``. Environment: EDGEHEMA_CSV_ENGINE.
 CSV_ENGINE = os.environ.get("EDGEHEMA_CSV_ENGINE", "auto").strip().lower()
-#: Smaller files go to numpy: pandas' gain there is a few ms (benchmarks/bench_csv.py).
+#: Smaller files go to numpy rather than pandas: pandas' gain there is a few ms (benchmarks/bench_csv.py).
 FAST_PARSER_MIN_BYTES = 1 << 20
+
+try:  # built from _fastcsv.c at install time where a C compiler is present (optional)
+    from . import _fastcsv
+except ImportError:  # pragma: no cover - depends on the build
+    _fastcsv = None
+
+
+def native_available() -> bool:
+    """True when the compiled tokenizer was built with this installation."""
+    return _fastcsv is not None
 
 
 def load_fast_parser(threads: int | None = None) -> str:
-    """Load pandas, where installed and allowed, so that the next tables are parsed by its C engine.
+    """Make the fastest parser ready for the next tables, and return its name.
 
-    Importing pandas takes about 0.3 s, which a single small file does not win back: batch workers
-    call this once for many files; one file on the command line is parsed by numpy. Returns the
-    engine that will parse large tables."""
+    The compiled tokenizer needs no loading. pandas' import takes about 0.3 s, which a single small
+    file does not win back: batch workers call this once for many files; one file on the command
+    line is parsed by numpy when the tokenizer is not built."""
     if CSV_ENGINE == "numpy":
         return "numpy"
+    if CSV_ENGINE in ("auto", "native") and native_available():
+        return "native"
     try:
         import pandas
     except ImportError:
@@ -178,11 +191,41 @@ def csv_engine(size: int = FAST_PARSER_MIN_BYTES) -> str:
     """The parser a table of ``size`` bytes gets now."""
     if CSV_ENGINE == "numpy":
         return "numpy"
-    if CSV_ENGINE == "pandas":  # asked for: whatever the size (tests run every file through it)
+    if CSV_ENGINE in ("auto", "native") and native_available():
+        return "native"
+    if CSV_ENGINE in ("pandas", "native"):  # asked for: whatever the size (tests run every file through it)
         return load_fast_parser()
     if size < FAST_PARSER_MIN_BYTES:
         return "numpy"
     return "pandas" if "pandas" in sys.modules else "numpy"
+
+
+def _parse_native(path: Path, delimiter: str, n_columns: int, dtype, encoding: str) -> np.ndarray | None:
+    """The compiled tokenizer on the happy path; None sends the file on to the other parsers (the
+    tokenizer accepts only plain numbers, so numpy's results and error lines stay the reference)."""
+    import mmap
+
+    if encoding == "utf-16":
+        return None
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                return None
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                start = mm.find(b"\n") + 1
+                if start == 0:
+                    return None
+                # Rows are at least 2 bytes per column: room enough without counting lines first;
+                # the pages never written are never touched, and the array is shrunk in place.
+                out = np.empty(((size - start) // (2 * n_columns) + 1) * n_columns, dtype)
+                rows = _fastcsv.parse(mm, start, delimiter, n_columns, out, out.dtype == np.float64)
+    except (OSError, ValueError):
+        return None
+    if rows <= 0:
+        return None
+    out.resize(rows * n_columns, refcheck=False)
+    return out.reshape(rows, n_columns)
 
 
 def _parse_with_pandas(path: Path, delimiter: str, n_columns: int, dtype, encoding: str) -> np.ndarray | None:
@@ -224,7 +267,14 @@ def load_numeric_table(path: Path, names: Sequence[str], delimiter: str, dtype=n
     except OSError as exc:
         raise InputFileError(path, f"cannot read: {exc.strerror}") from None
     encoding = text_encoding(path)
-    if csv_engine(size) == "pandas":
+    engine = csv_engine(size)
+    if engine == "native":
+        data = _parse_native(path, delimiter, len(names), np.dtype(dtype), encoding)
+        if data is not None:
+            return data
+        # Off the tokenizer's happy path (quoted cells, spaces...): pandas still beats numpy there.
+        engine = "pandas" if size >= FAST_PARSER_MIN_BYTES and "pandas" in sys.modules else "numpy"
+    if engine == "pandas":
         data = _parse_with_pandas(path, delimiter, len(names), np.dtype(dtype), encoding)
         if data is not None and data.shape[0]:
             return data
