@@ -3,7 +3,7 @@
 A file is recognised by its first bytes, not its name, so a PDF renamed ``.jpg`` is refused as
 what it is. The size is read from the header before anything is decoded: an image larger than
 ``max_pixels()`` is not decoded whole but streamed row by row (``rows.Streamed``, with the
-``large-images`` extra; refused in one line without it). A JPEG
+``large-images`` extra, refused in one line without it; an uncompressed BMP by ``bmp.BmpRows``). A JPEG
 without its end-of-image marker is truncated: OpenCV would decode it with grey bands and only a
 libjpeg warning on stderr, so edgehema refuses it. Every refusal is one line naming the file.
 """
@@ -137,8 +137,10 @@ def too_large(size: tuple[int, int] | None) -> bool:
 
 
 def open_rows(path: str | os.PathLike):
-    """The image as rows (``rows.Rows``): decoded whole where it fits, else streamed by libvips;
-    an image too large to decode whole is refused in one line where pyvips is not installed."""
+    """The image as rows (``rows.Rows``): decoded whole where it fits, else streamed (an uncompressed
+    BMP from the file itself, the other formats by libvips); an image too large to decode whole is
+    refused in one line where pyvips is needed and not installed."""
+    from .bmp import BmpRows
     from .rows import InMemory, Streamed
 
     path = Path(path)
@@ -147,7 +149,7 @@ def open_rows(path: str | os.PathLike):
         return InMemory(read_image(path))
     w, h = size
     try:
-        source = Streamed(path, kind)
+        source = BmpRows(path) if kind == "bmp" else Streamed(path, kind)
     except ImportError:
         raise InputFileError(path, f"{w:,} x {h:,} pixels is more than this device decodes whole "
                                    f"({max_pixels():,} pixels; EDGEHEMA_MAX_IMAGE_PIXELS), and streaming it "
@@ -174,6 +176,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise InputFileError(path, f"cannot read: {exc.strerror}") from None
+    _quiet(cv2)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
     if image is None:
         raise InputFileError(path, f"corrupt {kind.upper()} image: it cannot be decoded")
@@ -184,6 +187,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if min(h, w) < MIN_SIDE:
         raise InputFileError(path, f"{w} x {h} pixels: too small to hold a cell (at least {MIN_SIDE} pixels a side)")
     return image
+
+
+def _quiet(cv2) -> None:
+    """No OpenCV log lines on stderr (a truncated BMP printed one): edgehema names the problem itself."""
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # pragma: no cover - builds without the logging module
+        pass
 
 
 def image_files(paths: list[str | os.PathLike]) -> list[Path]:
