@@ -182,6 +182,14 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
                      if cv.get(k, {}).get("n")]
             r2 = f", R^2 PLT:RBC {cv['plt_rbc_r2']:.4f}" if cv.get("plt_rbc_r2") is not None else ""
             out.print(f"  cross-validation ({cv['folds']} folds, {cv['samples']} samples): {'; '.join(parts) or 'no values'}{r2}")
+        checks = card.get("final_model_checks") or []
+        if checks:
+            kept = checks[-1]
+            failed = [str(c["seed"]) for c in checks if not c["passed"]]
+            limit = f" (limit {kept['limit']:.2f})" if kept.get("limit") is not None else ""
+            out.print(f"  final model, seed {kept['seed']}, on its training samples: score "
+                      f"{kept['score_on_training_samples']:.2f}{limit}"
+                      + (f"; rejected before it: seed {', '.join(failed)}" if failed else ""))
     tfl = m["model"].get("tflite")
     if tfl:
         out.print(f"  TFLite model {tfl['file']} (batch {tfl['batch']}, {tfl['converter']}); float ONNX graph kept for --backend onnx")

@@ -82,6 +82,7 @@ def train(
     try:
         result = run_training(list(data), reference, out_dir, profile=profile, init=init, folds=folds, tune=tune, restarts=restarts,
                               device=device, seed=seed, settings=settings, cache_mb=cache_mb, name=name,
+                              verify_final=scale != "tiny",
                               log=out.print, progress=bar)
     except TrainingDataProblems as exc:
         bar.close()
