@@ -70,6 +70,8 @@ CASES = {
     "very long number": HEADER + "\n" + ROW.replace("3.25", "3." + "2" * 80) + "\n",
     "just beyond float32": HEADER + "\n" + ROW.replace("9000", "3.4028236e38") + "\n",
     "largest float32": HEADER + "\n" + ROW.replace("9000", "3.4028234e38") + "\n",
+    "rounds to the largest float32": HEADER + "\n" + ROW.replace("9000", "3.40282356e38") + "\n",
+    "rounds to inf": HEADER + "\n" + ROW.replace("9000", "3.4028236e38") + "\n",
     "tiny": HEADER + "\n" + ROW.replace("3.25", "1e-50") + "\n",
     "minus zero": HEADER + "\n" + ROW.replace("3.25", "-0") + "\n",
     "NUL byte": HEADER + "\n" + ROW + "\n" + ROW.replace("300", "3\x000") + "\n",
@@ -112,7 +114,8 @@ def test_the_tokenizer_reads_good_files_itself(tmp_path):
     _need("native")
     names = HEADER.split(",")
     for name, read_itself in [("good", True), ("crlf", True), ("bom", True), ("no final newline", True),
-                              ("tabs", True), ("thirty digits", True), ("quoted number", False),
+                              ("tabs", True), ("thirty digits", True), ("rounds to the largest float32", True),
+                              ("rounds to inf", False), ("quoted number", False),
                               ("spaces", False), ("blank line inside", False), ("nan", False), ("utf-16", False)]:
         path = tmp_path / f"{len(name)}.csv"
         path.write_bytes(_encode(name, CASES[name]))
@@ -150,10 +153,12 @@ NUMBER = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False, width=32).map(lambda x: f"{x:.9g}"),
     st.integers(-10**25, 10**25).map(str),
     st.from_regex(r"\A[+-]?[0-9]{1,22}(\.[0-9]{0,22})?([eE][+-]?[0-9]{1,3})?\Z"),
+    # Around float32's largest value, where rounding decides between FLT_MAX and inf.
+    st.floats(min_value=3.4028230e38, max_value=3.4028240e38).map(repr),
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.lists(st.lists(NUMBER, min_size=3, max_size=3), min_size=1, max_size=20), st.booleans())
 def test_tokenizer_rounds_every_number_as_numpy_does(tmp_path_factory, rows, as_double):
     """Correct rounding (Clinger's fast path, else CPython's conversion), to float64 and to float32,

@@ -408,6 +408,23 @@ def test_a_final_model_that_does_not_reproduce_its_cross_validation_is_not_shipp
     assert not (tmp_path / "r2").exists() or not any((tmp_path / "r2").iterdir())
 
 
+def test_without_cross_validation_a_final_model_that_cannot_count_its_own_samples_is_warned_of(
+        instrument_b, tmp_path, monkeypatch):
+    from export.training import run as run_mod
+
+    d, files, ref, _, _ = instrument_b
+    cfg = FitSettings.tiny(pretrain_steps=10, stage1_steps=20, stage2_steps=20, events_per_sample=2000)
+    monkeypatch.setattr(run_mod, "_in_sample", lambda *a: _summary(95.0, -38.0))
+    lines = []
+    train(files[:6], ref, tmp_path / "r", folds=0, seed=3, settings=cfg, log=lines.append)
+    assert any(line.startswith("warning: the final model counts its own training samples with p95 errors 19.0x")
+               for line in lines), lines
+    monkeypatch.setattr(run_mod, "_in_sample", lambda *a: _summary(6.0, -1.0))
+    lines = []
+    train(files[:6], ref, tmp_path / "r2", folds=0, seed=3, settings=cfg, log=lines.append)
+    assert not any(line.startswith("warning:") for line in lines)
+
+
 def test_the_final_model_check_uses_the_real_counts(instrument_b, tmp_path):
     """Unpatched: the check counts the training files with the final model as the device would, and
     its figures go into the model card."""

@@ -17,7 +17,6 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
-#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -26,6 +25,9 @@ static const double POW10[23] = {
     1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
 #define MAX_CELL 63
+/* 2^128 - 2^103, halfway between FLT_MAX and 2^128: a double from here up rounds to inf as float32;
+ * below it, to at most FLT_MAX (3.40282347e+38 is a valid float32 file value). */
+#define FLOAT32_OVERFLOW 3.4028235677973366e+38
 
 /* Parse one number at p (end: one past the buffer). On success store it in *out, return the
  * pointer just after it. Return NULL when the text is not a plain decimal number. needs_slow is
@@ -162,7 +164,7 @@ static PyObject *fastcsv_parse(PyObject *self, PyObject *args)
             if (as_double) {
                 out64[k] = v;
             } else {
-                if (fabs(v) > FLT_MAX) {  /* beyond float32: numpy's path names it */
+                if (!(fabs(v) < FLOAT32_OVERFLOW)) {  /* rounds to inf: numpy's path names it */
                     ok = 0;
                     break;
                 }
@@ -213,7 +215,7 @@ static PyObject *fastcsv_parse(PyObject *self, PyObject *args)
         if (as_double) {
             out64[slow[i].index] = v;
         } else {
-            if (!(fabs(v) <= FLT_MAX)) {
+            if (!(fabs(v) < FLOAT32_OVERFLOW)) {
                 ok = 0;
                 break;
             }
