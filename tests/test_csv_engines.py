@@ -174,3 +174,17 @@ def test_tokenizer_rounds_every_number_as_numpy_does(tmp_path_factory, rows, as_
         assert not as_double and not np.isfinite(ref).all()
     else:
         assert got.dtype == dtype and got.tobytes() == ref.tobytes()
+
+
+def test_the_tokenizer_result_holds_its_rows_and_at_most_one_more(tmp_path):
+    """The array is sized from the rows' line breaks, with or without a last one (the reservation
+    itself, once a bound from the file size of up to 3x, is not visible here)."""
+    _need("native")
+    n = len(HEADER.split(","))
+    for text, rows in [(HEADER + "\n" + (ROW + "\n") * 3, 3), (HEADER + "\n" + (ROW + "\n") * 2 + ROW, 3)]:
+        path = tmp_path / "s.csv"
+        path.write_text(text)
+        got = _table._parse_native(path, ",", n, np.dtype(np.float32), "utf-8-sig")
+        assert got.shape == (rows, n)
+        reserved = got.base.size if got.base is not None else got.size
+        assert reserved <= (rows + 1) * n

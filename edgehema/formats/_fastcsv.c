@@ -229,9 +229,33 @@ done:
     return PyLong_FromSsize_t(ok && rows > 0 ? rows : -1);
 }
 
+/* line_breaks(data, start) -> the number of LF bytes from start on: with one more for a last line
+ * without its break, the rows to allocate for (memchr: about a millisecond for a 9 MB file). */
+static PyObject *fastcsv_line_breaks(PyObject *self, PyObject *args)
+{
+    Py_buffer data;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "y*n", &data, &start))
+        return NULL;
+    Py_ssize_t n = 0;
+    if (start >= 0 && start <= data.len) {
+        Py_BEGIN_ALLOW_THREADS
+        const char *p = (const char *)data.buf + start;
+        const char *end = (const char *)data.buf + data.len;
+        while (p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+            n++;
+            p++;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&data);
+    return PyLong_FromSsize_t(n);
+}
+
 static PyMethodDef methods[] = {
     {"parse", fastcsv_parse, METH_VARARGS,
      "parse(data, start, delimiter, n_columns, out, double) -> rows, or -1 off the happy path"},
+    {"line_breaks", fastcsv_line_breaks, METH_VARARGS, "line_breaks(data, start) -> LF bytes from start on"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastcsv",

@@ -216,15 +216,17 @@ def _parse_native(path: Path, delimiter: str, n_columns: int, dtype, encoding: s
                 start = mm.find(b"\n") + 1
                 if start == 0:
                     return None
-                # Rows are at least 2 bytes per column: room enough without counting lines first;
-                # the pages never written are never touched, and the array is shrunk in place.
-                out = np.empty(((size - start) // (2 * n_columns) + 1) * n_columns, dtype)
+                # Exactly the room the rows need (one more for a last line without its break): a
+                # bound from the file size would reserve up to 3x, which a device that does not
+                # overcommit memory may refuse for a large file.
+                out = np.empty((_fastcsv.line_breaks(mm, start) + 1) * n_columns, dtype)
                 rows = _fastcsv.parse(mm, start, delimiter, n_columns, out, out.dtype == np.float64)
-    except (OSError, ValueError):
+    except (OSError, ValueError, MemoryError):  # numpy's path reads or refuses the file
         return None
     if rows <= 0:
         return None
-    out.resize(rows * n_columns, refcheck=False)
+    if rows * n_columns != len(out):
+        out = out[:rows * n_columns]  # no last empty line: one row fewer than reserved (a view)
     return out.reshape(rows, n_columns)
 
 
