@@ -71,7 +71,6 @@ CASES = {
     "just beyond float32": HEADER + "\n" + ROW.replace("9000", "3.4028236e38") + "\n",
     "largest float32": HEADER + "\n" + ROW.replace("9000", "3.4028234e38") + "\n",
     "rounds to the largest float32": HEADER + "\n" + ROW.replace("9000", "3.40282356e38") + "\n",
-    "rounds to inf": HEADER + "\n" + ROW.replace("9000", "3.4028236e38") + "\n",
     "tiny": HEADER + "\n" + ROW.replace("3.25", "1e-50") + "\n",
     "minus zero": HEADER + "\n" + ROW.replace("3.25", "-0") + "\n",
     "NUL byte": HEADER + "\n" + ROW + "\n" + ROW.replace("300", "3\x000") + "\n",
@@ -115,7 +114,7 @@ def test_the_tokenizer_reads_good_files_itself(tmp_path):
     names = HEADER.split(",")
     for name, read_itself in [("good", True), ("crlf", True), ("bom", True), ("no final newline", True),
                               ("tabs", True), ("thirty digits", True), ("rounds to the largest float32", True),
-                              ("rounds to inf", False), ("quoted number", False),
+                              ("just beyond float32", False), ("quoted number", False),
                               ("spaces", False), ("blank line inside", False), ("nan", False), ("utf-16", False)]:
         path = tmp_path / f"{len(name)}.csv"
         path.write_bytes(_encode(name, CASES[name]))

@@ -50,6 +50,29 @@ def smear_like(w=640, h=480, seed=0) -> np.ndarray:
 
 # --- input -----------------------------------------------------------------------------------
 
+def field_mosaic(rows: int, cols: int) -> np.ndarray:
+    """Smear-like fields side by side, each different."""
+    return np.concatenate([np.concatenate([smear_like(seed=cols * r + c) for c in range(cols)], 1)
+                           for r in range(rows)], 0)
+
+
+def whole_and_streamed(path: Path, monkeypatch, stain: str):
+    """The image analysed decoded whole, then streamed (a pixel limit below its size), with what every
+    streamed format must give: the whole image's detections, counts, quality figures and flags.
+    Returns both (result, image or preview, detections) triples."""
+    from edgehema.smear.pipeline import analyse
+
+    monkeypatch.delenv("EDGEHEMA_MAX_IMAGE_PIXELS", raising=False)
+    whole = analyse(path, stain=stain)
+    monkeypatch.setenv("EDGEHEMA_MAX_IMAGE_PIXELS", "1000000")
+    streamed = analyse(path, stain=stain)
+    w, s = whole[0], streamed[0]
+    assert "decoded" not in w and s["decoded"] == "streamed"
+    assert [d.to_dict() for d in streamed[2]] == [d.to_dict() for d in whole[2]], (path.name, stain)
+    assert s["counts"] == w["counts"] and s["quality"] == w["quality"] and s["flags"] == w["flags"]
+    return whole, streamed
+
+
 def test_bad_images_are_one_line_each(tmp_path):
     good = tmp_path / "good.png"
     cv2.imwrite(str(good), smear_like())

@@ -18,12 +18,11 @@ from edgehema.exceptions import InputFileError
 from edgehema.smear.bmp import BmpRows
 from edgehema.smear.pipeline import analyse
 
-from .test_smear import smear_like
+from .test_smear import field_mosaic, whole_and_streamed
 
 
 def mosaic(rows: int = 3, cols: int = 3) -> np.ndarray:
-    return np.concatenate([np.concatenate([smear_like(seed=cols * r + c) for c in range(cols)], 1)
-                           for r in range(rows)], 0)
+    return field_mosaic(rows, cols)
 
 
 def write_bmp(path, image: np.ndarray, bits: int = 24, top_down: bool = False, compression: int = 0) -> None:
@@ -59,15 +58,9 @@ def test_a_streamed_bmp_gives_the_whole_images_answer(tmp_path, monkeypatch, var
         write_bmp(path, image, bits={"32-bit": 32, "8-bit grey": 8}.get(variant, 24), top_down="top-down" in variant)
     np.testing.assert_array_equal(BmpRows(path).rows(0, 1440), cv2.imread(str(path)))  # as OpenCV decodes it
     for stain in ("never", "always"):
-        monkeypatch.delenv("EDGEHEMA_MAX_IMAGE_PIXELS", raising=False)
-        whole, _, whole_every = analyse(path, stain=stain)
-        monkeypatch.setenv("EDGEHEMA_MAX_IMAGE_PIXELS", "1000000")
-        streamed, _, streamed_every = analyse(path, stain=stain)
-        assert "decoded" not in whole and streamed["decoded"] == "streamed"
-        assert [d.to_dict() for d in streamed_every] == [d.to_dict() for d in whole_every], (variant, stain)
+        _, (streamed, _, _) = whole_and_streamed(path, monkeypatch, stain)
         # (A grey image loses the stain that tells cells apart: fewer are found, the same either way.)
-        assert streamed["counts"] == whole["counts"] and streamed["counts"]["rbc"] > (5 if "grey" in variant else 50)
-        assert streamed["quality"] == whole["quality"] and streamed["flags"] == whole["flags"]
+        assert streamed["counts"]["rbc"] > (5 if "grey" in variant else 50)
 
 
 def test_rows_come_in_any_band(tmp_path):

@@ -153,11 +153,7 @@ def train(
             train_idx = [i for i, f in enumerate(fold_of) if f != k]
             held = [files[i] for i, f in enumerate(fold_of) if f == k]
             fitted = fit(c, store, train_idx, targets, pre, init_pair, _tagged(progress, f"{label} fold {k + 1}/{folds}"))
-            with tempfile.TemporaryDirectory() as tmp:
-                b = Path(tmp) / "fold"
-                save_bundle(fitted, prof, b, f"fold-{k + 1}", "cross-validation fold", {},
-                            [store.events(i) for i in train_idx[:20]], profile_file=_profile_file(prof))
-                preds += crossval.predict(b, held, k, prof)
+            preds += _count_with(fitted, prof, store, train_idx, held, k, f"fold-{k + 1}", "cross-validation fold")
         return crossval.summarize(preds), preds
 
     if tune:
@@ -225,7 +221,7 @@ def train(
     final_checks = []
     for attempt, (cv_score, _, c, s_c, p_c) in enumerate(runs):
         fitted = fit(c, store, list(range(len(files))), targets, pre, init_pair, _tagged(progress, "final model"))
-        in_summary = _in_sample(fitted, prof, supervised, store, files)
+        in_summary = _in_sample(fitted, prof, supervised, store, len(files))
         in_score = crossval.score(in_summary)
         limit = FINAL_SCORE_FACTOR * cv_score + FINAL_SCORE_MARGIN if math.isfinite(cv_score) else math.inf
         passed = not verify_final or in_score <= limit
@@ -320,16 +316,23 @@ FINAL_SCORE_MARGIN = 0.5
 NO_CROSSVAL_WARN_SCORE = 3.0
 
 
-def _in_sample(fitted, prof, supervised: list, store, files: list) -> dict:
-    """Sample-count errors of a fitted model on its own supervised training samples, counted as the
-    device counts them (the whole files, with adaptation)."""
+def _count_with(fitted, prof, store, calibration_idx: list[int], files: list, fold: int, name: str,
+                description: str) -> list:
+    """Count ``files`` with a fitted model as the device would (saved as a bundle, whole files,
+    adaptation on): the predictions next to their reference values."""
+    with tempfile.TemporaryDirectory() as tmp:
+        b = Path(tmp) / "model"
+        save_bundle(fitted, prof, b, name, description, {}, [store.events(i) for i in calibration_idx[:20]],
+                    profile_file=_profile_file(prof))
+        return crossval.predict(b, files, fold, prof)
+
+
+def _in_sample(fitted, prof, supervised: list, store, n_files: int) -> dict:
+    """Sample-count errors of a fitted model on its own supervised training samples."""
     if not supervised:
         return {"samples": 0}
-    with tempfile.TemporaryDirectory() as tmp:
-        b = Path(tmp) / "final"
-        save_bundle(fitted, prof, b, "final-check", "final model check", {},
-                    [store.events(i) for i in range(min(len(files), 20))], profile_file=_profile_file(prof))
-        return crossval.summarize(crossval.predict(b, supervised, -1, prof))
+    return crossval.summarize(_count_with(fitted, prof, store, list(range(n_files)), supervised, -1, "final-check",
+                                          "final model check"))
 
 
 def restart_figures(summary: dict) -> dict:
