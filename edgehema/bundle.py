@@ -73,6 +73,10 @@ KINDS = {"two-stage-idec-vade": ("stage1", "stage2"), "softmax-classifier": ()}
 BUNDLE_KINDS = ("events", "smear")
 
 
+#: Rows per block of the standardisation (bundle.preprocess).
+PRE_ROWS = 256
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A verified model bundle."""
@@ -201,12 +205,27 @@ class Bundle:
         x = np.asarray(events, dtype=np.float32)
         transform = pre.get("transform", "none")
         if transform == "log1p":
-            x = np.log1p(np.maximum(x, np.float32(0.0)))
-        elif transform != "none":
+            x = np.maximum(x, np.float32(0.0))  # a new array: the events are not touched
+            np.log1p(x, out=x)
+        elif transform == "none":
+            x = x.copy()
+        else:
             raise BundleError(f"{self.path / MANIFEST}: unknown preprocessing transform {transform!r}")
         mean = np.asarray(pre["mean"], dtype=np.float32)
         std = np.asarray(pre["std"], dtype=np.float32)
-        return ((x - mean) / std).astype(np.float32, copy=False)
+        if x.ndim != 2 or x.shape[1] != len(mean):
+            return ((x - mean) / std).astype(np.float32, copy=False)
+        # In place, in blocks of PRE_ROWS rows against the repeated mean and std: numpy broadcasts
+        # a short row (11 features) slowly, one row at a time (4x the time, same results).
+        n = (len(x) // PRE_ROWS) * PRE_ROWS
+        if n:
+            blocks = x[:n].reshape(-1, PRE_ROWS * x.shape[1])
+            blocks -= np.tile(mean, PRE_ROWS)
+            blocks /= np.tile(std, PRE_ROWS)
+        if n < len(x):
+            x[n:] -= mean
+            x[n:] /= std
+        return x
 
     def array(self, stage: str, key: str) -> np.ndarray:
         return np.asarray(self.manifest[stage][key], dtype=np.float64)

@@ -15,7 +15,7 @@ from . import classes as C
 from .backends.onnx_backend import OnnxBackend
 from .backends import create_backend, engine_order
 from .bundle import Bundle
-from .clustering import DiagonalGMM, adapt_centroids, student_t_assign
+from .clustering import DiagonalGMM, adapt_centroids, assign_events, student_t_assign
 from .exceptions import BackendError, BundleError
 from .profiles import Profile
 from .selftest import SelfTest, check
@@ -166,22 +166,5 @@ class Classifier:
                 "stage1_centroid_shift": float(np.linalg.norm(centroids - self.centroids, axis=1).max()),
                 "stage2_mean_shift": float(np.linalg.norm(gmm.means - self.gmm.means, axis=1).max()),
             }
-        p = self._assign(z1, z2, centroids, gmm)
-        return EventInference(p, p.argmax(1).astype(np.uint8), recon_err, info)
-
-    def _assign(self, z1: np.ndarray, z2: np.ndarray, centroids: np.ndarray, gmm: DiagonalGMM) -> np.ndarray:
-        """Event probabilities of every event under the (adapted) mixtures."""
-        n = len(z1)
-        p = np.empty((n, len(C.EVENT_CLASSES)), dtype=np.float32)
-
-        def part(lo: int, hi: int) -> None:
-            q1 = student_t_assign(z1[lo:hi], centroids, self.alpha)
-            side = q1[:, self.stage1_classes.index("rbc_side")]
-            g = gmm.responsibilities(z2[lo:hi])
-            p[lo:hi, C.NOISE] = q1[:, self.stage1_classes.index("noise")]
-            p[lo:hi, C.PLT] = q1[:, self.stage1_classes.index("plt")]
-            for name, code in (("rbc", C.RBC), ("retic", C.RETIC), ("coincidence", C.COINCIDENCE)):
-                p[lo:hi, code] = side * g[:, self.stage2_classes.index(name)]
-
-        part(0, n)
-        return p
+        p, labels = assign_events(z1, z2, centroids, self.alpha, gmm, self.stage1_classes, self.stage2_classes)
+        return EventInference(p, labels, recon_err, info)

@@ -12,9 +12,38 @@ without letting a small population collapse or wander off.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import classes as C
+
+try:  # built from _fastassign.c at install time where a C compiler is present (optional)
+    from . import _fastassign
+except ImportError:  # pragma: no cover - depends on the build
+    _fastassign = None
+
+#: Latent-space kernels: ``auto`` (the compiled ones where built, else numpy) or ``numpy``.
+#: Environment: EDGEHEMA_KERNELS.
+KERNELS = os.environ.get("EDGEHEMA_KERNELS", "auto").strip().lower()
+
+
+def kernels_available() -> bool:
+    """True when the compiled latent-space kernels were built with this installation."""
+    return _fastassign is not None
+
+
+def _compiled() -> bool:
+    return KERNELS != "numpy" and _fastassign is not None
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _f64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float64)
 
 
 def student_t_assign(z: np.ndarray, centroids: np.ndarray, alpha: float = 1.0) -> np.ndarray:
@@ -49,6 +78,12 @@ class DiagonalGMM:
     def responsibilities(self, z: np.ndarray) -> np.ndarray:
         return _softmax(self.log_joint(z))
 
+    def kernel_terms(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(1 / variances, means, sum log(2 pi var) - 2 log weight) in float64, for the kernels."""
+        var = _f64(self.variances)
+        const = np.sum(np.log(2 * np.pi * var), axis=1) - 2.0 * np.log(np.maximum(_f64(self.weights), 1e-12))
+        return 1.0 / var, _f64(self.means), const
+
     def adapt(self, z: np.ndarray, iterations: int = 5, prior_share: float = 1.0, mask: np.ndarray | None = None,
               min_weight: float = 1e-4) -> "DiagonalGMM":
         """MAP-EM of the means and weights on the points ``z`` (optionally weighted by ``mask``).
@@ -61,11 +96,20 @@ class DiagonalGMM:
         w = np.ones(len(z), dtype=z.dtype) if mask is None else np.asarray(mask, dtype=z.dtype)
         total = w.sum()
         cur = DiagonalGMM(self.weights.copy(), self.means.copy(), self.variances.copy())
+        compiled = _compiled() and z.dtype == np.float32
+        if compiled:
+            z, w = _f32(z), _f32(w)
+            k, d = self.means.shape
+            nk64, rz64 = np.empty(k), np.empty((k, d))
         for _ in range(iterations):
-            r = cur.responsibilities(z) * w[:, None]
-            nk = r.sum(axis=0)
+            if compiled:
+                _fastassign.gmm_sums(len(z), z, d, w, *cur.kernel_terms(), k, nk64, rz64)
+                nk, rz = nk64.astype(z.dtype), rz64.astype(z.dtype)
+            else:
+                r = cur.responsibilities(z) * w[:, None]
+                nk, rz = r.sum(axis=0), r.T @ z
             tau = prior_share * total * self.weights[:, None]
-            mu = (r.T @ z + tau * self.means) / (nk[:, None] + tau)
+            mu = (rz + tau * self.means) / (nk[:, None] + tau)
             pi = np.maximum(nk / max(total, 1e-12), min_weight)
             cur = DiagonalGMM(pi / pi.sum(), mu, self.variances.copy())
         return cur
@@ -81,14 +125,52 @@ def adapt_centroids(z: np.ndarray, centroids: np.ndarray, alpha: float = 1.0, it
     towards the bulk of red cells.
     """
     mu = centroids.copy()
+    compiled = _compiled() and z.dtype == np.float32
+    if compiled:
+        z = _f32(z)
+        k, d = centroids.shape
+        nk64, sums64 = np.empty(k), np.empty((k, d))
     for _ in range(iterations):
-        hard = student_t_assign(z, mu, alpha).argmax(axis=1)
-        w = np.zeros((len(z), len(mu)), dtype=z.dtype)
-        w[np.arange(len(z)), hard] = 1.0
-        nk = w.sum(axis=0)
+        if compiled:
+            # The largest Student's t weight is the nearest centroid, whatever alpha.
+            _fastassign.nearest_sums(len(z), z, d, _f64(mu), k, nk64, sums64)
+            nk, sums = nk64.astype(z.dtype), sums64.astype(z.dtype)
+        else:
+            hard = student_t_assign(z, mu, alpha).argmax(axis=1)
+            w = np.zeros((len(z), len(mu)), dtype=z.dtype)
+            w[np.arange(len(z)), hard] = 1.0
+            nk, sums = w.sum(axis=0), w.T @ z
         tau = prior_share * np.maximum(nk, 1.0)
-        mu = (w.T @ z + tau[:, None] * centroids) / (nk[:, None] + tau[:, None])
+        mu = (sums + tau[:, None] * centroids) / (nk[:, None] + tau[:, None])
     return mu
+
+
+def assign_events(z1: np.ndarray, z2: np.ndarray, centroids: np.ndarray, alpha: float, gmm: DiagonalGMM,
+                  stage1_classes: tuple[str, ...], stage2_classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (n, 5) in classes.EVENT_CLASSES order, labels (n,) uint8) of every event.
+
+    Stage 1 gives noise, platelets and the red-cell side; stage 2 splits the red-cell side into
+    normal red cells, reticulocytes and coincidences. The label is the first largest probability.
+    """
+    n = len(z1)
+    p = np.empty((n, len(C.EVENT_CLASSES)), dtype=np.float32)
+    s1 = [stage1_classes.index(x) for x in ("noise", "plt", "rbc_side")]
+    s2 = [stage2_classes.index(x) for x in ("rbc", "retic", "coincidence")]
+    if _compiled() and z1.dtype == np.float32 and z2.dtype == np.float32:
+        labels = np.empty(n, dtype=np.uint8)
+        layout = bytes(s1 + s2 + [C.NOISE, C.PLT, C.RBC, C.RETIC, C.COINCIDENCE])
+        z1, z2 = _f32(z1), _f32(z2)
+        _fastassign.assign(n, z1, z2, z1.shape[1], z2.shape[1], _f64(centroids), len(centroids), float(alpha),
+                           *gmm.kernel_terms(), len(gmm.weights), layout, p, labels)
+        return p, labels
+    q1 = student_t_assign(z1, centroids, alpha)
+    side = q1[:, s1[2]]
+    g = gmm.responsibilities(z2)
+    p[:, C.NOISE] = q1[:, s1[0]]
+    p[:, C.PLT] = q1[:, s1[1]]
+    for code, k in zip((C.RBC, C.RETIC, C.COINCIDENCE), s2):
+        p[:, code] = side * g[:, k]
+    return p, p.argmax(1).astype(np.uint8)
 
 
 def _sq_dist(z: np.ndarray, c: np.ndarray) -> np.ndarray:

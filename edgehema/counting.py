@@ -70,48 +70,49 @@ def coincidence_cells(
     counted in platelet areas. Coincidences that read as one cell are counted as one red cell: the
     platelet that may ride along is counted statistically (see ``count_sample``), not guessed.
     """
-    coinc = labels == C.COINCIDENCE
-    n = int(coinc.sum())
+    # The columns are strided views of the event table: each is gathered once, by index.
+    counts = np.bincount(labels, minlength=len(C.EVENT_CLASSES))
+    coinc_i = np.flatnonzero(labels == C.COINCIDENCE)
+    n = len(coinc_i)
     n_rbc = np.zeros(n, dtype=np.int64)
     n_plt = np.zeros(n, dtype=np.int64)
     if n == 0:
         return n_rbc, n_plt
     names = {x.lower(): i for i, x in enumerate(profile.feature_names)}
     cols = [names[f.lower()] for f in area_features if f.lower() in names]
-    red = (labels == C.RBC) | (labels == C.RETIC)
-    plt = labels == C.PLT
-    if not cols or red.sum() < 50:
+    n_red, n_plt_events = int(counts[C.RBC] + counts[C.RETIC]), int(counts[C.PLT])
+    if not cols or n_red < 50:
         return np.full(n, 2, dtype=np.int64), n_plt  # no areas to read: the minimum, two red cells
+    red = (labels == C.RBC) | (labels == C.RETIC)
     area = events[:, cols[0]]
+    area_c = area[coinc_i]
     # Population medians from evenly spaced subsets (indices), so the work does not grow with the sample.
-    red_i, plt_i = _spaced(red), _spaced(plt)
-    a_red = max(float(_median(area[red_i])), 1e-6)
-    n_rbc = np.clip(np.rint(area[coinc] / a_red), 1, MAX_CELLS_PER_EVENT).astype(np.int64)
-    if len(cols) >= 2 and plt.sum() >= 50:
+    red_i, plt_i = _spaced(red), _spaced(labels == C.PLT)
+    area_red, area_plt = area[red_i], area[plt_i]
+    a_red = max(float(_median(area_red)), 1e-6)
+    n_rbc = np.clip(np.rint(area_c / a_red), 1, MAX_CELLS_PER_EVENT).astype(np.int64)
+    if len(cols) >= 2 and n_plt_events >= 50:
         second = events[:, cols[1]]
-
-        def side_ratio(mask: np.ndarray) -> np.ndarray:
-            return second[mask] / np.maximum(area[mask], 1e-6)
-
-        r_red, r_plt = _median(side_ratio(red_i)), _median(side_ratio(plt_i))
+        r_red = _median(second[red_i] / np.maximum(area_red, 1e-6))
+        r_plt = _median(second[plt_i] / np.maximum(area_plt, 1e-6))
         if r_plt > 1.5 * r_red:  # only where the signatures differ
             cut = np.sqrt(r_red * r_plt)
-            a_plt = max(float(_median(area[plt_i])), 1e-6)
-            in_plt = area[coinc] / a_plt
+            a_plt = max(float(_median(area_plt)), 1e-6)
+            in_plt = area_c / a_plt
             # Platelet-like: a platelet signature and the area of a few platelets, not of red cells.
-            plt_like = (side_ratio(coinc) > cut) & (in_plt <= MAX_CELLS_PER_EVENT)
+            plt_like = (second[coinc_i] / np.maximum(area_c, 1e-6) > cut) & (in_plt <= MAX_CELLS_PER_EVENT)
             # A red-cell-sized event read as many small platelets (human platelets are ~1/18 of a red cell,
             # so 0.8 red cells would be a 14-platelet clump) is, where platelets are scarce, far likelier
             # one young, less dense red cell: big clumps need many platelets.
-            if plt.sum() < SCARCE_PLATELETS * red.sum():
-                plt_like &= ~((area[coinc] > 0.6 * a_red) & (in_plt > 6))
+            if n_plt_events < SCARCE_PLATELETS * n_red:
+                plt_like &= ~((area_c > 0.6 * a_red) & (in_plt > 6))
             n_rbc[plt_like] = 0
             n_plt[plt_like] = 1
             # A clump is several platelets in a row, so its pulse is longer than a platelet's; a
             # giant platelet has a platelet's pulse length and counts as one.
             if width_feature is not None and width_feature.lower() in names:
                 width = events[:, names[width_feature.lower()]]
-                long_pulse = width[coinc] > CLUMP_WIDTH_RATIO * float(_median(width[plt_i]))
+                long_pulse = width[coinc_i] > CLUMP_WIDTH_RATIO * float(_median(width[plt_i]))
                 clump = plt_like & long_pulse
                 n_plt[clump] = np.clip(np.rint(in_plt[clump]), 2, MAX_CELLS_PER_EVENT)
     return n_rbc, n_plt

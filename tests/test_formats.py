@@ -1,6 +1,7 @@
 """Readers and writers: round trips and the bad-input corpus."""
 
 import json
+from pathlib import Path
 
 import flowio
 import numpy as np
@@ -226,3 +227,29 @@ def test_describe_csv_reports_profile_and_metadata(tmp_path, small_sample):
     assert d["format"] == "csv" and d["events"] == 500 and d["profile"] == "optical-11"
     assert d["metadata"]["sample_id"] == "S-001"
     json.dumps(d)
+
+
+@pytest.mark.parametrize("bound", [0.1, 1e-7, 123.456789, 65535.0, 3.4e38, 1e39])
+def test_range_check_fast_path_decides_like_the_cell_check(bound):
+    """check_events' one-reduction pre-check must accept exactly the tables the cell-by-cell
+    check accepts, at float32 values next to bounds that float32 cannot hold exactly."""
+    import dataclasses
+
+    from edgehema.exceptions import InputFileError
+    from edgehema.formats._table import check_events
+    base = get_profile("optical-11")
+    features = [dataclasses.replace(f, range=(-bound, bound)) for f in base.features]
+    profile = dataclasses.replace(base, features=features)
+    with np.errstate(over="ignore"):
+        b32 = np.float32(bound)
+    near = [np.nextafter(b32, np.float32(0)), b32, np.nextafter(b32, np.float32(np.inf))]
+    for v in near + [-x for x in near]:
+        events = np.zeros((300, len(features)), np.float32)
+        events[123, 4] = v
+        inside = -bound <= float(v) <= bound
+        if inside:
+            check_events(events, profile, Path("t.csv"))
+        else:
+            why = "-?inf in column ssc_peak" if np.isinf(v) else "value .* in column ssc_peak is outside the range"
+            with pytest.raises(InputFileError, match=f"line 125: {why}"):
+                check_events(events, profile, Path("t.csv"))

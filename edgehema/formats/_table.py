@@ -319,6 +319,8 @@ def check_events(
     ``locate`` and ``first_index`` say how rows are named: ``line`` numbers counting the header
     for text files, ``event`` numbers for binary files.
     """
+    if _all_in_range(events, profile):
+        return
     finite = np.isfinite(events)
     if not finite.all():
         r, c = np.argwhere(~finite)[0]
@@ -338,6 +340,42 @@ def check_events(
             f"[{_fmt(f.range[0])}, {_fmt(f.range[1])}] {f.unit} that profile {profile.name} declares",
             f"{locate} {r + first_index}",
         )
+
+
+def _all_in_range(events: np.ndarray, profile: Profile) -> bool:
+    """True when every value is finite and inside its column's range: the common case, in two
+    reductions per column rather than four whole-table passes (about 5 ms of a 150k-event file).
+
+    The float64 bounds become the float32 values that decide the same comparisons for float32
+    events (the lower rounded up, the upper rounded down). A NaN makes the column's minimum NaN,
+    which fails the comparison, so NaN and inf always reach the cell-naming check.
+    """
+    if events.dtype != np.float32 or events.ndim != 2 or events.shape[0] == 0:
+        return False
+    lo = np.array([f.range[0] for f in profile.features], dtype=np.float64)
+    hi = np.array([f.range[1] for f in profile.features], dtype=np.float64)
+    if len(lo) != events.shape[1]:
+        return False
+    with np.errstate(over="ignore"):  # a bound beyond float32 rounds to inf, which is still the right side
+        lo32, hi32 = lo.astype(np.float32), hi.astype(np.float32)
+        lo32 = np.where(lo32.astype(np.float64) < lo, np.nextafter(lo32, np.float32(np.inf)), lo32)
+        hi32 = np.where(hi32.astype(np.float64) > hi, np.nextafter(hi32, np.float32(-np.inf)), hi32)
+    low, high = _column_min_max(events)
+    return bool(np.all(low >= lo32) and np.all(high <= hi32))
+
+
+def _column_min_max(events: np.ndarray, rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's minimum and maximum. numpy reduces a C-ordered table down its columns one short
+    row at a time (7 ms for 150k x 11); viewed as blocks of ``rows`` rows, the inner loop is long
+    (0.6 ms)."""
+    n = (len(events) // rows) * rows
+    blocks = events[:n].reshape(-1, rows * events.shape[1])
+    low = blocks.min(axis=0).reshape(rows, -1).min(axis=0) if n else events.min(axis=0)
+    high = blocks.max(axis=0).reshape(rows, -1).max(axis=0) if n else events.max(axis=0)
+    if 0 < n < len(events):
+        low = np.minimum(low, events[n:].min(axis=0))
+        high = np.maximum(high, events[n:].max(axis=0))
+    return low, high
 
 
 def _fmt(x: float) -> str:

@@ -1,0 +1,119 @@
+"""The compiled latent-space kernels (edgehema/_fastassign.c) against numpy, the reference.
+
+Both paths run on the same latents: the shipped models' shape (the kernels' unrolled loop) and
+odd shapes (the general loop), with and without adaptation. Probabilities must agree to float32
+precision and classes wherever two classes do not tie to that precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgehema import classes as C
+from edgehema import clustering
+from edgehema.classifier import Classifier
+from edgehema.clustering import DiagonalGMM, adapt_centroids, assign_events
+from edgehema.result import classify_sample
+from edgehema.simulator import SampleSimulator
+
+needs_kernels = pytest.mark.skipif(not clustering.kernels_available(),
+                                   reason="the compiled kernels were not built here (no C compiler at install time)")
+
+STAGE1 = ("noise", "plt", "rbc_side")
+STAGE2 = ("rbc", "retic", "coincidence")
+
+
+def both(monkeypatch, fn):
+    """fn() with the compiled kernels, then with numpy."""
+    monkeypatch.setattr(clustering, "KERNELS", "auto")
+    fast = fn()
+    monkeypatch.setattr(clustering, "KERNELS", "numpy")
+    return fast, fn()
+
+
+def random_problem(rng, n, d1, k1, d2, k2):
+    z1 = rng.normal(size=(n, d1)).astype(np.float32) * 2
+    z2 = rng.normal(size=(n, d2)).astype(np.float32) * 2
+    centroids = rng.normal(size=(k1, d1)).astype(np.float32) * 2
+    gmm = DiagonalGMM(rng.dirichlet(np.ones(k2)).astype(np.float32), rng.normal(size=(k2, d2)).astype(np.float32),
+                      rng.uniform(0.2, 3.0, size=(k2, d2)).astype(np.float32))
+    return z1, z2, centroids, gmm
+
+
+@needs_kernels
+@pytest.mark.parametrize("d1,k1,d2,k2,alpha", [(4, 3, 4, 3, 1.0), (4, 3, 4, 3, 2.5), (2, 3, 6, 3, 1.0),
+                                               (10, 5, 3, 4, 1.0)])
+def test_assignment_agrees_with_numpy(monkeypatch, d1, k1, d2, k2, alpha):
+    rng = np.random.default_rng(d1 * 100 + k1 * 10 + d2)
+    z1, z2, centroids, gmm = random_problem(rng, 20_000, d1, k1, d2, k2)
+    # Extra clusters beyond the three named ones stay out of the classes (as a bundle's would).
+    s1 = STAGE1 + tuple(f"x{i}" for i in range(k1 - 3))
+    s2 = STAGE2 + tuple(f"y{i}" for i in range(k2 - 3))
+    (p_fast, l_fast), (p_np, l_np) = both(monkeypatch, lambda: assign_events(z1, z2, centroids, alpha, gmm, s1, s2))
+    assert p_fast.dtype == np.float32 and l_fast.dtype == np.uint8 and p_fast.shape == (len(z1), len(C.EVENT_CLASSES))
+    assert np.abs(p_fast - p_np).max() < 2e-5
+    differ = l_fast != l_np
+    # A class may differ only where the top two probabilities tie to float32 precision.
+    top2 = np.sort(p_np[differ], axis=1)[:, -2:]
+    assert np.all(top2[:, 1] - top2[:, 0] < 1e-5)
+    assert differ.mean() < 1e-3
+
+
+@needs_kernels
+def test_labels_are_the_first_largest(monkeypatch):
+    # Identical latents for every cluster: exact ties, where argmax takes the first column.
+    z = np.zeros((10, 4), np.float32)
+    gmm = DiagonalGMM(np.full(3, 1 / 3, np.float32), np.zeros((3, 4), np.float32), np.ones((3, 4), np.float32))
+    (p_fast, l_fast), (p_np, l_np) = both(monkeypatch, lambda: assign_events(z, z, np.zeros((3, 4), np.float32), 1.0,
+                                                                             gmm, STAGE1, STAGE2))
+    assert np.array_equal(l_fast, l_np)
+    assert np.array_equal(l_fast, p_fast.argmax(1))
+
+
+@needs_kernels
+def test_adaptation_agrees_with_numpy(monkeypatch):
+    rng = np.random.default_rng(7)
+    z1, z2, centroids, gmm = random_problem(rng, 15_000, 4, 3, 4, 3)
+    mask = rng.uniform(size=len(z2)).astype(np.float32)
+    (c_fast, c_np) = both(monkeypatch, lambda: adapt_centroids(z1, centroids, 1.0, prior_share=3.0))
+    assert c_fast.dtype == c_np.dtype == np.float32
+    assert np.abs(c_fast - c_np).max() < 1e-4
+    g_fast, g_np = both(monkeypatch, lambda: gmm.adapt(z2, mask=mask, prior_share=3.0))
+    assert np.abs(g_fast.means - g_np.means).max() < 1e-4
+    assert np.abs(g_fast.weights - g_np.weights).max() < 1e-5
+
+
+@needs_kernels
+@pytest.mark.parametrize("species", ["human", "cat", "goat"])
+def test_sample_counts_agree_with_numpy(monkeypatch, species):
+    """End to end on a shipped model: the same cells and flags whichever path assigns the events."""
+    clf = Classifier(None)
+    sample = SampleSimulator(species, seed=31).generate(60_000).sample
+    fast, ref = both(monkeypatch, lambda: classify_sample(sample, clf).to_dict())
+    assert fast["flags"] == ref["flags"]
+    for k in ("rbc", "plt", "retic"):
+        assert fast["cells"][k] == pytest.approx(ref["cells"][k], rel=1e-4, abs=2)
+    moved = sum(abs(fast["events"][k] - ref["events"][k]) for k in fast["events"])
+    assert moved <= 4  # events that change class between the two paths (ties to float32 precision)
+
+
+def test_the_kernels_are_built_where_a_compiler_exists():
+    """Optional at install time (a device without a compiler assigns with numpy); where cc exists
+    (CI, workstations) they must have been built, or the tests above would only skip."""
+    import shutil
+
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here: the kernels are not expected")
+    assert clustering.kernels_available(), "a C compiler is present but edgehema/_fastassign.c was not built"
+
+
+def test_numpy_path_when_asked(monkeypatch):
+    """EDGEHEMA_KERNELS=numpy (or no compiler) keeps numpy: the module never touches the kernels."""
+    monkeypatch.setattr(clustering, "KERNELS", "numpy")
+    monkeypatch.setattr(clustering, "_fastassign", None)
+    rng = np.random.default_rng(1)
+    z1, z2, centroids, gmm = random_problem(rng, 500, 4, 3, 4, 3)
+    p, labels = assign_events(z1, z2, centroids, 1.0, gmm, STAGE1, STAGE2)
+    assert np.allclose(p.sum(1), 1.0, atol=1e-5)
+    assert np.array_equal(labels, p.argmax(1))
