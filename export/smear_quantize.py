@@ -59,7 +59,41 @@ def quantize(float_model: Path, data: Path, out: Path, calibration_images: int =
                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                     nodes_to_exclude=heads, reduce_range=reduce_range)
     prepared.unlink()
+    compact_names(out)
     return out
+
+
+def compact_names(model: Path) -> int:
+    """Give the graph's inner tensors short names and its nodes none; returns the bytes saved.
+
+    quantize_static names every quantized tensor after its float one plus suffixes
+    (``/backbone/backbone.3/conv/Conv_output_0_QuantizeLinear_Output``): 33 KB of the 198 KB int8
+    file. Names are not arithmetic: the graph's inputs and outputs keep theirs, and the outputs are
+    bit-identical (tests/test_smear_model.py). The shape annotations go too; onnxruntime infers them.
+    """
+    import onnx
+
+    before = model.stat().st_size
+    m = onnx.load(str(model))
+    g = m.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
+    short: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return short.setdefault(name, f"t{len(short):x}")
+
+    for init in g.initializer:
+        init.name = rename(init.name)
+    for node in g.node:
+        node.name = ""
+        node.input[:] = [rename(x) for x in node.input]
+        node.output[:] = [rename(x) for x in node.output]
+    del g.value_info[:]
+    onnx.checker.check_model(m)
+    onnx.save(m, str(model))
+    return before - model.stat().st_size
 
 
 def main() -> None:
