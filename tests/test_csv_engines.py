@@ -187,3 +187,13 @@ def test_the_tokenizer_result_holds_its_rows_and_at_most_one_more(tmp_path):
         assert got.shape == (rows, n)
         reserved = got.base.size if got.base is not None else got.size
         assert reserved <= (rows + 1) * n
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(min_value=0, max_value=200))
+def test_line_breaks_counts_every_lf_from_start(data, start):
+    """The tokenizer's row count (eight bytes at a time) against bytes.count, for any bytes."""
+    _need("native")
+    start = min(start, len(data))
+    assert _table._fastcsv.line_breaks(data, start) == data[start:].count(b"\n")
+    assert _table._fastcsv.line_breaks(b"\n" * 64 + data, 0) == 64 + data.count(b"\n")
