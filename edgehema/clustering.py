@@ -34,8 +34,14 @@ def kernels_available() -> bool:
     return _fastassign is not None
 
 
-def _compiled() -> bool:
-    return KERNELS != "numpy" and _fastassign is not None
+#: The kernels' limits (MAX_D, MAX_K in _fastassign.c): larger models are assigned by numpy.
+KERNEL_MAX_LATENT, KERNEL_MAX_CLUSTERS = 64, 16
+
+
+def _compiled(*shapes: tuple[int, int]) -> bool:
+    """Whether to use the kernels for (clusters, latent units) shapes like these."""
+    return (KERNELS != "numpy" and _fastassign is not None
+            and all(1 <= k <= KERNEL_MAX_CLUSTERS and 1 <= d <= KERNEL_MAX_LATENT for k, d in shapes))
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -96,7 +102,7 @@ class DiagonalGMM:
         w = np.ones(len(z), dtype=z.dtype) if mask is None else np.asarray(mask, dtype=z.dtype)
         total = w.sum()
         cur = DiagonalGMM(self.weights.copy(), self.means.copy(), self.variances.copy())
-        compiled = _compiled() and z.dtype == np.float32
+        compiled = _compiled(self.means.shape) and z.dtype == np.float32
         if compiled:
             z, w = _f32(z), _f32(w)
             k, d = self.means.shape
@@ -125,7 +131,7 @@ def adapt_centroids(z: np.ndarray, centroids: np.ndarray, alpha: float = 1.0, it
     towards the bulk of red cells.
     """
     mu = centroids.copy()
-    compiled = _compiled() and z.dtype == np.float32
+    compiled = _compiled(centroids.shape) and z.dtype == np.float32
     if compiled:
         z = _f32(z)
         k, d = centroids.shape
@@ -156,7 +162,7 @@ def assign_events(z1: np.ndarray, z2: np.ndarray, centroids: np.ndarray, alpha: 
     p = np.empty((n, len(C.EVENT_CLASSES)), dtype=np.float32)
     s1 = [stage1_classes.index(x) for x in ("noise", "plt", "rbc_side")]
     s2 = [stage2_classes.index(x) for x in ("rbc", "retic", "coincidence")]
-    if _compiled() and z1.dtype == np.float32 and z2.dtype == np.float32:
+    if _compiled(centroids.shape, gmm.means.shape) and z1.dtype == np.float32 and z2.dtype == np.float32:
         labels = np.empty(n, dtype=np.uint8)
         layout = bytes(s1 + s2 + [C.NOISE, C.PLT, C.RBC, C.RETIC, C.COINCIDENCE])
         z1, z2 = _f32(z1), _f32(z2)

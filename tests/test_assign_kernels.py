@@ -98,6 +98,19 @@ def test_sample_counts_agree_with_numpy(monkeypatch, species):
     assert moved <= 4  # events that change class between the two paths (ties to float32 precision)
 
 
+def test_models_beyond_the_kernels_limits_are_assigned_by_numpy(monkeypatch):
+    """A user's model with more latent units than the kernels take (64) still classifies."""
+    rng = np.random.default_rng(3)
+    z1, z2, centroids, gmm = random_problem(rng, 300, 70, 3, 80, 3)
+    (p_fast, l_fast), (p_np, l_np) = both(monkeypatch, lambda: assign_events(z1, z2, centroids, 1.0, gmm,
+                                                                             STAGE1, STAGE2))
+    assert np.array_equal(p_fast, p_np) and np.array_equal(l_fast, l_np)
+    c_fast, c_np = both(monkeypatch, lambda: adapt_centroids(z1, centroids, 1.0))
+    assert np.array_equal(c_fast, c_np)
+    g_fast, g_np = both(monkeypatch, lambda: gmm.adapt(z2))
+    assert np.array_equal(g_fast.means, g_np.means)
+
+
 def test_the_kernels_are_built_where_a_compiler_exists():
     """Optional at install time (a device without a compiler assigns with numpy); where cc exists
     (CI, workstations) they must have been built, or the tests above would only skip."""
