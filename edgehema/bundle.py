@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -211,8 +212,7 @@ class Bundle:
             x = x.copy()
         else:
             raise BundleError(f"{self.path / MANIFEST}: unknown preprocessing transform {transform!r}")
-        mean = np.asarray(pre["mean"], dtype=np.float32)
-        std = np.asarray(pre["std"], dtype=np.float32)
+        mean, std, mean_rows, std_rows = self._standardisation
         if x.ndim != 2 or x.shape[1] != len(mean):
             return ((x - mean) / std).astype(np.float32, copy=False)
         # In place, in blocks of PRE_ROWS rows against the repeated mean and std: numpy broadcasts
@@ -220,12 +220,20 @@ class Bundle:
         n = (len(x) // PRE_ROWS) * PRE_ROWS
         if n:
             blocks = x[:n].reshape(-1, PRE_ROWS * x.shape[1])
-            blocks -= np.tile(mean, PRE_ROWS)
-            blocks /= np.tile(std, PRE_ROWS)
+            blocks -= mean_rows
+            blocks /= std_rows
         if n < len(x):
             x[n:] -= mean
             x[n:] /= std
         return x
+
+    @cached_property
+    def _standardisation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, std) in float32, and both repeated PRE_ROWS times (made once per bundle)."""
+        pre = self.manifest["preprocessing"]
+        mean = np.asarray(pre["mean"], dtype=np.float32)
+        std = np.asarray(pre["std"], dtype=np.float32)
+        return mean, std, np.tile(mean, PRE_ROWS), np.tile(std, PRE_ROWS)
 
     def array(self, stage: str, key: str) -> np.ndarray:
         return np.asarray(self.manifest[stage][key], dtype=np.float64)
