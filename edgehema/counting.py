@@ -71,7 +71,7 @@ def coincidence_cells(
     platelet that may ride along is counted statistically (see ``count_sample``), not guessed.
     """
     # The columns are strided views of the event table: each is gathered once, by index.
-    counts = np.bincount(labels, minlength=len(C.EVENT_CLASSES))
+    counts = np.bincount(np.asarray(labels, dtype=np.intp), minlength=len(C.EVENT_CLASSES))
     coinc_i = np.flatnonzero(labels == C.COINCIDENCE)
     n = len(coinc_i)
     n_rbc = np.zeros(n, dtype=np.int64)
