@@ -15,10 +15,11 @@ from . import classes as C
 from .backends.onnx_backend import OnnxBackend
 from .backends import create_backend, engine_order
 from .bundle import Bundle
-from .clustering import DiagonalGMM, adapt_centroids, assign_events, student_t_assign
+from .clustering import (DiagonalGMM, adapt_centroids, assign_events, kernel_disagreement, student_t_assign,
+                         use_numpy_kernels)
 from .exceptions import BackendError, BundleError
 from .profiles import Profile
-from .selftest import SelfTest, check
+from .selftest import SelfTest, check, read_known_answer
 
 #: Events used to adapt the mixtures to a sample (an evenly spaced subset of larger samples).
 ADAPT_EVENTS = 15_000
@@ -93,8 +94,28 @@ class Classifier:
                 self.refused.append(result.line())
                 continue
             self.selftest = result
+            if verify:
+                why = self.check_kernels()
+                if why:
+                    self.refused.append(f"{why}: numpy assigns instead")
             return self.backend
         raise BackendError(f"{self.bundle.name}: no inference engine can count with this bundle: " + "; ".join(self.refused))
+
+    def check_kernels(self) -> str | None:
+        """The compiled latent-space kernels against numpy on the known answer's latents (as this
+        engine computes them). If they disagree, numpy assigns from then on (in this process) and
+        the reason is returned; None when they agree or are not in use."""
+        if self.bundle.kind != "two-stage-idec-vade":
+            return None
+        answer = read_known_answer(self.bundle)
+        if answer is None:
+            return None
+        out = self.run_graph(answer[0])
+        why = kernel_disagreement(out["z1"], out["z2"], self.centroids, self.alpha, self.gmm,
+                                  self.stage1_classes, self.stage2_classes)
+        if why:
+            use_numpy_kernels()
+        return why
 
     def can_run_unfused(self) -> bool:
         """An int8 ONNX graph on onnxruntime, whose fused kernels can be turned off."""

@@ -179,6 +179,55 @@ def assign_events(z1: np.ndarray, z2: np.ndarray, centroids: np.ndarray, alpha: 
     return p, p.argmax(1).astype(np.uint8)
 
 
+def kernel_disagreement(z1: np.ndarray, z2: np.ndarray, centroids: np.ndarray, alpha: float, gmm: DiagonalGMM,
+                        stage1_classes: tuple[str, ...], stage2_classes: tuple[str, ...]) -> str | None:
+    """Why the compiled kernels cannot be trusted on these latents (None: they agree with numpy).
+
+    A start-up check, as the bundle's known answer is for the graph engines: a compiler or a CPU
+    that computes the kernels differently is caught before counting, not found in the counts.
+    Agreement asked: probabilities within 1e-4, and a class different only where numpy's two
+    largest probabilities tie to 1e-5.
+    """
+    global KERNELS
+    if not _compiled(centroids.shape, gmm.means.shape):
+        return None
+    z1, z2 = _f32(z1), _f32(z2)
+    args = (z1, z2, centroids, alpha, gmm, stage1_classes, stage2_classes)
+    p_fast, l_fast = assign_events(*args)
+    saved, KERNELS = KERNELS, "numpy"
+    try:
+        p_ref, l_ref = assign_events(*args)
+    finally:
+        KERNELS = saved
+    worst = float(np.abs(p_fast - p_ref).max()) if len(p_ref) else 0.0
+    differ = l_fast != l_ref
+    top2 = np.sort(p_ref[differ], axis=1)[:, -2:]
+    if worst > 1e-4 or not np.all(top2[:, 1] - top2[:, 0] < 1e-5):
+        return (f"the compiled latent-space kernels disagree with numpy on this machine (largest probability "
+                f"difference {worst:.2g}, {int(differ.sum())} of {len(l_ref):,} classes differ)")
+    return None
+
+
+_FAILED_CHECK = False
+
+
+def use_numpy_kernels() -> None:
+    """Assign with numpy from now on, in this process (the kernels failed their check)."""
+    global KERNELS, _FAILED_CHECK
+    KERNELS, _FAILED_CHECK = "numpy", True
+
+
+def kernels_state() -> str:
+    """What assigns events in this process, in words (``edgehema selftest``)."""
+    if _FAILED_CHECK:
+        return "numpy (the compiled kernels disagreed with numpy on this machine's known answer)"
+    if _fastassign is None:
+        return "numpy (the compiled kernels were not built: no C compiler at install time)"
+    if KERNELS == "numpy":
+        return "numpy (EDGEHEMA_KERNELS=numpy)"
+    return "compiled (edgehema/_fastassign.c), checked against numpy on the known answer at load"
+
+
 def _sq_dist(z: np.ndarray, c: np.ndarray) -> np.ndarray:
     # |z|^2 by einsum: numpy reduces a short last axis (D = 4) slowly with .sum(1).
     zz = np.einsum("ij,ij->i", z, z)

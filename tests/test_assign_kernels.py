@@ -130,3 +130,42 @@ def test_numpy_path_when_asked(monkeypatch):
     p, labels = assign_events(z1, z2, centroids, 1.0, gmm, STAGE1, STAGE2)
     assert np.allclose(p.sum(1), 1.0, atol=1e-5)
     assert np.array_equal(labels, p.argmax(1))
+
+
+class _WrongKernels:
+    """Compiled kernels as a broken compiler or CPU might compute them: every probability off."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def assign(self, *args):
+        self.real.assign(*args)
+        p = args[13]
+        p *= 0.5  # every probability halved: the classes keep, the figures do not
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+@needs_kernels
+def test_kernels_that_disagree_with_numpy_at_load_are_replaced_by_numpy(monkeypatch):
+    """The classifier checks the kernels against numpy on the bundle's known answer when it loads:
+    if they disagree, numpy assigns from then on, and the reason is one warning line."""
+    monkeypatch.setattr(clustering, "KERNELS", "auto")
+    monkeypatch.setattr(clustering, "_FAILED_CHECK", False)
+    monkeypatch.setattr(clustering, "_fastassign", _WrongKernels(clustering._fastassign))
+    clf = Classifier(None)
+    assert any("disagree with numpy on this machine" in line and "numpy assigns instead" in line
+               for line in clf.refused), clf.refused
+    assert clustering.KERNELS == "numpy" and clustering.kernels_state().startswith("numpy (the compiled kernels disagreed")
+    sample = SampleSimulator("human", seed=5).generate(20_000).sample
+    got = clf.infer(sample.events).probabilities
+    assert np.allclose(got.sum(1), 1.0, atol=1e-5)  # numpy's, not the halved ones
+
+
+@needs_kernels
+def test_kernels_that_agree_pass_the_check_silently(monkeypatch):
+    monkeypatch.setattr(clustering, "KERNELS", "auto")
+    clf = Classifier(None)
+    assert not any("latent-space kernels" in line for line in clf.refused)
+    assert clf.check_kernels() is None and clustering.KERNELS == "auto"

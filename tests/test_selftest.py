@@ -109,6 +109,7 @@ def test_selftest_command_runs_both_engines():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "engine tflite passed" in proc.stdout and "engine onnx passed" in proc.stdout
     assert "frame decoder: " in proc.stdout and "MB/s" in proc.stdout
+    assert "latent-space assignment: " in proc.stdout and "CSV reader: " in proc.stdout
 
 
 def test_a_bundle_without_known_answer_still_loads_and_says_so(tmp_path):

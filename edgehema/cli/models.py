@@ -315,10 +315,13 @@ def selftest(
     from ..bundle import Bundle
     from ..classifier import Classifier
     from ..exceptions import BackendError
+    from ..clustering import kernels_state
+    from ..formats._table import csv_reader_state
     from ..selftest import check
 
     b = Bundle.load(model)
     passed = failed = 0
+    last = None
     for engine in engine_order(b, "auto"):
         try:
             clf = Classifier(b, backend=engine, selftest=False)
@@ -336,8 +339,15 @@ def selftest(
             out.print(f"{b.name}: unfused graph: {result.line()}")
         passed += result.passed
         failed += not result.passed
+        last = clf
     name, speed = decode_speed(0.5)
     out.print(f"frame decoder: {name}, {speed:,.0f} MB/s (a 3 Mbaud link carries 0.375 MB/s)")
+    if last is not None:
+        why = last.check_kernels()
+        if why:
+            out.print(f"latent-space assignment: {why}: numpy assigns instead")
+    out.print(f"latent-space assignment: {kernels_state()}")
+    out.print(f"CSV reader: {csv_reader_state()}")
     if failed or not passed:
         raise typer.Exit(1)
 

@@ -187,6 +187,19 @@ def load_fast_parser(threads: int | None = None) -> str:
     return "pandas"
 
 
+def csv_reader_state() -> str:
+    """Which parser reads event tables here, in words (``edgehema selftest``)."""
+    if CSV_ENGINE == "numpy":
+        return "numpy (EDGEHEMA_CSV_ENGINE=numpy)"
+    if CSV_ENGINE in ("auto", "native") and native_available():
+        return "edgehema's compiled tokenizer (edgehema/formats/_fastcsv.c)"
+    import importlib.util
+
+    if importlib.util.find_spec("pandas") is not None:
+        return "pandas' C engine for files from 1 MB (the compiled tokenizer was not built), numpy below"
+    return "numpy (the compiled tokenizer was not built and pandas is not installed: slower, same results)"
+
+
 def csv_engine(size: int = FAST_PARSER_MIN_BYTES) -> str:
     """The parser a table of ``size`` bytes gets now."""
     if CSV_ENGINE == "numpy":
