@@ -52,6 +52,27 @@ static void *view(Views *v, PyObject *obj, Py_ssize_t count, Py_ssize_t itemsize
     return b->buf;
 }
 
+/* A buffer a kernel needs: at least `count` items of `itemsize` bytes. */
+typedef struct {
+    PyObject *obj;
+    Py_ssize_t count, itemsize;
+    int writable;
+    const char *what;
+} Want;
+
+/* Views of every wanted buffer, in order, into bufs; 0 (all released, the exception set) on error. */
+static int view_all(Views *v, const Want *want, int n, void **bufs)
+{
+    for (int i = 0; i < n; i++) {
+        bufs[i] = view(v, want[i].obj, want[i].count, want[i].itemsize, want[i].writable, want[i].what);
+        if (bufs[i] == NULL) {
+            release(v);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* Student's t kernel q_j = (1 + |z - c_j|^2 / alpha)^(-(alpha + 1) / 2), normalised over j. */
 static inline void student_t(const float *z, int d, const double *c, int k, double alpha, double *q)
 {
@@ -155,18 +176,16 @@ static PyObject *fastassign_assign(PyObject *self, PyObject *args)
         }
     }
     Views v = {.n = 0};
-    const float *z1 = view(&v, oz1, n * d1, 4, 0, "z1");
-    const float *z2 = z1 ? view(&v, oz2, n * d2, 4, 0, "z2") : NULL;
-    const double *c = z2 ? view(&v, oc, k1 * d1, 8, 0, "centroids") : NULL;
-    const double *inv = c ? view(&v, oinv, k2 * d2, 8, 0, "inv_var") : NULL;
-    const double *mu = inv ? view(&v, omu, k2 * d2, 8, 0, "means") : NULL;
-    const double *cst = mu ? view(&v, ocst, k2, 8, 0, "const") : NULL;
-    float *p = cst ? view(&v, op, n * N_CLASSES, 4, 1, "probabilities") : NULL;
-    unsigned char *labels = p ? view(&v, olab, n, 1, 1, "labels") : NULL;
-    if (!labels) {
-        release(&v);
+    void *b[8];
+    const Want want[8] = {{oz1, n * d1, 4, 0, "z1"}, {oz2, n * d2, 4, 0, "z2"}, {oc, k1 * d1, 8, 0, "centroids"},
+                          {oinv, k2 * d2, 8, 0, "inv_var"}, {omu, k2 * d2, 8, 0, "means"}, {ocst, k2, 8, 0, "const"},
+                          {op, n * N_CLASSES, 4, 1, "probabilities"}, {olab, n, 1, 1, "labels"}};
+    if (!view_all(&v, want, 8, b))
         return NULL;
-    }
+    const float *z1 = b[0], *z2 = b[1];
+    const double *c = b[2], *inv = b[3], *mu = b[4], *cst = b[5];
+    float *p = b[6];
+    unsigned char *labels = b[7];
     Py_BEGIN_ALLOW_THREADS
     /* The shipped models' shape (4-unit latents, 3 clusters per stage) with constant sizes, so the
      * compiler unrolls the small loops: twice as fast as the general loop. */
@@ -191,14 +210,14 @@ static PyObject *fastassign_nearest_sums(PyObject *self, PyObject *args)
         return NULL;
     }
     Views v = {.n = 0};
-    const float *z = view(&v, oz, n * d, 4, 0, "z");
-    const double *c = z ? view(&v, oc, k * d, 8, 0, "centroids") : NULL;
-    double *count = c ? view(&v, ocount, k, 8, 1, "counts") : NULL;
-    double *sum = count ? view(&v, osum, k * d, 8, 1, "sums") : NULL;
-    if (!sum) {
-        release(&v);
+    void *b[4];
+    const Want want[4] = {{oz, n * d, 4, 0, "z"}, {oc, k * d, 8, 0, "centroids"}, {ocount, k, 8, 1, "counts"},
+                          {osum, k * d, 8, 1, "sums"}};
+    if (!view_all(&v, want, 4, b))
         return NULL;
-    }
+    const float *z = b[0];
+    const double *c = b[1];
+    double *count = b[2], *sum = b[3];
     Py_BEGIN_ALLOW_THREADS
     memset(count, 0, (size_t)k * sizeof(double));
     memset(sum, 0, (size_t)(k * d) * sizeof(double));
@@ -256,17 +275,15 @@ static PyObject *fastassign_gmm_sums(PyObject *self, PyObject *args)
         return NULL;
     }
     Views v = {.n = 0};
-    const float *z = view(&v, oz, n * d, 4, 0, "z");
-    const float *w = z ? view(&v, ow, n, 4, 0, "weight") : NULL;
-    const double *inv = w ? view(&v, oinv, k * d, 8, 0, "inv_var") : NULL;
-    const double *mu = inv ? view(&v, omu, k * d, 8, 0, "means") : NULL;
-    const double *cst = mu ? view(&v, ocst, k, 8, 0, "const") : NULL;
-    double *nk = cst ? view(&v, onk, k, 8, 1, "nk") : NULL;
-    double *rz = nk ? view(&v, orz, k * d, 8, 1, "rz") : NULL;
-    if (!rz) {
-        release(&v);
+    void *b[7];
+    const Want want[7] = {{oz, n * d, 4, 0, "z"}, {ow, n, 4, 0, "weight"}, {oinv, k * d, 8, 0, "inv_var"},
+                          {omu, k * d, 8, 0, "means"}, {ocst, k, 8, 0, "const"}, {onk, k, 8, 1, "nk"},
+                          {orz, k * d, 8, 1, "rz"}};
+    if (!view_all(&v, want, 7, b))
         return NULL;
-    }
+    const float *z = b[0], *w = b[1];
+    const double *inv = b[2], *mu = b[3], *cst = b[4];
+    double *nk = b[5], *rz = b[6];
     Py_BEGIN_ALLOW_THREADS
     memset(nk, 0, (size_t)k * sizeof(double));
     memset(rz, 0, (size_t)(k * d) * sizeof(double));

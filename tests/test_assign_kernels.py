@@ -169,3 +169,28 @@ def test_kernels_that_agree_pass_the_check_silently(monkeypatch):
     clf = Classifier(None)
     assert not any("latent-space kernels" in line for line in clf.refused)
     assert clf.check_kernels() is None and clustering.KERNELS == "auto"
+
+
+@needs_kernels
+def test_the_kernels_refuse_wrong_buffers_with_an_error_not_a_crash():
+    """The Python side checks shapes and types; the C side still refuses a wrong buffer (type,
+    size, layout) with a ValueError and releases what it took."""
+    from edgehema import _fastassign
+
+    rng = np.random.default_rng(2)
+    z1, z2, centroids, gmm = random_problem(rng, 100, 4, 3, 4, 3)
+    terms = gmm.kernel_terms()
+    layout = bytes([0, 1, 2, 0, 1, 2, C.NOISE, C.PLT, C.RBC, C.RETIC, C.COINCIDENCE])
+    p, labels = np.empty((100, 5), np.float32), np.empty(100, np.uint8)
+    c64 = centroids.astype(np.float64)
+    _fastassign.assign(100, z1, z2, 4, 4, c64, 3, 1.0, *terms, 3, layout, p, labels)  # the right call
+    with pytest.raises(ValueError, match="z1: needs 400 items of 4 bytes"):
+        _fastassign.assign(100, z1.astype(np.float64), z2, 4, 4, c64, 3, 1.0, *terms, 3, layout, p, labels)
+    with pytest.raises(ValueError, match="probabilities"):
+        _fastassign.assign(100, z1, z2, 4, 4, c64, 3, 1.0, *terms, 3, layout, p[:50], labels)
+    with pytest.raises(ValueError, match="layout"):
+        _fastassign.assign(100, z1, z2, 4, 4, c64, 3, 1.0, *terms, 3, layout[:-1] + b"\x09", p, labels)
+    with pytest.raises(ValueError, match="limits"):
+        _fastassign.nearest_sums(100, z1, 4, c64, 99, np.empty(99), np.empty((99, 4)))
+    with pytest.raises(BufferError, match="not writable"):
+        _fastassign.gmm_sums(100, z2, 4, np.ones(100, np.float32), *terms, 3, np.empty(3), b"read-only")
