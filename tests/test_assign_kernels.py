@@ -118,6 +118,11 @@ def test_the_kernels_are_built_where_a_compiler_exists():
 
     if not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler here: the kernels are not expected")
+    import sysconfig
+    from pathlib import Path
+
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        pytest.skip("no Python headers here (python3-dev): the kernels cannot be built")
     assert clustering.kernels_available(), "a C compiler is present but edgehema/_fastassign.c was not built"
 
 
