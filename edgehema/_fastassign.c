@@ -306,4 +306,16 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastassign",
                                     "edgehema's latent-space assignment kernels (optional, compiled)", -1, methods};
 
-PyMODINIT_FUNC PyInit__fastassign(void) { return PyModule_Create(&module); }
+/* The limits are exported (MAX_LATENT, MAX_CLUSTERS) so that Python sends larger models to numpy
+ * from the one definition here. */
+PyMODINIT_FUNC PyInit__fastassign(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "MAX_LATENT", MAX_D) < 0 || PyModule_AddIntConstant(m, "MAX_CLUSTERS", MAX_K) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

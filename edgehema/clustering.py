@@ -34,14 +34,11 @@ def kernels_available() -> bool:
     return _fastassign is not None
 
 
-#: The kernels' limits (MAX_D, MAX_K in _fastassign.c): larger models are assigned by numpy.
-KERNEL_MAX_LATENT, KERNEL_MAX_CLUSTERS = 64, 16
-
-
 def _compiled(*shapes: tuple[int, int]) -> bool:
-    """Whether to use the kernels for (clusters, latent units) shapes like these."""
+    """Whether to use the kernels for (clusters, latent units) shapes like these: larger models than
+    the kernels take (their MAX_CLUSTERS, MAX_LATENT) are assigned by numpy."""
     return (KERNELS != "numpy" and _fastassign is not None
-            and all(1 <= k <= KERNEL_MAX_CLUSTERS and 1 <= d <= KERNEL_MAX_LATENT for k, d in shapes))
+            and all(1 <= k <= _fastassign.MAX_CLUSTERS and 1 <= d <= _fastassign.MAX_LATENT for k, d in shapes))
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -152,17 +149,19 @@ def adapt_centroids(z: np.ndarray, centroids: np.ndarray, alpha: float = 1.0, it
 
 
 def assign_events(z1: np.ndarray, z2: np.ndarray, centroids: np.ndarray, alpha: float, gmm: DiagonalGMM,
-                  stage1_classes: tuple[str, ...], stage2_classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+                  stage1_classes: tuple[str, ...], stage2_classes: tuple[str, ...],
+                  kernels: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities (n, 5) in classes.EVENT_CLASSES order, labels (n,) uint8) of every event.
 
     Stage 1 gives noise, platelets and the red-cell side; stage 2 splits the red-cell side into
     normal red cells, reticulocytes and coincidences. The label is the first largest probability.
+    ``kernels=False``: numpy, whatever is built (the reference the kernels are checked against).
     """
     n = len(z1)
     p = np.empty((n, len(C.EVENT_CLASSES)), dtype=np.float32)
     s1 = [stage1_classes.index(x) for x in ("noise", "plt", "rbc_side")]
     s2 = [stage2_classes.index(x) for x in ("rbc", "retic", "coincidence")]
-    if _compiled(centroids.shape, gmm.means.shape) and z1.dtype == np.float32 and z2.dtype == np.float32:
+    if kernels and _compiled(centroids.shape, gmm.means.shape) and z1.dtype == np.float32 and z2.dtype == np.float32:
         labels = np.empty(n, dtype=np.uint8)
         layout = bytes(s1 + s2 + [C.NOISE, C.PLT, C.RBC, C.RETIC, C.COINCIDENCE])
         z1, z2 = _f32(z1), _f32(z2)
@@ -188,17 +187,12 @@ def kernel_disagreement(z1: np.ndarray, z2: np.ndarray, centroids: np.ndarray, a
     Agreement asked: probabilities within 1e-4, and a class different only where numpy's two
     largest probabilities tie to 1e-5.
     """
-    global KERNELS
     if not _compiled(centroids.shape, gmm.means.shape):
         return None
     z1, z2 = _f32(z1), _f32(z2)
     args = (z1, z2, centroids, alpha, gmm, stage1_classes, stage2_classes)
     p_fast, l_fast = assign_events(*args)
-    saved, KERNELS = KERNELS, "numpy"
-    try:
-        p_ref, l_ref = assign_events(*args)
-    finally:
-        KERNELS = saved
+    p_ref, l_ref = assign_events(*args, kernels=False)
     worst = float(np.abs(p_fast - p_ref).max()) if len(p_ref) else 0.0
     differ = l_fast != l_ref
     top2 = np.sort(p_ref[differ], axis=1)[:, -2:]
