@@ -30,6 +30,7 @@ def smear(
     outbox: Path = typer.Option(Path("edgehema-outbox.sqlite"), "--outbox", help="With --lis and files: the queue (with --watch: the journal)."),
     lis_wait: float = typer.Option(30.0, "--lis-wait", min=0.0, help="With --lis: seconds to wait at the end for the LIS."),
     stain: str = typer.Option("auto", "--stain", help="Stain normalisation to the training images' colours: auto (images whose stain is unlike them), always, never."),
+    overlap: str = typer.Option("none", "--overlap", help="Red cells in touching regions: none (one per detected box, the default), area (a region counts the single cells its area holds, up to four per box; seed 002's correction)."),
 ) -> None:
     """Count red cells, white cells and platelets on blood-smear images.
 
@@ -40,6 +41,7 @@ def smear(
         raise typer.BadParameter("choose one of --json and --csv")
     _check_engine(engine)
     _check_stain(stain)
+    _check_overlap(overlap)
     if overlay_dir is not None:
         if overlay_dir.exists() and not overlay_dir.is_dir():
             raise EdgehemaError(f"{overlay_dir}: is a file; --overlay names a folder")
@@ -47,7 +49,7 @@ def smear(
     if watch_dir is not None:
         senders = lis_sinks(lis or [], journal, lis_wait)  # the journal's database is the outbox
         try:
-            return _watch(watch_dir, journal, engine, overlay_dir, max_images, idle_exit, as_csv, senders, stain)
+            return _watch(watch_dir, journal, engine, overlay_dir, max_images, idle_exit, as_csv, senders, stain, overlap)
         finally:
             for sender in senders:
                 sender.close()
@@ -55,14 +57,14 @@ def smear(
         raise typer.BadParameter("name images or folders, or --watch FOLDER")
     senders = lis_sinks(lis or [], outbox, lis_wait)
     try:
-        _count_files(images, as_json, as_csv, overlay_dir, engine, senders, stain)
+        _count_files(images, as_json, as_csv, overlay_dir, engine, senders, stain, overlap)
     finally:
         for sender in senders:
             sender.close()
 
 
 def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path], engine: str, senders: list,
-                 stain: str = "auto") -> None:
+                 stain: str = "auto", overlap: str = "none") -> None:
     import cv2
 
     from ..smear import count_image, image_files, overlay
@@ -76,7 +78,7 @@ def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path
         sys.stdout.write("image,rbc,wbc,plt,flags,seconds\n")
     for path in files:
         try:
-            result, image = count_image(path, engine, stain=stain)
+            result, image = count_image(path, engine, stain=stain, overlap=overlap)
         except EdgehemaError as exc:
             failed += 1
             error(str(exc))
@@ -112,6 +114,7 @@ def evaluate_smear(
     engine: List[str] = typer.Option(["model", "baseline"], "--engine", help="Detector(s) to measure side by side: model, model-tflite, model-onnx, baseline, model:FILE.onnx, model:FOLDER/model.tflite."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per engine."),
     stain: str = typer.Option("auto", "--stain", help="Stain normalisation: auto, always, never."),
+    overlap: str = typer.Option("none", "--overlap", help="Red cells in touching regions: none or area (as for smear)."),
     restain: Optional[str] = typer.Option(None, "--restain", metavar="a=DA,b=DB,contrast=C,l=DL", help="Measure on the images restained: CIELAB a*, b* moved, colour spread scaled, lightness moved (a stain unlike the training set)."),
 ) -> None:
     """Per class AP@0.5 and mAP, precision and recall, and per-image count errors on BCCD val."""
@@ -126,6 +129,7 @@ def evaluate_smear(
     for e in engine:
         _check_engine(e)
     _check_stain(stain)
+    _check_overlap(overlap)
     perturb = None
     if restain:
         names = {"a": "da", "b": "db", "contrast": "contrast", "l": "dl"}
@@ -137,7 +141,7 @@ def evaluate_smear(
             except (KeyError, ValueError):
                 raise typer.BadParameter(f"--restain {part!r}: a=NUMBER, b=NUMBER, contrast=NUMBER or l=NUMBER") from None
         perturb = partial(restained, **kwargs)
-    reports = [evaluate(data, split, e, stain=stain, perturb=perturb) for e in engine]
+    reports = [evaluate(data, split, e, stain=stain, perturb=perturb, overlap=overlap) for e in engine]
     if as_json:
         for r in reports:
             typer.echo(json.dumps(r))
@@ -162,6 +166,13 @@ def _check_stain(mode: str) -> None:
         raise typer.BadParameter(f"--stain must be one of {', '.join(MODES)}, not {mode!r}")
 
 
+def _check_overlap(mode: str) -> None:
+    from ..smear.overlap import MODES
+
+    if mode not in MODES:
+        raise typer.BadParameter(f"--overlap must be one of {', '.join(MODES)}, not {mode!r}")
+
+
 def _check_engine(name: str) -> None:
     from ..smear.pipeline import ENGINES
 
@@ -182,7 +193,8 @@ def _check_engine(name: str) -> None:
 
 
 def _watch(folder: Path, journal_path: Path, engine: str, overlay_dir: Optional[Path], max_images: Optional[int],
-           idle_exit: Optional[float], as_csv: bool, senders: list, stain: str = "auto") -> None:
+           idle_exit: Optional[float], as_csv: bool, senders: list, stain: str = "auto",
+           overlap: str = "none") -> None:
     import signal
 
     import cv2
@@ -212,7 +224,7 @@ def _watch(folder: Path, journal_path: Path, engine: str, overlay_dir: Optional[
     sys.stderr.write(f"edgehema: watching {folder} for smear images (journal {journal_path}); Ctrl-C stops\n")
     try:
         watch(folder, journal, emit, error, engine, max_images=max_images, idle_exit=idle_exit,
-              stop=lambda: stopping["now"], on_image=draw, stain=stain)
+              stop=lambda: stopping["now"], on_image=draw, stain=stain, overlap=overlap)
     except KeyboardInterrupt:
         pass
     finally:

@@ -14,7 +14,7 @@ from .voc import average_precision, read_annotation
 
 
 def evaluate(root: str | Path, split: str = "val", engine: str = "model", stain: str = "auto",
-             perturb=None) -> dict:
+             perturb=None, overlap: str = "none") -> dict:
     """``perturb``: a function applied to each image first (a stain unlike the training set, for
     measuring the stain normalisation: edgehema.smear.stain.restain)."""
     from .image_io import read_image
@@ -30,7 +30,7 @@ def evaluate(root: str | Path, split: str = "val", engine: str = "model", stain:
     for i in ids:
         path = root / "JPEGImages" / f"{i}.jpg"
         image = read_image(path)
-        result, _, every = analyse(path, engine, perturb(image) if perturb else image, stain)
+        result, _, every = analyse(path, engine, perturb(image) if perturb else image, stain, overlap)
         preds[i] = every  # AP over every detection and its score; counts as the result gives them
         truth[i] = read_annotation(root / "Annotations" / f"{i}.xml")
         true = counts([g for g, _ in truth[i]])
@@ -51,11 +51,12 @@ def evaluate(root: str | Path, split: str = "val", engine: str = "model", stain:
                         "count_mae": round(float(np.abs(e).mean()), 3), "count_bias": round(float(e.mean()), 3)}
     rel = np.array(relative_rbc)
     return {
-        "engine": engine, "split": split, "images": len(ids), "seconds": round(seconds, 2),
+        "engine": engine, "overlap": overlap, "split": split, "images": len(ids), "seconds": round(seconds, 2),
         "map50": round(float(np.mean([per_class[k]["ap50"] for k in SMEAR_CLASSES])), 4),
         "classes": per_class,
         "rbc_count_within_5pct": round(float((rel <= 0.05).mean()), 4),
         "rbc_count_error_pct_median": round(float(np.median(rel) * 100), 2),
+        "rbc_count_within_10pct": round(float((rel <= 0.10).mean()), 4),
         "wbc_all_found": round(wbc_all_found / len(ids), 4),
         "plt_within_1": round(float((np.abs(np.array(errors["plt"])) <= 1).mean()), 4),
     }

@@ -230,12 +230,16 @@ def count_thresholds(engine: str) -> dict[str, float]:
     return COUNT_THRESHOLDS
 
 
-def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = None, stain: str = "auto"):
+def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = None, stain: str = "auto",
+            overlap: str = "none"):
     """(result, image, every detection with its score) for one smear image. ``stain``: normalise the
     colours to the training images' before detection ``auto`` (when the stain is unlike them),
-    ``always`` or ``never`` (edgehema.smear.stain). An image too large to decode whole is read
-    twice as a stream of rows (statistics, then detection); the image returned is then a preview
-    of it, shrunk by the result's ``overlay_scale``."""
+    ``always`` or ``never`` (edgehema.smear.stain). ``overlap``: ``area`` counts a region of
+    touching red cells by its area (edgehema.smear.overlap), ``none`` one cell per box. An image
+    too large to decode whole is read twice as a stream of rows (statistics, then detection); the
+    image returned is then a preview of it, shrunk by the result's ``overlay_scale``, and no
+    overlap correction is made (it needs the whole image)."""
+    from . import overlap as O
     from . import stain as S
 
     t0 = time.perf_counter()
@@ -255,6 +259,9 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     every = detect_tiled(source, engine_for(engine), transform, preview, scale)
     thresholds = count_thresholds(engine)
     found = [d for d in every if d.score >= thresholds[d.kind]]
+    corrected = overlap == "area" and not streamed
+    if corrected:
+        found = O.correct(source.image, found)
     # The flags judge the image as it came (a stain unlike training stays flagged: normalising
     # helps the detector, it does not make the slide a typical one).
     flags = flags_for(q, found, (source.height, source.width), reference)
@@ -270,6 +277,7 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
         "flag_details": flags,
         "quality": {k: round(v, 2) for k, v in q.items()},
         "stain_normalised": normalised,
+        "overlap_correction": "area" if corrected else "none",
         "engine": engine,
         "detector": detector_file(engine),
         "seconds": round(time.perf_counter() - t0, 4),
@@ -282,9 +290,9 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
 
 
 def count_image(path: str | Path, engine: str = "model", image: np.ndarray | None = None,
-                stain: str = "auto") -> tuple[dict, np.ndarray]:
+                stain: str = "auto", overlap: str = "none") -> tuple[dict, np.ndarray]:
     """(result, image) for one smear image; the result in the smear schema (docs/smear.md)."""
-    result, image, _ = analyse(path, engine, image, stain)
+    result, image, _ = analyse(path, engine, image, stain, overlap)
     return result, image
 
 
