@@ -167,9 +167,51 @@ def run(recipe: Recipe, out: Path, log=print, history: dict | None = None) -> di
     return written
 
 
+def check_shipped(models: Path, log=print, samples_per_species: int | None = None) -> bool:
+    """Hold a bundle this recipe made to ``edgehema train``'s final-model check: its training set is
+    simulated again from the recipe settings in its manifest, and the bundle (and its int8 forms
+    beside it) must count those samples with a score (p95 errors as multiples of their targets)
+    within 1.5 x the chosen seed's cross-validated score + 0.5. For bundles made before the check
+    existed (2.0.0), and for any copy whose reproduction is in doubt. ``samples_per_species``: the
+    first samples only (tests), the same ones the full set begins with."""
+    import json
+
+    from .training import crossval
+    from .training.run import FINAL_SCORE_FACTOR, FINAL_SCORE_MARGIN, restart_line
+
+    manifest = json.loads((models / "reference" / "manifest.json").read_text())
+    card = manifest["model_card"]
+    settings = {k: v for k, v in manifest["training"]["recipe_settings"].items() if k != "fit"}
+    recipe = Recipe(**{**settings, "species": tuple(settings["species"]),
+                       "pathologies": tuple(settings["pathologies"]) if settings["pathologies"] else None})
+    seed = card["settings"]["seed"]  # the final model's (the restart chosen); card["seed"] is the run's
+    chosen = [r["score"] for r in card["restarts"] if r["seed"] == seed] if card.get("restarts") else []
+    if not chosen:
+        raise SystemExit(f"{models / 'reference'}: its model card records no cross-validated score to hold it to")
+    limit = FINAL_SCORE_FACTOR * chosen[0] + FINAL_SCORE_MARGIN
+    n = len(recipe.species) * (samples_per_species or recipe.samples_per_species)
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        files, reference, _ = simulate_instrument(instrument(recipe), Path(tmp) / "data", n, recipe.events_per_sample,
+                                                  recipe.seed, vary=vary, event_counts=recipe.event_counts)
+        for name in ("reference", "reference-int8", "reference-tflite-int8"):
+            if not (models / name / "manifest.json").is_file():
+                continue
+            summary, _ = crossval.evaluate_heldout(models / name, [Path(tmp) / "data"], reference)
+            score = crossval.score(summary)
+            ok &= score <= limit
+            log(f"{name} {manifest['version']} on its {n} training samples: score {score:.3f} (seed {seed} "
+                f"cross-validated {chosen[0]:.3f}, limit {limit:.3f}): {'passed' if score <= limit else 'FAILED'}; "
+                + restart_line(summary))
+    return ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("edgehema/models"))
+    ap.add_argument("--check-shipped", action="store_true",
+                    help="train nothing: hold the bundles in --out to edgehema train's final-model check on their "
+                         "own training set, simulated again from their manifest (exit 1 if one fails)")
     ap.add_argument("--scale", choices=("full", "tiny"), default="full")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--folds", type=int, default=None, help="cross-validation folds (default 3; 0: none)")
@@ -179,6 +221,8 @@ def main() -> None:
     ap.add_argument("--pathologies", default=None, help="comma-separated pathology presets to draw from (default: all)")
     ap.add_argument("--species", default=None, help="comma-separated species to train on (default: all five)")
     args = ap.parse_args()
+    if args.check_shipped:
+        raise SystemExit(0 if check_shipped(args.out) else 1)
     recipe = Recipe() if args.scale == "full" else Recipe.tiny()
     if args.seed is not None:
         recipe.seed = args.seed

@@ -64,3 +64,23 @@ def test_recipe_is_deterministic(tiny, tmp_path):
     b = Bundle.load(again["reference"]).manifest
     assert a["stage1"]["centroids"] == b["stage1"]["centroids"]
     assert a["stage2"]["means"] == b["stage2"]["means"]
+
+
+def test_shipped_model_passes_the_final_model_check_on_its_own_training_samples(monkeypatch):
+    """Model 2.0.0 predates edgehema train's final-model check: its first training samples, simulated
+    again from its manifest, are counted within the limit its cross-validated score sets (the full
+    200: `python -m export.train_reference --check-shipped`, docs/training.md); and the check fails
+    a bundle held to a limit it cannot meet."""
+    from pathlib import Path
+
+    import export.training.run as R
+    from export.train_reference import check_shipped
+
+    models = Path(__file__).resolve().parents[1] / "edgehema" / "models"
+    lines: list[str] = []
+    assert check_shipped(models, lines.append, samples_per_species=2)
+    assert len(lines) == 3 and all("passed" in line for line in lines)
+    monkeypatch.setattr(R, "FINAL_SCORE_MARGIN", -2.0)  # limit 1.5 x 1.033 - 2 < 0: nothing passes
+    lines.clear()
+    assert not check_shipped(models, lines.append, samples_per_species=2)
+    assert all("FAILED" in line for line in lines)
