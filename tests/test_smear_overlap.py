@@ -114,3 +114,9 @@ def test_on_bccd_the_correction_helps_on_train_not_on_val(monkeypatch):
            for split in ("train", "val") for mode in ("none", "area")}
     assert mae["train", "area"] < mae["train", "none"] - 0.2
     assert mae["val", "area"] > mae["val", "none"] - 0.1
+
+
+def test_an_image_too_large_for_the_region_labels_is_left_as_it_is(monkeypatch):
+    img, found = field()
+    monkeypatch.setattr("edgehema.smear.overlap.MAX_PIXELS", img.shape[0] * img.shape[1] - 1)
+    assert correct(img, found) == found

@@ -36,6 +36,9 @@ MAX_CELLS = 4
 HOLE_PIXELS = 1500
 #: Fewer counted red cells than this: no single-cell area to trust, no correction.
 MIN_CELLS = 3
+#: Larger images are not corrected: the region labels take 4 bytes a pixel (400 MB for an image of
+#: 100 million pixels, on top of the image itself).
+MAX_PIXELS = 25_000_000
 
 
 def red_cell_mask(image: np.ndarray, white_cells: list[Detection]) -> np.ndarray:
@@ -64,13 +67,18 @@ def single_cell_area(red_cells: list[Detection]) -> float:
     return float(np.median([math.pi / 4 * (d.x1 - d.x0) * (d.y1 - d.y0) for d in red_cells])) * AREA_SLACK
 
 
+def applies(image: np.ndarray) -> bool:
+    """Whether ``correct`` can work on this image (8-bit colour, not larger than MAX_PIXELS)."""
+    return image.ndim == 3 and image.shape[0] * image.shape[1] <= MAX_PIXELS
+
+
 def correct(image: np.ndarray, found: list[Detection]) -> list[Detection]:
     """``found`` (the counted detections) with each red-cell box's ``cells`` raised where its region
     holds more cells than boxes; everything else unchanged, in the same order."""
     import cv2
 
     red = [k for k, d in enumerate(found) if d.kind == "rbc"]
-    if len(red) < MIN_CELLS or image.ndim != 3:
+    if len(red) < MIN_CELLS or not applies(image):
         return found
     mask = red_cell_mask(image, [d for d in found if d.kind == "wbc"])
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)

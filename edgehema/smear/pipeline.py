@@ -238,7 +238,7 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     touching red cells by its area (edgehema.smear.overlap), ``none`` one cell per box. An image
     too large to decode whole is read twice as a stream of rows (statistics, then detection); the
     image returned is then a preview of it, shrunk by the result's ``overlay_scale``, and no
-    overlap correction is made (it needs the whole image)."""
+    overlap correction is made (it needs the whole image; nor above overlap.MAX_PIXELS)."""
     from . import overlap as O
     from . import stain as S
 
@@ -259,7 +259,7 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     every = detect_tiled(source, engine_for(engine), transform, preview, scale)
     thresholds = count_thresholds(engine)
     found = [d for d in every if d.score >= thresholds[d.kind]]
-    corrected = overlap == "area" and not streamed
+    corrected = overlap == "area" and not streamed and O.applies(source.image)
     if corrected:
         found = O.correct(source.image, found)
     # The flags judge the image as it came (a stain unlike training stays flagged: normalising
