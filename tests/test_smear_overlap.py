@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -64,7 +65,7 @@ def test_a_box_on_two_touching_red_cells_counts_two():
 
 def test_pale_centres_are_filled_and_white_cells_taken_out():
     img, found = field()
-    mask = red_cell_mask(img, [d for d in found if d.kind == "wbc"])
+    mask = red_cell_mask(img, [d for d in found if d.kind == "wbc"], math.pi * R * R)
     assert mask[80, 80] == 255  # a pale centre belongs to its cell
     assert mask[240, 660] == 0  # the white cell is not red-cell area
     assert mask[200, 400] == 0  # background
@@ -120,3 +121,12 @@ def test_an_image_too_large_for_the_region_labels_is_left_as_it_is(monkeypatch):
     img, found = field()
     monkeypatch.setattr("edgehema.smear.overlap.MAX_PIXELS", img.shape[0] * img.shape[1] - 1)
     assert correct(img, found) == found
+
+
+def test_the_same_field_at_twice_the_magnification_counts_the_same():
+    img, found = field()
+    big = cv2.resize(img, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    twice = [Detection(d.kind, 2 * d.x0, 2 * d.y0, 2 * d.x1, 2 * d.y1, d.score) for d in found]
+    assert [d.cells for d in correct(big, twice)] == [d.cells for d in correct(img, found)]
+    mask = red_cell_mask(big, [d for d in twice if d.kind == "wbc"], math.pi * (2 * R) ** 2)
+    assert mask[160, 160] == 255  # a pale centre four times the pixels is still a centre

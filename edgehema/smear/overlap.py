@@ -6,8 +6,8 @@ one box on two or three of them. Here the red cells' pixels are segmented (CIELA
 threshold, pale centres filled), each connected region holding counted red-cell boxes is given
 ``round(area / single-cell area)`` cells, and the cells beyond its boxes are added to them (each box
 standing for at most ``MAX_CELLS``). The single-cell area is the image's own: the median ellipse
-inscribed in its red-cell boxes, times ``AREA_SLACK`` (chosen on BCCD train). White-cell boxes are taken out of the
-red-cell pixels first.
+inscribed in its red-cell boxes, times ``AREA_SLACK`` (chosen on BCCD train). White-cell boxes
+are taken out of the red-cell pixels first. Sizes are the image's own, so any magnification works.
 
 Off by default (``--overlap area``): on BCCD val it does not bring the counts nearer the annotation
 (docs/smear.md), whose own clumps are often unlabelled.
@@ -31,9 +31,9 @@ AREA_SLACK = 1.8
 #: A region of touching cells counts at most this many per box (seed 002: "uncommon for more than
 #: four RBCs to overlap").
 MAX_CELLS = 4
-#: Holes in the red-cell mask below this many pixels are pale cell centres, filled (BCCD's red
-#: cells are about 7,000 pixels; the background between cells is larger or touches the border).
-HOLE_PIXELS = 1500
+#: Holes in the red-cell mask smaller than this share of a cell (its box's inscribed ellipse) are
+#: pale cell centres, filled; the background between cells is larger or touches the border.
+HOLE_SHARE = 0.18
 #: Fewer counted red cells than this: no single-cell area to trust, no correction.
 MIN_CELLS = 3
 #: Larger images are not corrected: the region labels take 4 bytes a pixel (400 MB for an image of
@@ -41,8 +41,9 @@ MIN_CELLS = 3
 MAX_PIXELS = 25_000_000
 
 
-def red_cell_mask(image: np.ndarray, white_cells: list[Detection]) -> np.ndarray:
-    """uint8 mask (255 = red-cell pixel) of an 8-bit BGR image."""
+def red_cell_mask(image: np.ndarray, white_cells: list[Detection], cell_area: float) -> np.ndarray:
+    """uint8 mask (255 = red-cell pixel) of an 8-bit BGR image; ``cell_area``: a red cell's area in
+    pixels (holes below HOLE_SHARE of it are filled)."""
     import cv2
 
     darkness = cv2.GaussianBlur(255 - cv2.cvtColor(image, cv2.COLOR_BGR2LAB)[..., 0], (5, 5), 0)
@@ -56,15 +57,16 @@ def red_cell_mask(image: np.ndarray, white_cells: list[Detection]) -> np.ndarray
     threshold, _ = cv2.threshold(pixels.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     mask = np.where(darkness > threshold, 255, 0).astype(np.uint8)
     _, holes, stats, _ = cv2.connectedComponentsWithStats(cv2.bitwise_not(mask), connectivity=4)
-    small = stats[:, cv2.CC_STAT_AREA] < HOLE_PIXELS
+    small = stats[:, cv2.CC_STAT_AREA] < HOLE_SHARE * cell_area
     small[0] = False  # label 0 is the red-cell pixels themselves
     mask[small[holes]] = 255
     mask[~outside] = 0
     return mask
 
 
-def single_cell_area(red_cells: list[Detection]) -> float:
-    return float(np.median([math.pi / 4 * (d.x1 - d.x0) * (d.y1 - d.y0) for d in red_cells])) * AREA_SLACK
+def box_cell_area(red_cells: list[Detection]) -> float:
+    """The median ellipse inscribed in the red-cell boxes, in pixels."""
+    return float(np.median([math.pi / 4 * (d.x1 - d.x0) * (d.y1 - d.y0) for d in red_cells]))
 
 
 def applies(image: np.ndarray) -> bool:
@@ -80,7 +82,8 @@ def correct(image: np.ndarray, found: list[Detection]) -> list[Detection]:
     red = [k for k, d in enumerate(found) if d.kind == "rbc"]
     if len(red) < MIN_CELLS or not applies(image):
         return found
-    mask = red_cell_mask(image, [d for d in found if d.kind == "wbc"])
+    cell = box_cell_area([found[k] for k in red])
+    mask = red_cell_mask(image, [d for d in found if d.kind == "wbc"], cell)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     h, w = mask.shape
     by_region: dict[int, list[int]] = {}
@@ -89,7 +92,7 @@ def correct(image: np.ndarray, found: list[Detection]) -> list[Detection]:
         region = int(labels[min(max(int(cy), 0), h - 1), min(max(int(cx), 0), w - 1)])
         if region:  # a box whose centre is not on red-cell pixels is left as it is
             by_region.setdefault(region, []).append(k)
-    area = single_cell_area([found[k] for k in red])
+    area = cell * AREA_SLACK
     out = list(found)
     for region, boxes in by_region.items():
         cells = min(round(stats[region, cv2.CC_STAT_AREA] / area), MAX_CELLS * len(boxes))
