@@ -130,3 +130,18 @@ def test_the_same_field_at_twice_the_magnification_counts_the_same():
     assert [d.cells for d in correct(big, twice)] == [d.cells for d in correct(img, found)]
     mask = red_cell_mask(big, [d for d in twice if d.kind == "wbc"], math.pi * (2 * R) ** 2)
     assert mask[160, 160] == 255  # a pale centre four times the pixels is still a centre
+
+
+def test_a_watched_folder_counts_with_the_overlap_correction(tmp_path):
+    from edgehema.smear.watch import SmearJournal, watch
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    img, _ = field()
+    cv2.imwrite(str(folder / "f.png"), img)
+    journal = SmearJournal(tmp_path / "j.sqlite")
+    out: list = []
+    watch(folder, journal, out.append, lambda e: None, engine="baseline", interval=0.1, settle_s=0.0,
+          max_images=1, overlap="area")
+    journal.close()
+    assert len(out) == 1 and out[0]["overlap_correction"] == "area"
