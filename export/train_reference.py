@@ -179,9 +179,13 @@ def check_shipped(models: Path, log=print, samples_per_species: int | None = Non
     from .training import crossval
     from .training.run import FINAL_SCORE_FACTOR, FINAL_SCORE_MARGIN, restart_line
 
-    manifest = json.loads((models / "reference" / "manifest.json").read_text())
-    card = manifest["model_card"]
-    settings = {k: v for k, v in manifest["training"]["recipe_settings"].items() if k != "fit"}
+    path = models / "reference" / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+        card = manifest["model_card"]
+        settings = {k: v for k, v in manifest["training"]["recipe_settings"].items() if k != "fit"}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"{path}: not a bundle made by this recipe ({type(exc).__name__}: {exc})") from None
     recipe = Recipe(**{**settings, "species": tuple(settings["species"]),
                        "pathologies": tuple(settings["pathologies"]) if settings["pathologies"] else None})
     seed = card["settings"]["seed"]  # the final model's (the restart chosen); card["seed"] is the run's

@@ -84,3 +84,5 @@ def test_shipped_model_passes_the_final_model_check_on_its_own_training_samples(
     lines.clear()
     assert not check_shipped(models, lines.append, samples_per_species=2)
     assert all("FAILED" in line for line in lines)
+    with pytest.raises(SystemExit, match="not a bundle made by this recipe"):
+        check_shipped(Path(__file__).parent)  # no reference/manifest.json here: one line, no traceback
