@@ -95,22 +95,24 @@ class Classifier:
                 continue
             self.selftest = result
             if verify:
-                why = self.check_kernels()
+                why = self.check_kernels(result.graph if result is not None else None)
                 if why:
                     self.refused.append(f"{why}: numpy assigns instead")
             return self.backend
         raise BackendError(f"{self.bundle.name}: no inference engine can count with this bundle: " + "; ".join(self.refused))
 
-    def check_kernels(self) -> str | None:
+    def check_kernels(self, out: dict[str, np.ndarray] | None = None) -> str | None:
         """The compiled latent-space kernels against numpy on the known answer's latents (as this
-        engine computes them). If they disagree, numpy assigns from then on (in this process) and
-        the reason is returned; None when they agree or are not in use."""
+        engine computes them: ``out``, the graph's outputs the self-test kept, else the graph is
+        run). If they disagree, numpy assigns from then on (in this process) and the reason is
+        returned; None when they agree or are not in use."""
         if self.bundle.kind != "two-stage-idec-vade":
             return None
-        answer = read_known_answer(self.bundle)
-        if answer is None:
-            return None
-        out = self.run_graph(answer[0])
+        if out is None or "z1" not in out:
+            answer = read_known_answer(self.bundle)
+            if answer is None:
+                return None
+            out = self.run_graph(answer[0])
         why = kernel_disagreement(out["z1"], out["z2"], self.centroids, self.alpha, self.gmm,
                                   self.stage1_classes, self.stage2_classes)
         if why:
@@ -162,8 +164,11 @@ class Classifier:
         return {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in outs.items()}
 
     def infer(self, events: np.ndarray, adapt: bool | None = None) -> EventInference:
+        return self.from_graph(self.run_graph(events), adapt)
+
+    def from_graph(self, out: dict[str, np.ndarray], adapt: bool | None = None) -> EventInference:
+        """Classes from the graph's outputs (``run_graph``)."""
         adapt = self.adapt if adapt is None else adapt
-        out = self.run_graph(events)
         if self.bundle.kind == "softmax-classifier":
             p = out["probabilities"].astype(np.float32, copy=False)
             return EventInference(p, p.argmax(1).astype(np.uint8))

@@ -13,7 +13,7 @@ It costs a few milliseconds (measured by ``edgehema selftest``).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,8 @@ class SelfTest:
     #: Share of the known answer's events the engine scores as unlike the training data (None: the
     #: bundle has no such score). They are training-like events: the float model scores about 0.1 %.
     ood_fraction: float | None = None
+    #: The graph's outputs on the known answer (for the latent-space kernels' check: not run twice).
+    graph: dict | None = field(default=None, repr=False, compare=False)
 
     def line(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
@@ -61,7 +63,8 @@ class SelfTest:
         return text + (f"; {self.reason}" if self.reason else "")
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "graph"}
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}
 
     def summary(self) -> dict:
         """What a result records: which engine passed and how closely (no timing, so that a replay
@@ -134,8 +137,10 @@ def compare(classifier: "Classifier", events: np.ndarray, want: np.ndarray) -> S
     want = np.asarray(want, np.int64)
     t0 = time.perf_counter()
     ood = None
+    graph = None
     try:
-        inference = classifier.infer(events, adapt=False)
+        graph = classifier.run_graph(events)
+        inference = classifier.from_graph(graph, adapt=False)
         got = inference.labels.astype(np.int64)
         reason = ""
         limit = classifier.bundle.manifest.get("thresholds", {}).get("recon_err_p999")
@@ -160,4 +165,4 @@ def compare(classifier: "Classifier", events: np.ndarray, want: np.ndarray) -> S
         passed = False
         reason = (f"{ood:.1%} of the known answer's training-like events scored out of distribution "
                   f"(at most {MAX_KNOWN_ANSWER_OOD:.0%}): the engine miscomputes the reconstruction")
-    return SelfTest(classifier.backend_name, passed, n, agreement, class_shift, ms, reason, ood)
+    return SelfTest(classifier.backend_name, passed, n, agreement, class_shift, ms, reason, ood, graph)

@@ -176,6 +176,16 @@ def test_kernels_that_agree_pass_the_check_silently(monkeypatch):
     assert clf.check_kernels() is None and clustering.KERNELS == "auto"
 
 
+def test_loading_runs_the_known_answer_through_the_graph_once(monkeypatch):
+    """The self-test's graph outputs serve the kernels' check too: one pass at start-up, not two."""
+    runs = []
+    real = Classifier.run_graph
+    monkeypatch.setattr(Classifier, "run_graph", lambda self, events: runs.append(len(events)) or real(self, events))
+    clf = Classifier(None)
+    assert clf.selftest is not None and clf.selftest.passed and len(runs) == 1
+    assert "graph" not in clf.selftest.to_dict()
+
+
 @needs_kernels
 def test_the_kernels_refuse_wrong_buffers_with_an_error_not_a_crash():
     """The Python side checks shapes and types; the C side still refuses a wrong buffer (type,

@@ -339,11 +339,11 @@ def selftest(
             out.print(f"{b.name}: unfused graph: {result.line()}")
         passed += result.passed
         failed += not result.passed
-        last = clf
+        last, last_graph = clf, result.graph
     name, speed = decode_speed(0.5)
     out.print(f"frame decoder: {name}, {speed:,.0f} MB/s (a 3 Mbaud link carries 0.375 MB/s)")
     if last is not None:
-        why = last.check_kernels()
+        why = last.check_kernels(last_graph)
         if why:
             out.print(f"latent-space assignment: {why}: numpy assigns instead")
     out.print(f"latent-space assignment: {kernels_state()}")
