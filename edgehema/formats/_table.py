@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .._arrays import row_blocks
 from ..exceptions import InputFileError
 from ..profiles import Profile
 
@@ -378,16 +379,16 @@ def _all_in_range(events: np.ndarray, profile: Profile) -> bool:
 
 
 def _column_min_max(events: np.ndarray, rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Each column's minimum and maximum. numpy reduces a C-ordered table down its columns one short
-    row at a time (7 ms for 150k x 11); viewed as blocks of ``rows`` rows, the inner loop is long
-    (0.6 ms)."""
-    n = (len(events) // rows) * rows
-    blocks = events[:n].reshape(-1, rows * events.shape[1])
-    low = blocks.min(axis=0).reshape(rows, -1).min(axis=0) if n else events.min(axis=0)
-    high = blocks.max(axis=0).reshape(rows, -1).max(axis=0) if n else events.max(axis=0)
-    if 0 < n < len(events):
-        low = np.minimum(low, events[n:].min(axis=0))
-        high = np.maximum(high, events[n:].max(axis=0))
+    """Each column's minimum and maximum, by blocks of ``rows`` rows (7 ms for 150k x 11 straight
+    down the columns, 0.6 ms so)."""
+    blocks, tail = row_blocks(events, rows)
+    if not len(blocks):
+        return tail.min(axis=0), tail.max(axis=0)
+    low = blocks.min(axis=0).reshape(rows, -1).min(axis=0)
+    high = blocks.max(axis=0).reshape(rows, -1).max(axis=0)
+    if len(tail):
+        low = np.minimum(low, tail.min(axis=0))
+        high = np.maximum(high, tail.max(axis=0))
     return low, high
 
 
