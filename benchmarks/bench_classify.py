@@ -10,7 +10,10 @@ Peers, in the same run, same files, same 2 worker processes:
   numpy preprocessing, one onnxruntime call on the whole array, the two stages' cluster posteriors
   in numpy, events counted per class (no per-sample adaptation, no coincidence decomposition: less
   work than edgehema does);
-* the float pipeline with the graph executed by PyTorch eager instead of onnxruntime.
+* the same plain pipeline with the graph in PyTorch eager (the model where it was trained, run the
+  way its author runs it: one forward pass on the whole array);
+* edgehema's own pipeline with the graph executed by PyTorch eager instead of onnxruntime: a
+  stricter peer, where only the graph engine differs (reader, adaptation and counting shared).
 
 Then, in one process on a subset of the files, the median time per file of each stage (read,
 preprocess, graph, adaptation + assignment, counting) and their shares.
@@ -105,21 +108,36 @@ def _peer_init() -> None:
 _plain: dict = {}
 
 
-def _plain_one(path: str) -> dict:
-    """What a data scientist writes around the same model: no blocks, float64 numpy, one session call."""
+class _TorchSession:
+    """The plain pipeline's one call, made by PyTorch eager on the whole array instead of onnxruntime."""
+
+    def __init__(self, bundle: Bundle):
+        self.backend = TorchBackend(bundle)
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = self.backend.run(feeds["x"])
+        return [out[k] for k in names]
+
+
+def _plain_one(path: str, engine: str = "onnxruntime") -> dict:
+    """What a data scientist writes around the same model: no blocks, float64 numpy, one graph call
+    on the whole array (onnxruntime, or PyTorch eager)."""
     import pandas as pd
 
-    if "sess" not in _plain:
-        import onnxruntime as ort
-
+    if engine not in _plain:
         bundle = Bundle.load("reference")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        _plain["sess"] = ort.InferenceSession(str(bundle.model_file), opts, providers=["CPUExecutionProvider"])
+        if engine == "onnxruntime":
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            _plain[engine] = ort.InferenceSession(str(bundle.model_file), opts, providers=["CPUExecutionProvider"])
+        else:
+            _plain[engine] = _TorchSession(bundle)
         m = bundle.manifest
         _plain["m"] = m
         _plain["mean"], _plain["std"] = np.array(m["preprocessing"]["mean"]), np.array(m["preprocessing"]["std"])
-    m, sess = _plain["m"], _plain["sess"]
+    m, sess = _plain["m"], _plain[engine]
     frame = pd.read_csv(path)
     x = (np.log1p(np.maximum(frame[m["features"]].to_numpy(), 0)) - _plain["mean"]) / _plain["std"]
     z1, _err, z2 = sess.run(["z1", "recon_err", "z2"], {"x": x.astype(np.float32)})
@@ -136,11 +154,16 @@ def _plain_one(path: str) -> dict:
     return dict(zip(names.tolist(), counts.tolist()))
 
 
-def run_plain(paths: list[str], jobs: int) -> list[dict]:
+def _plain_torch_one(path: str) -> dict:
+    return _plain_one(path, "torch")
+
+
+def run_plain(paths: list[str], jobs: int, engine: str = "onnxruntime") -> list[dict]:
     from edgehema.batch import single_threaded_workers
 
+    one = _plain_one if engine == "onnxruntime" else _plain_torch_one
     with single_threaded_workers(jobs, _peer_init, ()) as pool:
-        return list(pool.map(_plain_one, paths, chunksize=1))
+        return list(pool.map(one, paths, chunksize=1))
 
 
 def stage_medians(paths: list[str], model: str | None, backend: str) -> dict[str, float]:
@@ -221,25 +244,36 @@ def main() -> None:
             import pandas  # noqa: F401
 
             with Measured() as m:
-                run_plain(paths, args.jobs)
+                plain = run_plain(paths, args.jobs)
             print(f"peer: plain pandas + onnxruntime pipeline, same float model ({args.jobs} processes): {m}; "
                   f"{total / m.wall / 1e6:.2f} M events/s")
             print(f"ratio plain pipeline / edgehema: {m.wall / default_time:.2f}x (default model), "
                   f"{m.wall / ours:.2f}x (float model)")
         except ImportError:
+            plain = None
             print("peer skipped: pandas is not installed (pip install -e '.[batch]')")
         try:
             import torch  # noqa: F401
-
+        except ImportError:
+            print("PyTorch peers skipped: torch is not installed (pip install -e '.[export]')")
+        else:
+            if plain is not None:
+                with Measured() as m:
+                    plain_torch = run_plain(paths, args.jobs, "torch")
+                same = sum(a == b for a, b in zip(plain, plain_torch))
+                print(f"peer: plain pandas + PyTorch eager pipeline, same float model ({args.jobs} processes): {m}; "
+                      f"{total / m.wall / 1e6:.2f} M events/s")
+                print(f"ratio plain PyTorch eager pipeline / edgehema: {m.wall / default_time:.2f}x (default model), "
+                      f"{m.wall / ours:.2f}x (float model); event counts identical to the plain onnxruntime "
+                      f"pipeline's in {same}/{len(paths)} samples")
             with Measured() as m:
                 peer = run_peer(paths, args.jobs)
             same = sum(a["cells"] == b["cells"] for a, b in zip(results, peer))
-            print(f"peer: same pipeline, PyTorch eager graph ({args.jobs} processes): {m}; "
+            print(f"peer: edgehema's pipeline, PyTorch eager graph ({args.jobs} processes): {m}; "
                   f"{total / m.wall / 1e6:.2f} M events/s")
-            print(f"ratio PyTorch eager / edgehema: {m.wall / default_time:.2f}x (default model), {m.wall / ours:.2f}x "
-                  f"(float model); identical cell counts with the float model in {same}/{len(paths)} samples")
-        except ImportError:
-            print("peer skipped: torch is not installed (pip install -e '.[export]')")
+            print(f"ratio edgehema's pipeline with a PyTorch eager graph / edgehema: {m.wall / default_time:.2f}x "
+                  f"(default model), {m.wall / ours:.2f}x (float model); identical cell counts with the float model "
+                  f"in {same}/{len(paths)} samples")
     subset = paths[: args.stage_files]
     for label, model, backend in (("default model", None, "auto"), ("float model", "reference", "onnx")):
         med = stage_medians(subset, model, backend)
