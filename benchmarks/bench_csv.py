@@ -1,7 +1,8 @@
 """CSV parsers side by side on the same event file, in one process: which one edgehema should use.
 
 Candidates: numpy's ``loadtxt`` (the fallback, always there), pandas' C engine and pyarrow.csv (one
-and two threads each), polars, edgehema's compiled tokenizer alone; and edgehema's own reader
+and two threads each), polars, edgehema's compiled tokenizer alone (with its AVX2 structural pass
+where the CPU has it, and its byte loop alone); and edgehema's own reader
 (line check, parse, validation) with each of its three engines. Each parses one 150k-event optical-11 file into a float32 array; the
 figure is the median of interleaved rounds (machines here are noisy), with the ratio to numpy.
 Also: the installed size of each library (the device's constraint) and edgehema's own reader.
@@ -78,6 +79,15 @@ def candidates() -> dict:
             return _table._parse_native(p, delimiter, len(names), np.dtype(np.float32), "utf-8-sig")
 
         out["edgehema's compiled tokenizer (parse only)"] = tokenizer
+        if getattr(_table._fastcsv, "STRUCTURAL", 0):
+            def byte_loop(p):
+                _table.STRUCTURAL_PASS = False
+                try:
+                    return tokenizer(p)
+                finally:
+                    _table.STRUCTURAL_PASS = True
+
+            out["edgehema's tokenizer, byte loop only (parse only)"] = byte_loop
     out["edgehema read_sample, numpy (check, parse, validate)"] = lambda p: ours(p, "numpy")
     if "pandas C engine, 1 thread" in out:
         out["edgehema read_sample, pandas 1 thread"] = lambda p: ours(p, "pandas")

@@ -202,3 +202,100 @@ def test_line_breaks_counts_every_lf_from_start(data, start):
     start = min(start, len(data))
     assert _table._fastcsv.line_breaks(data, start) == data[start:].count(b"\n")
     assert _table._fastcsv.line_breaks(b"\n" * 64 + data, 0) == 64 + data.count(b"\n")
+
+
+def _cpu_has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return any(line.startswith("flags") and " avx2" in line for line in fh)
+    except OSError:
+        return False
+
+
+def test_the_structural_pass_is_on_where_the_cpu_has_avx2():
+    """Otherwise the tests below would compare the byte loop with itself."""
+    _need("native")
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64") or not _cpu_has_avx2():
+        pytest.skip("the structural pass needs x86-64 with AVX2: the byte loop reads every file here")
+    assert _table._fastcsv.STRUCTURAL == 1
+    assert "AVX2 structural pass" in _table.csv_reader_state()
+
+
+def test_the_structural_pass_can_be_turned_off(tmp_path, monkeypatch):
+    """EDGEHEMA_CSV_STRUCTURAL=0: the byte loop alone, said so, and the same events."""
+    _need("native")
+    from edgehema.formats import write_sample
+    from edgehema.simulator import SampleSimulator
+
+    path = tmp_path / "s.csv"
+    write_sample(SampleSimulator("cat", seed=9).generate(5_000).sample, path)
+    monkeypatch.setattr(_table, "CSV_ENGINE", "native")
+    with_pass = read_sample(path).events
+    monkeypatch.setattr(_table, "STRUCTURAL_PASS", False)
+    assert "byte by byte" in _table.csv_reader_state()
+    np.testing.assert_array_equal(read_sample(path).events, with_pass)
+
+
+def _parse_both(data: bytes, delimiter: str, n_columns: int, as_double: bool):
+    dtype = np.float64 if as_double else np.float32
+    results = []
+    for structural in (True, False):
+        out = np.full((data.count(b"\n") + 1) * n_columns, 7.5, dtype)
+        rows = _table._fastcsv.parse(data, 0, delimiter, n_columns, out, as_double, structural)
+        results.append((rows, out[: max(rows, 0) * n_columns].tobytes()))
+    return results
+
+
+PLAIN_CELL = st.one_of(
+    st.from_regex(r"\A[0-9]{1,9}\Z"),
+    st.from_regex(r"\A([0-9]{1,8}\.[0-9]{0,8}|[0-9]{0,8}\.[0-9]{1,8})\Z"),
+    st.integers(0, 99_999).map(str),
+)
+ODD_CELL = st.sampled_from(["-0", "-12", "+7", "1e3", "2.5E-2", "", " 5", '"300"', "nan", "abc", "1,", "3\r", "\x00",
+                            "123456789012345678901234", "1" * 70, "0." + "3" * 30, "7.", ".5", "."])
+
+
+@st.composite
+def event_table(draw):
+    """Many rows of mostly plain cells, sometimes an odd cell, row or line end: long enough (well
+    over 64 bytes) that the structural pass reads most of it and hands the odd rows on."""
+    n_columns = draw(st.integers(1, 6))
+    delimiter = draw(st.sampled_from([",", ";", "\t"]))
+    odd_share = draw(st.sampled_from([0.0, 0.01, 0.2]))
+    crlf = draw(st.booleans())
+    lines = []
+    for _ in range(draw(st.integers(20, 120))):
+        kind = draw(st.sampled_from(["plain"] * 12 + ["short", "long", "blank"])) if odd_share else "plain"
+        width = {"plain": n_columns, "short": max(n_columns - 1, 0), "long": n_columns + 1, "blank": 0}[kind]
+        cells = [draw(ODD_CELL) if odd_share and draw(st.floats(0, 1)) < odd_share else draw(PLAIN_CELL)
+                 for _ in range(width)]
+        lines.append(delimiter.join(cells))
+    end = "\r\n" if crlf else "\n"
+    text = end.join(lines) + (end if draw(st.booleans()) else "")
+    return text.encode("latin-1"), delimiter, n_columns
+
+
+@settings(max_examples=200, deadline=None)
+@given(event_table(), st.booleans())
+def test_the_structural_pass_gives_what_the_byte_loop_gives(table, as_double):
+    """Any table, plain or not: the same verdict (rows, or -1) and bit for bit the same values."""
+    _need("native")
+    data, delimiter, n_columns = table
+    with_pass, byte_loop = _parse_both(data, delimiter, n_columns, as_double)
+    assert with_pass == byte_loop
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(PLAIN_CELL, min_size=4, max_size=4), min_size=30, max_size=60), st.booleans())
+def test_plain_cells_round_as_numpy_does(tmp_path_factory, rows, as_double):
+    """The structural pass's own conversions (up to 8 digits, with or without a point, the point
+    closed up in one word) against numpy's loadtxt, bit for bit, float32 and float64."""
+    _need("native")
+    path = tmp_path_factory.mktemp("p") / "t.csv"
+    path.write_text("a,b,c,d\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    dtype = np.dtype(np.float64 if as_double else np.float32)
+    ref = np.loadtxt(path, delimiter=",", skiprows=1, dtype=dtype, ndmin=2, comments=None)
+    got = _table._parse_native(path, ",", 4, dtype, "utf-8-sig")
+    assert got is not None and got.dtype == dtype and got.tobytes() == ref.tobytes()

@@ -152,6 +152,10 @@ def _count_newlines(mm, end: int) -> int:
 #: pandas' C engine where pandas is installed and loaded, else numpy), ``native``, ``pandas`` or
 #: ``numpy``. Environment: EDGEHEMA_CSV_ENGINE.
 CSV_ENGINE = os.environ.get("EDGEHEMA_CSV_ENGINE", "auto").strip().lower()
+#: The tokenizer's structural pass (x86-64 with AVX2: separators found 64 bytes at a time, plain
+#: cells converted without a branch on their length); EDGEHEMA_CSV_STRUCTURAL=0 keeps to its byte
+#: loop, with the same results (tests/test_csv_engines.py), for comparison or if ever in doubt.
+STRUCTURAL_PASS = os.environ.get("EDGEHEMA_CSV_STRUCTURAL", "1").strip() != "0"
 #: Smaller files go to numpy rather than pandas: pandas' gain there is a few ms (benchmarks/bench_csv.py).
 FAST_PARSER_MIN_BYTES = 1 << 20
 
@@ -193,7 +197,8 @@ def csv_reader_state() -> str:
     if CSV_ENGINE == "numpy":
         return "numpy (EDGEHEMA_CSV_ENGINE=numpy)"
     if CSV_ENGINE in ("auto", "native") and native_available():
-        return "edgehema's compiled tokenizer (edgehema/formats/_fastcsv.c)"
+        how = "with its AVX2 structural pass" if STRUCTURAL_PASS and getattr(_fastcsv, "STRUCTURAL", 0) else "byte by byte"
+        return f"edgehema's compiled tokenizer (edgehema/formats/_fastcsv.c), {how}"
     import importlib.util
 
     if importlib.util.find_spec("pandas") is not None:
@@ -234,7 +239,7 @@ def _parse_native(path: Path, delimiter: str, n_columns: int, dtype, encoding: s
                 # bound from the file size would reserve up to 3x, which a device that does not
                 # overcommit memory may refuse for a large file.
                 out = np.empty((_fastcsv.line_breaks(mm, start) + 1) * n_columns, dtype)
-                rows = _fastcsv.parse(mm, start, delimiter, n_columns, out, out.dtype == np.float64)
+                rows = _fastcsv.parse(mm, start, delimiter, n_columns, out, out.dtype == np.float64, STRUCTURAL_PASS)
     except (OSError, ValueError, MemoryError):  # numpy's path reads or refuses the file
         return None
     if rows <= 0:
