@@ -18,7 +18,7 @@ Peers, in the same run, same files, same 2 worker processes:
 Then, in one process on a subset of the files, the median time per file of each stage (read,
 preprocess, graph, adaptation + assignment, counting) and their shares.
 
-    python benchmarks/bench_classify.py [--files 109] [--events 150000] [--dir /tmp/edgehema-bench]
+    python benchmarks/bench_classify.py [--files 109] [--events 150000] [--dir /tmp/edgehema-bench] [--warmup 0]
 """
 
 from __future__ import annotations
@@ -213,6 +213,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/edgehema-bench"))
     ap.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 2))
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--warmup", type=int, default=1, help="0: no untimed job before the timed ones")
     ap.add_argument("--stage-files", type=int, default=15, help="files timed stage by stage")
     args = ap.parse_args()
     print(f"machine: {machine()} (figures hold only on an otherwise idle machine: compare the ratios)")
@@ -220,6 +221,13 @@ def main() -> None:
     paths = make_files(args.dir / f"{args.events}", args.files, args.events)
     print(f"{len(paths)} files x {args.events:,} events ready in {time.perf_counter() - t0:.1f} s ({args.dir})")
     total = len(paths) * args.events
+    # A machine idle before the run gave its first timed job 25-35 % more time than the same job
+    # later in the run (docs/classifier.md): a short untimed job first, so that every job and every
+    # peer is timed on a machine in the same state.
+    if args.warmup:
+        with Measured() as m:
+            list(classify_files(paths[: 4 * args.jobs], BatchJob(None, "auto", True, None, None, None, None), args.jobs))
+        print(f"warm-up, untimed: edgehema's default model on {4 * args.jobs} files, {m.wall:.2f} s")
     timings = {}
     runs = {}
     # The default model (int8 on LiteRT) and the float reference (onnxruntime), the same files.
