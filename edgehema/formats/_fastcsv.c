@@ -417,7 +417,7 @@ static PyObject *fastcsv_parse(PyObject *self, PyObject *args)
     }
     Py_END_ALLOW_THREADS
 
-/* Numbers off the fast path: CPython's correctly rounded conversion (with the GIL). */
+    /* Numbers off the fast path: CPython's correctly rounded conversion (with the GIL). */
     for (Py_ssize_t i = 0; t.ok && i < t.n_slow; i++) {
         char cell[MAX_CELL + 1];
         memcpy(cell, buf + t.slow[i].offset, (size_t)t.slow[i].length);
