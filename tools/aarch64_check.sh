@@ -13,6 +13,13 @@
 # footprint, and peak RSS (GNU time) of classify and of the demo on a 150,000-event sample.
 # Figures of the last run: docs/device.md. Not in CI: the emulated run takes longer than CI's budget
 # leaves (see docs/device.md for its time).
+#
+#   EDGEHEMA_ARM64_COMPILER=1 sudo -E tools/aarch64_check.sh
+#
+# puts gcc and the Python headers in the root first, so that `pip install .` builds the two
+# optional C extensions (the CSV tokenizer, the latent-space kernels) on aarch64, as on a device
+# image that has a compiler; the check then says whether they were built and holds the tokenizer
+# to numpy's loadtxt bit for bit on the big sample (counts are compared with x86_64 as always).
 set -euo pipefail
 
 PROJECT=$(cd "$(dirname "$0")/.." && pwd)
@@ -65,6 +72,13 @@ for m in proc dev dev/pts; do
 done
 
 [ -x "$ROOT/usr/bin/time" ] || inroot sh -c 'apt-get update -q && apt-get install -y -q time' >/dev/null
+if [ "${EDGEHEMA_ARM64_COMPILER:-0}" = 1 ]; then
+    [ -x "$ROOT/usr/bin/gcc" ] && [ -e "$ROOT/usr/include/python3.11/Python.h" ] || \
+        inroot sh -c 'apt-get update -q && apt-get install -y -q gcc python3-dev' >/dev/null
+else
+    # Without a compiler, as a minimal device image: no leftover from a run with one.
+    [ -x "$ROOT/usr/bin/gcc" ] && inroot sh -c 'apt-get remove -y -q gcc python3-dev' >/dev/null || true
+fi
 
 cat > "$ROOT/opt/check.sh" <<'INNER'
 set -euo pipefail
@@ -83,6 +97,17 @@ echo "footprint_mb $(du -sm /opt/venv | cut -f1)"
 /opt/venv/bin/pip list --format=freeze > /opt/work/pip-freeze.txt
 E=/opt/venv/bin/edgehema
 $E --version
+/opt/venv/bin/python - <<'PY'
+import importlib.util
+for name in ("edgehema.formats._fastcsv", "edgehema._fastassign"):
+    print(f"extension {name}: {'built' if importlib.util.find_spec(name) else 'not built (no compiler)'}")
+from edgehema.formats._table import csv_reader_state
+print("csv reader:", csv_reader_state())
+from edgehema.classifier import Classifier
+from edgehema.clustering import kernels_state
+Classifier(None, threads=1)  # loading runs the known answer through the kernels and numpy
+print("assignment:", kernels_state())
+PY
 t0=$(date +%s)
 $E simulate --species dog --samples 3 --seed 11 -n 20000 -o /opt/work/samples > /dev/null
 $E simulate --species cat --seed 12 -n __EVENTS__ -o /opt/work/big.csv > /dev/null
@@ -92,6 +117,21 @@ t0=$(date +%s)
     $E classify --json --jobs 1 /opt/work/big.csv /opt/work/samples/*.csv > /opt/work/classify.jsonl
 echo "classify_s $(( $(date +%s) - t0 ))"
 $E classify --json --jobs 1 --backend onnx /opt/work/big.csv /opt/work/samples/*.csv > /opt/work/classify_onnx.jsonl
+/opt/venv/bin/python - <<'PY'
+# The tokenizer (where built) against numpy's loadtxt on the big sample, bit for bit.
+import numpy as np
+from pathlib import Path
+from edgehema.formats import _table
+if _table.native_available():
+    path = Path("/opt/work/big.csv")
+    names, delimiter = _table.read_header(path)
+    got = _table._parse_native(path, delimiter, len(names), np.dtype(np.float32), "utf-8-sig")
+    ref = np.loadtxt(path, delimiter=delimiter, skiprows=1, dtype=np.float32, ndmin=2)
+    same = got is not None and got.tobytes() == ref.tobytes()
+    print(f"tokenizer vs numpy.loadtxt on {ref.shape[0]:,} events: {'identical' if same else 'DIFFER'}")
+    if not same:
+        raise SystemExit(1)
+PY
 t0=$(date +%s)
 /usr/bin/time -f "demo_rss_kb %M" -o /opt/work/rss_demo.txt \
     $E demo --samples 1 -n __EVENTS__ --rate 0 --seed 5 --workdir /opt/work/demo > /opt/work/demo.txt
