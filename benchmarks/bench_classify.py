@@ -154,16 +154,13 @@ def _plain_one(path: str, engine: str = "onnxruntime") -> dict:
     return dict(zip(names.tolist(), counts.tolist()))
 
 
-def _plain_torch_one(path: str) -> dict:
-    return _plain_one(path, "torch")
-
-
 def run_plain(paths: list[str], jobs: int, engine: str = "onnxruntime") -> list[dict]:
+    from functools import partial
+
     from edgehema.batch import single_threaded_workers
 
-    one = _plain_one if engine == "onnxruntime" else _plain_torch_one
     with single_threaded_workers(jobs, _peer_init, ()) as pool:
-        return list(pool.map(one, paths, chunksize=1))
+        return list(pool.map(partial(_plain_one, engine=engine), paths, chunksize=1))
 
 
 def stage_medians(paths: list[str], model: str | None, backend: str) -> dict[str, float]:
@@ -221,7 +218,7 @@ def main() -> None:
     paths = make_files(args.dir / f"{args.events}", args.files, args.events)
     print(f"{len(paths)} files x {args.events:,} events ready in {time.perf_counter() - t0:.1f} s ({args.dir})")
     total = len(paths) * args.events
-    # A machine idle before the run gave its first timed job 25-35 % more time than the same job
+    # A machine idle before the run gave its first timed job 30-40 % more time than the same job
     # later in the run (docs/classifier.md): a short untimed job first, so that every job and every
     # peer is timed on a machine in the same state.
     if args.warmup:
