@@ -404,7 +404,7 @@ def test_classify_with_the_lis_down_keeps_results_queued(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "edgehema", "classify", "--jobs", "1", "--lis",
                           f"mllp://127.0.0.1:{free_port()}?timeout=0.5", "--lis-wait", "1", "--outbox", str(db),
                           str(files[0])], capture_output=True, text=True, timeout=120)
-    assert cli.returncode == 0, cli.stderr
+    assert cli.returncode == 1, cli.stderr  # left unacknowledged (--lis-queue-ok makes that 0)
     assert "1 result(s) still pending" in cli.stderr
     box = Outbox(db)
     assert box.count("pending") == 1 and "refused" in box.messages()[0].last_error.lower()

@@ -32,10 +32,13 @@ def classify(
     lis: Optional[List[str]] = typer.Option(None, "--lis", metavar="URL", help="Also send each result to a LIS: mllp://HOST:PORT (HL7 v2.5.1), astm+tcp://HOST:PORT, astm+serial:///dev/ttyUSB0?baud=9600 (ASTM E1394). Repeatable."),
     outbox: Path = typer.Option(Path("edgehema-outbox.sqlite"), "--outbox", help="With --lis: the queue results wait in until the LIS acknowledges them."),
     lis_wait: float = typer.Option(30.0, "--lis-wait", min=0.0, help="With --lis: seconds to wait at the end for the LIS to acknowledge (what is left stays queued)."),
+    lis_correct: bool = typer.Option(False, "--lis-correct", help="With --lis: send results the LIS was given before (the same file again, or another result of the same sample) as corrected results (HL7 OBR-25 / ASTM status C). Without it a re-run sends only what the LIS has not acknowledged, and another result of a sample already reported is not sent."),
+    lis_queue_ok: bool = typer.Option(False, "--lis-queue-ok", help="With --lis: exit 0 although results are left queued for the LIS (they go at the next run or with edgehema outbox --send)."),
 ) -> None:
     """Classify every event of each sample and report RBC, PLT and reticulocyte counts with flags.
 
-    Exit status 1 if any file failed; the results of the others are still written.
+    Exit status 1 if any file failed (the results of the others are still written), or if with
+    --lis a result is left unacknowledged by the LIS (queued; see --lis-queue-ok); 2 for a usage error.
     """
     from ..batch import BatchJob, classify_files
     from ..sample import SampleInfo
@@ -54,7 +57,7 @@ def classify(
                    str(events_out) if events_out else None, None, dataset, str(plots) if plots else None)
     from .lis import lis_sinks
 
-    senders = lis_sinks(lis or [], outbox, lis_wait)
+    senders = lis_sinks(lis or [], outbox, lis_wait, policy="correct" if lis_correct else "hold", resend=lis_correct)
     stream = open_output(output) if output else sys.stdout
     sink = open_sink("json" if as_json else "csv" if as_csv else "table", stream)
     failed = 0
@@ -75,8 +78,34 @@ def classify(
             stream.close()
         for sender in senders:
             sender.close()
-    if failed:
+    left = sum(report_lis(sender) for sender in senders)
+    if failed or (left and not lis_queue_ok):
         raise typer.Exit(1)
+
+
+def report_lis(sender) -> int:
+    """One line per LIS at the end of a run: what was sent, what the LIS had already, what is left.
+    Returns how many results are left unacknowledged (pending or refused)."""
+    t, left = sender.tally, sender.left
+    parts = [f"{t['queued']} new result(s)"]
+    if t["corrected"]:
+        parts.append(f"{t['corrected']} corrected")
+    if t["already"]:
+        parts.append(f"{t['already']} queued or sent before (not sent again)")
+    if t["held"]:
+        parts.append(f"{t['held']} not sent: another result of the sample was given to the LIS before "
+                     f"(--lis-correct sends them as corrections)")
+    if t["review"]:
+        parts.append(f"{t['review']} held for review (no sample id)")
+    unacked = left["pending"] + left["failed"]
+    state = ("every one acknowledged" if not unacked else
+             f"NOT acknowledged: {left['pending']} pending, {left['failed']} refused, kept in {sender.outbox.path}")
+    line = f"LIS {sender.destination.url}: {', '.join(parts)}; {state}"
+    if unacked:
+        error(line)
+    else:
+        sys.stderr.write(f"edgehema: {line}\n")
+    return unacked
 
 
 @app.command()

@@ -17,8 +17,9 @@ from ._app import app
 DEFAULT_OUTBOX = Path("edgehema-outbox.sqlite")
 
 
-def lis_sinks(urls: List[str], outbox: Path, wait_s: float) -> list:
-    """One LIS sink per ``--lis`` URL, all queueing in ``outbox``; each checks its URL before anything runs."""
+def lis_sinks(urls: List[str], outbox: Path, wait_s: float, policy: str = "new", resend: bool = False) -> list:
+    """One LIS sink per ``--lis`` URL, all queueing in ``outbox``; each checks its URL before anything runs.
+    ``policy``/``resend``: what a result the LIS was given before becomes (``edgehema.lis.outbox``)."""
     if not urls:  # nothing of the LIS code (hl7) is loaded when no LIS is asked for
         return []
     from ..sinks.lis_sink import LisSink
@@ -26,7 +27,7 @@ def lis_sinks(urls: List[str], outbox: Path, wait_s: float) -> list:
     def log(line: str) -> None:
         sys.stderr.write(f"edgehema: {line}\n")
 
-    return [LisSink(url, outbox, log=log, wait_s=wait_s) for url in urls]
+    return [LisSink(url, outbox, log=log, wait_s=wait_s, policy=policy, resend=resend) for url in urls]
 
 
 @app.command()
@@ -39,6 +40,9 @@ def outbox(
     wait: float = typer.Option(60.0, "--wait", min=0.0, help="With --send: seconds to wait for the LIS."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per message."),
     show: Optional[int] = typer.Option(None, "--show", help="Print one message's text (its id)."),
+    held: bool = typer.Option(False, "--held", help="List the results held for review (no sample id from the instrument) instead."),
+    release: Optional[int] = typer.Option(None, "--release", metavar="HELD_ID", help="Queue a held result for its LIS under --sample-id (after review)."),
+    sample_id: Optional[str] = typer.Option(None, "--sample-id", help="With --release: the sample id the held result belongs to."),
 ) -> None:
     """List the results queued for the LIS (pending, sent, failed), queue failed ones again, or send now.
 
@@ -49,8 +53,34 @@ def outbox(
         raise EdgehemaError(f"{db}: no such outbox (the stream queues in its journal; classify in --outbox)")
     if status is not None and status not in STATUSES:
         raise typer.BadParameter(f"--status must be one of {', '.join(STATUSES)}")
+    if (release is None) != (sample_id is None):
+        raise typer.BadParameter("--release HELD_ID and --sample-id ID go together")
     box = Outbox(db)
     try:
+        if release is not None:
+            from ..lis import open_destination
+
+            dest = next((h["destination"] for h in box.held() if h["id"] == release), None)
+            if dest is None:
+                raise EdgehemaError(f"{db}: no held result {release} (edgehema outbox --held lists them)")
+            done = box.release(release, sample_id, open_destination(dest).render)
+            if done.action == "held":
+                raise EdgehemaError(f"{db}: sample {sample_id} was given to {dest} before (message "
+                                    f"{done.control_id}): held result {release} not queued")
+            typer.echo(f"held result {release} queued for {dest} as sample {sample_id} (message {done.row}, "
+                       f"control id {done.control_id}); edgehema outbox --send {dest} sends it now")
+            return
+        if held:
+            rows = box.held()
+            for h in rows:
+                if as_json:
+                    typer.echo(json.dumps(h))
+                else:
+                    typer.echo(f"{h['id']:>6}  {h['sample_id']:<24}  {h['destination']}  held {h['held_at']}  "
+                               + (f"released as message {h['released_as']}" if h["released_as"] else h["reason"]))
+            if not as_json:
+                typer.echo(f"{len(rows)} result(s) held for review")
+            return
         if resend or resend_failed:
             n = box.resend(None if resend_failed else list(resend or []))
             typer.echo(f"{n} message(s) queued again")
@@ -111,7 +141,7 @@ def lis_listen(
         if as_json:
             typer.echo(json.dumps(record))
             return
-        tag = "RESEND of " if record["resend"] else ""
+        tag = ("RESEND of " if record["resend"] else "") + ("CORRECTION " if record.get("status") == "C" else "")
         obs = ", ".join(f"{o['name']} {o['value']} {o['unit']}{' ' + o['flag'] if o['flag'] else ''}"
                         for o in record["observations"][:4])
         typer.echo(f"{tag}{record['control_id']} sample {record['sample_id']} ({record['species'] or '-'}): {obs}"
@@ -140,7 +170,10 @@ def _listen_astm(host: str, port: int, as_json: bool, count: Optional[int]) -> N
         sample = order.split("|")[2] if order.count("|") >= 2 else ""
         results = [r.split("|") for r in records if r.startswith("R|")]
         flags = [r.split("|")[3][5:].split(":")[0] for r in records if r.startswith("C|") and "|FLAG " in r]
+        fields = order.split("|")
+        status = fields[25] if len(fields) > 25 and fields[25] else "F"  # O-26: F final, C a correction
         record = {"control_id": control, "sample_id": sample, "resend": control in seen, "records": len(records),
+                  "status": status,
                   "results": {r[2].split("^")[3] if r[2].count("^") >= 3 else r[2]: f"{r[3]} {r[4]}".strip()
                               for r in results if len(r) > 4},
                   "flags": flags, "problems": problems}
@@ -149,7 +182,8 @@ def _listen_astm(host: str, port: int, as_json: bool, count: Optional[int]) -> N
             typer.echo(json.dumps(record))
         else:
             shown = ", ".join(f"{k} {v}" for k, v in list(record["results"].items())[:4])
-            typer.echo(f"{'RESEND of ' if record['resend'] else ''}{control} sample {sample}: {shown}"
+            typer.echo(f"{'RESEND of ' if record['resend'] else ''}{'CORRECTION ' if status == 'C' else ''}"
+                       f"{control} sample {sample}: {shown}"
                        + (f"; flags: {', '.join(flags)}" if flags else "")
                        + (f"; PROBLEMS: {'; '.join(problems)}" if problems else ""))
 

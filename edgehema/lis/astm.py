@@ -67,8 +67,12 @@ def _ts(when: datetime) -> str:
     return when.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S")
 
 
-def build_records(result: dict, control_id: str, *, receiver: str = "", now: datetime | None = None) -> list[str]:
-    """The E1394 records (without their CR) of one sample's result."""
+def build_records(result: dict, control_id: str, *, receiver: str = "", now: datetime | None = None,
+                  status: str = "F") -> list[str]:
+    """The E1394 records (without their CR) of one sample's result. ``status``: ``F`` (final) or ``C``
+    (a correction of results sent before: the order's report type, O-26, and each result's status, R-9)."""
+    if status not in ("F", "C"):
+        raise ValueError(f"result status {status!r}: F or C")
     from .. import __version__
 
     now = now or datetime.now(timezone.utc)
@@ -92,7 +96,7 @@ def build_records(result: dict, control_id: str, *, receiver: str = "", now: dat
                      "" if unit in ("{cells}", "{events}") else unit)
                     for code, _name, system, value, unit in result_observations(result)]
     tests = "\\".join(t for t, _, _ in observations)
-    order = ["O", "1", sample_id, "", tests, "R"] + [""] * 19 + ["F"]
+    order = ["O", "1", sample_id, "", tests, "R"] + [""] * 19 + [status]
     records.append("|".join(order))
     comments = 0
     model = result.get("model") or {}
@@ -105,7 +109,7 @@ def build_records(result: dict, control_id: str, *, receiver: str = "", now: dat
         detail = (result.get("flag_details") or {}).get(flag, "")
         records.append(comment(f"FLAG {flag}: {detail}" if detail else f"FLAG {flag}"))
     for k, (test, value, unit) in enumerate(observations, start=1):
-        records.append("|".join(["R", str(k), test, value, unit, "", abnormal, "", "F", "", "", when, when,
+        records.append("|".join(["R", str(k), test, value, unit, "", abnormal, "", status, "", "", when, when,
                                  instrument]))
     records.append("L|1|N")
     return records
@@ -141,8 +145,8 @@ class AstmDestination:
             self.port_url, self.baud = parts.path, baud
             self.url = f"astm+serial://{parts.path}"
 
-    def render(self, result: dict, control_id: str) -> str:
-        return "\r".join(build_records(result, control_id, receiver=self.receiver)) + "\r"
+    def render(self, result: dict, control_id: str, status: str = "F") -> str:
+        return "\r".join(build_records(result, control_id, receiver=self.receiver, status=status)) + "\r"
 
     def send(self, message: str, control_id: str) -> str:
         """One E1381 transfer: establishment, every frame acknowledged, termination. Raises OSError

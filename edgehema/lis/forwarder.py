@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Callable
 
+from ..stream.log_limit import RateLimitedLog
 from .mllp import LisRejected
 from .outbox import Outbox
 
@@ -26,6 +27,8 @@ class Forwarder:
         self.outbox_path = outbox_path
         self.destination = destination
         self.log = log
+        # An LIS down for an hour is one line, then one a minute with how many tries failed.
+        self._limited = RateLimitedLog(log, window=60.0)
         self.first_pause_s = first_pause_s
         self.max_pause_s = max_pause_s
         self.max_rejections = max_rejections
@@ -64,7 +67,8 @@ class Forwarder:
                     failed = msg.rejections + 1 >= self.max_rejections
                     outbox.attempted(msg.id, f"LIS refused: {exc}", rejected=True, failed=failed)
                     self._problem(f"LIS {self.destination.url} refused message {msg.control_id} "
-                                  f"(sample {msg.sample_id}): {exc}" + ("; marked failed" if failed else "; will resend"))
+                                  f"(sample {msg.sample_id}): {exc}" + ("; marked failed" if failed else "; will resend"),
+                                  "" if failed else f"refused {msg.id}")
                     self.failed += failed
                     if not failed:
                         self._stop.wait(pause)
@@ -75,7 +79,7 @@ class Forwarder:
                     outbox.attempted(msg.id, why)
                     self._problem(f"LIS {self.destination.url} not reached ({why}); "
                                   f"{outbox.count('pending', self.destination.url)} result(s) pending, "
-                                  f"next try in {pause:.0f} s")
+                                  f"next try in {pause:.0f} s", f"unreached {why}")
                     self._stop.wait(pause)
                     pause = min(pause * 2, self.max_pause_s)
                     continue
@@ -83,14 +87,16 @@ class Forwarder:
                 self.sent += 1
                 pause = self.first_pause_s
                 if self.last_problem:
+                    self._limited.flush()
                     self.log(f"LIS {self.destination.url} acknowledges again")
                     self.last_problem = None
         finally:
             outbox.close()
 
-    def _problem(self, line: str) -> None:  # noqa: D401 - said once, not once per try
+    def _problem(self, line: str, kind: str = "") -> None:
+        """Said once, not once per try: the same trouble again is counted (``kind``), not printed."""
         if line != self.last_problem:
-            self.log(line)
+            self._limited(line, kind)
         self.last_problem = line
 
     def drain(self, timeout_s: float) -> None:
@@ -102,6 +108,7 @@ class Forwarder:
             self._idle.wait(0.1)
 
     def stop(self) -> None:
+        self._limited.flush()
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

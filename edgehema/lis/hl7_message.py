@@ -106,10 +106,13 @@ def observations(result: dict) -> list[tuple[str, str, str, str, str]]:
 
 
 def build_oru(result: dict, control_id: str, *, sending_facility: str = "", receiving_application: str = "",
-              receiving_facility: str = "", now: datetime | None = None, images: bool = False) -> str:
+              receiving_facility: str = "", now: datetime | None = None, images: bool = False, status: str = "F") -> str:
     """ORU^R01 (HL7 2.5.1) for one sample's result; segments end with CR as the standard says.
+    ``status``: ``F`` (final) or ``C`` (a correction of a result sent before: OBR-25 and every OBX-11).
     ``images``: the sample's scattergram PNG (``result["scattergram"]``), where there is one, as an
     OBX of type ED (base64), as analyzers send their pictures."""
+    if status not in ("F", "C"):
+        raise ValueError(f"result status {status!r}: F or C")
     now = now or datetime.now(timezone.utc)
     sample_id = esc(result.get("sample_id") or "unknown")
     flags = list(result.get("flags") or [])
@@ -127,7 +130,7 @@ def build_oru(result: dict, control_id: str, *, sending_facility: str = "", rece
         pid = (["PID", "1", "", f"{sample_id}^^^^ACSN", "", "UNKNOWN^^^^^^U"] + [""] * 29
                + [f"{esc(species)}^{esc(species)}^L"])
         segments.append("|".join(pid))
-    segments.append("|".join(["OBR", "1", "", sample_id, "^".join(PANEL), "", "", observed] + [""] * 17 + ["F"]))
+    segments.append("|".join(["OBR", "1", "", sample_id, "^".join(PANEL), "", "", observed] + [""] * 17 + [status]))
     model = result.get("model") or {}
     if model:
         segments.append("|".join(["NTE", "1", "L", esc(f"model {model.get('name', '?')} {model.get('version', '')} "
@@ -141,7 +144,7 @@ def build_oru(result: dict, control_id: str, *, sending_facility: str = "", rece
     obx = [(f"{code}^{name}^{system}", value, unit, "NM") for code, name, system, value, unit in observations(result)]
     for k, (ident, value, unit, kind) in enumerate(obx, start=1):
         segments.append("|".join(["OBX", str(k), kind, ident, "", value, f"{unit}^{unit}^UCUM", "", abnormal, "", "",
-                                  "F", "", "", observed]))
+                                  status, "", "", observed]))
     picture = result.get("scattergram")
     if images and picture:
         try:
@@ -151,7 +154,7 @@ def build_oru(result: dict, control_id: str, *, sending_facility: str = "", rece
             segments.append("|".join(["NTE", str(len(flags) + 2), "L", esc(f"scattergram {picture} not readable")]))
         if data is not None:
             segments.append("|".join(["OBX", str(len(obx) + 1), "ED", f"EHM-SCATTER^Scattergrams^{LOCAL}", "",
-                                      f"edgehema^IM^PNG^Base64^{data}", "", "", "", "", "", "F", "", "", observed]))
+                                      f"edgehema^IM^PNG^Base64^{data}", "", "", "", "", "", status, "", "", observed]))
     segments.append("|".join(["SPM", "1", f"{sample_id}&edgehema", "", "BLD^Whole blood^HL70487"]))
     message = "\r".join(segments) + "\r"
     hl7.parse(message)  # a message python-hl7 cannot parse back is a bug here, not the LIS's problem

@@ -17,11 +17,14 @@ SHORT = {"789-8": "RBC", "777-3": "PLT", "17849-1": "RET%", "60474-4": "RET#"}
 def summarize(message: hl7.Message) -> dict:
     """Control id, sample, species, observations and flags of an ORU^R01."""
     msh = message.segment("MSH")
-    out = {"control_id": str(msh[10]), "sample_id": "", "species": "", "observations": [], "flags": []}
+    out = {"control_id": str(msh[10]), "sample_id": "", "species": "", "observations": [], "flags": [],
+           "status": "F"}
     for seg in message:
         kind = str(seg[0])
         if kind == "OBR" and len(seg) > 3:
             out["sample_id"] = message.unescape(str(seg[3]))
+            if len(seg) > 25 and str(seg[25]):
+                out["status"] = str(seg[25])  # F final, C a correction of a result sent before
         elif kind == "PID" and len(seg) > 35:
             out["species"] = message.unescape(str(seg[35][0][0]))
         elif kind == "OBX" and len(seg) > 6:

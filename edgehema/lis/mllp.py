@@ -49,9 +49,9 @@ class MllpDestination:
         self.sender = query.get("sender", "")
         self.url = f"mllp://{self.host}:{self.port}"
 
-    def render(self, result: dict, control_id: str) -> str:
+    def render(self, result: dict, control_id: str, status: str = "F") -> str:
         return build_oru(result, control_id, sending_facility=self.sender, receiving_application=self.application,
-                         receiving_facility=self.facility, images=self.images)
+                         receiving_facility=self.facility, images=self.images, status=status)
 
     def send(self, message: str, control_id: str) -> str:
         """Send and wait for the acknowledgement; returns its text. Raises OSError/TimeoutError when

@@ -1,12 +1,22 @@
 """The outbound queue to the LIS, in SQLite (the stream's journal database, or a file of its own).
 
-A result is queued once per destination: the key is the sha256 of its JSON, so a result emitted
-again after a restart (stored in the journal, not yet marked emitted) is not queued twice. The
-message is rendered when queued, with a message control id that never changes (a prefix drawn
+A result is queued once per destination. Its key (:func:`result_key`) is the sha256 of its JSON
+without what changes from one run of the same file, model and settings to the next (the seconds
+it took, the folder the file was read from), so a result emitted again after a restart, or the
+same file classified again after a kill, is not queued twice: what was acknowledged is not sent
+again, what was not is sent under the control id it was given first.
+
+The message is rendered when queued, with a message control id that never changes (a prefix drawn
 once per database, then the row number): a resend after a lost acknowledgement carries the same id,
 so the LIS can tell a resend from a new result. Messages are ``pending`` until acknowledged
 (``sent``), or ``failed`` after the LIS rejected them too often; ``edgehema outbox --resend`` puts
 failed ones back in the queue.
+
+A different result for a sample already queued for the destination is, by the caller's
+``policy``: ``new`` (the stream: an instrument that measures a sample again sends a new result),
+``hold`` (not queued; the caller says so) or ``correct`` (queued as a corrected result, HL7
+OBR-25 / ASTM result status ``C``, under a new control id). A deliberate resend of the same
+result is ``correct`` too: never a second final result.
 """
 
 from __future__ import annotations
@@ -41,7 +51,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (destination, result_key)
 );
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(destination, status, id);
+CREATE INDEX IF NOT EXISTS outbox_sample ON outbox(destination, sample_id);
 CREATE TABLE IF NOT EXISTS outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS held (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    result_key TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    result TEXT NOT NULL,
+    held_at TEXT NOT NULL,
+    released_as INTEGER,
+    UNIQUE (destination, result_key)
+);
 """
 
 STATUSES = ("pending", "sent", "failed")
@@ -49,6 +71,33 @@ STATUSES = ("pending", "sent", "failed")
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+#: Result fields that differ between two runs of the same file, model and settings.
+VOLATILE = ("seconds", "scattergram", "scattergram_error")
+
+
+def result_key(result: dict) -> str:
+    """The identity of a result: the same file, model and settings give the same key on every run."""
+    stable = {k: v for k, v in result.items() if k not in VOLATILE}
+    source = stable.get("source")
+    if isinstance(source, str) and not source.startswith("stream "):
+        # The same file named from another folder (relative, absolute) is the same result.
+        stable["source"] = source.replace("\\", "/").rsplit("/", 1)[-1]
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Queued:
+    """What :meth:`Outbox.enqueue` did with a result: ``queued`` (a new row, its id), ``already``
+    (queued before: its row, its status), ``held`` (another result of the sample was queued before;
+    not queued, by policy ``hold``)."""
+
+    action: str
+    row: int
+    status: str
+    control_id: str
+    corrected: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,29 +137,81 @@ class Outbox:
     def _write(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
         return execute(self.db, self.path, "LIS outbox", sql, args)
 
-    def enqueue(self, destination: str, result: dict, render: Callable[[dict, str], str]) -> int | None:
-        """Queue ``result`` for ``destination`` (rendered by ``render(result, control_id)``); None if it
-        is queued already."""
-        key = hashlib.sha256(json.dumps(result, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    def enqueue(self, destination: str, result: dict, render: Callable[..., str], policy: str = "new",
+                resend: bool = False) -> Queued:
+        """Queue ``result`` for ``destination``, rendered by ``render(result, control_id, status)``.
+
+        ``policy`` says what a different result of a sample already queued for ``destination``
+        becomes (module docstring); ``resend`` sends a result that was queued before again, as a
+        corrected result (unless a correction of it is still waiting to go)."""
+        if policy not in ("new", "hold", "correct"):
+            raise ValueError(f"unknown policy {policy!r}")
+        key = result_key(result)
+        sample_id = str(result.get("sample_id") or "")
         self._write("BEGIN IMMEDIATE")
         try:
-            if self.db.execute("SELECT 1 FROM outbox WHERE destination = ? AND result_key = ?",
-                               (destination, key)).fetchone():
-                self._write("ROLLBACK")
-                return None
+            same = self.db.execute("SELECT id, status, control_id FROM outbox WHERE destination = ? AND "
+                                   "(result_key = ? OR result_key LIKE ?) ORDER BY id DESC",
+                                   (destination, key, key + ":C%")).fetchall()
+            corrected = False
+            if same:
+                last = same[0]
+                if not resend or last[1] == "pending":
+                    self._write("ROLLBACK")
+                    return Queued("already", last[0], last[1], last[2])
+                corrected, row_key = True, f"{key}:C{len(same)}"
+            else:
+                row_key = key
+                other = self.db.execute("SELECT id, status, control_id FROM outbox WHERE destination = ? AND "
+                                        "sample_id = ? ORDER BY id DESC LIMIT 1", (destination, sample_id)).fetchone()
+                if other is not None and sample_id and policy != "new":
+                    if policy == "hold":
+                        self._write("ROLLBACK")
+                        return Queued("held", other[0], other[1], other[2])
+                    corrected = True
             cur = self._write("INSERT INTO outbox (destination, result_key, control_id, sample_id, message, status, "
                               "queued_at) VALUES (?, ?, '', ?, '', 'pending', ?)",
-                              (destination, key, str(result.get("sample_id") or ""), _now()))
+                              (destination, row_key, sample_id, _now()))
             row = int(cur.lastrowid)
             control_id = f"{self.prefix}{row:012d}"
             self._write("UPDATE outbox SET control_id = ?, message = ? WHERE id = ?",
-                        (control_id, render(result, control_id), row))
+                        (control_id, render(result, control_id, "C" if corrected else "F"), row))
             self._write("COMMIT")
-            return row
+            return Queued("queued", row, "pending", control_id, corrected)
         except BaseException:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
+
+    def hold_for_review(self, destination: str, result: dict, reason: str) -> None:
+        """Keep a result that must not reach the LIS as it is (no sample id): a person reviews it and
+        releases it under the right id (:meth:`release`). Held once, however often it is emitted."""
+        self._write("INSERT OR IGNORE INTO held (destination, result_key, sample_id, reason, result, held_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", (destination, result_key(result), str(result.get("sample_id") or ""),
+                                                  reason, json.dumps(result, separators=(",", ":")), _now()))
+
+    def held(self) -> list[dict]:
+        """Results held for review: id, destination, sample_id, reason, held_at, released_as (a message id)."""
+        cols = ("id", "destination", "sample_id", "reason", "held_at", "released_as")
+        return [dict(zip(cols, r)) for r in self.db.execute(f"SELECT {', '.join(cols)} FROM held ORDER BY id")]
+
+    def release(self, held_id: int, sample_id: str, render: Callable[..., str]) -> Queued:
+        """Queue held result ``held_id`` under the sample id a person gave it."""
+        row = self.db.execute("SELECT destination, result, released_as FROM held WHERE id = ?", (held_id,)).fetchone()
+        if row is None:
+            raise EdgehemaError(f"{self.path}: no held result {held_id} (edgehema outbox --held lists them)")
+        if row[2] is not None:
+            raise EdgehemaError(f"{self.path}: held result {held_id} was released already, as message {row[2]}")
+        result = json.loads(row[1])
+        result["flag_details"] = dict(result.get("flag_details") or {})
+        result["flag_details"]["sample_id_assigned"] = (
+            f"sample id {sample_id} assigned at review; the instrument reported it as {result.get('sample_id')}")
+        result["flags"] = list(result.get("flags") or []) + ["sample_id_assigned"]
+        result["sample_id"], result["sample_id_source"] = sample_id, "review"
+        done = self.enqueue(row[0], result, render, policy="hold")
+        if done.action != "held":
+            self._write("UPDATE held SET released_as = ? WHERE id = ?", (done.row, held_id))
+        return done
 
     def next_pending(self, destination: str) -> OutboxMessage | None:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE destination = ? AND status = 'pending' "
