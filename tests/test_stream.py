@@ -151,22 +151,25 @@ def test_kill_9_recovery(tmp_path):
                           capture_output=True, text=True, timeout=60)
     after = [json.loads(line) for line in (tmp_path / "out2.jsonl").read_text().splitlines()]
     # The instrument carried on while the host was down. On restart the host asks it to introduce
-    # itself (HELLO_REQUEST), it answers, and nothing it sends after that is dropped: the interrupted
-    # sample is recovered from its archive, the rest of that sample arrives flagged (its SAMPLE_BEGIN
-    # went to the dead host), and sample 3 is counted normally.
-    assert len(after) == 3, (proc.stderr, [r["sample_id"] for r in after])
+    # itself (HELLO_REQUEST), it answers, and nothing it sends after that is dropped. The rest of
+    # sample 2 (no SAMPLE_BEGIN: that went to the dead host) is joined to what the archive holds of
+    # it: one result, under its own sample id and species, flagged (issue 32 item 2: it used to go out
+    # as a second result "tag-2" with no species and no concentrations). Sample 3 is counted normally.
+    assert len(after) == 2, (proc.stderr, [r["sample_id"] for r in after])
     r = after[0]
-    assert r["sample_id"] == emu.truths[1]["sample_id"] and r["complete"] is False
-    assert "incomplete" in r["flags"] and "interrupted" in r["flags"]
-    assert 0 < r["events"]["total"] < 40_000
-    tail = after[1]
-    assert tail["tag"] == 2 and tail["complete"] is False and "missing_sample_begin" in tail["flags"]
-    assert r["events"]["total"] + tail["events"]["total"] <= 40_000
-    assert after[2]["sample_id"] == emu.truths[2]["sample_id"] and after[2]["events"]["total"] == 40_000
+    assert r["sample_id"] == emu.truths[1]["sample_id"] and r["species"] == "dog" and r["complete"] is False
+    assert r["sample_id_source"] == "instrument"
+    assert "resumed" in r["flags"] and "event_index_gap" in r["flags"], r["flags"]
+    assert "missing_sample_begin" not in r["flags"]
+    assert r["concentration"]["rbc_per_uL"] is not None  # its SAMPLE_END (volume) arrived with the rest
+    # Events the instrument sent while no host listened are lost on the link, and said so; none twice.
+    assert 0.5 * 40_000 < r["events"]["total"] < 40_000
+    assert after[1]["sample_id"] == emu.truths[2]["sample_id"] and after[1]["events"]["total"] == 40_000
     assert "before HELLO" not in proc.stderr
+    assert not any(x["sample_id"].startswith("tag-") for x in first + after)
     with sqlite3.connect(journal) as db:
         rows = [row[0] for row in db.execute("SELECT status FROM samples ORDER BY id")]
-        assert rows[:2] == ["complete", "incomplete"] and len(rows) == 4 and "open" not in rows
+        assert rows == ["complete", "complete", "complete"], rows
         # Every stored result was delivered.
         assert db.execute("SELECT count(*) FROM samples WHERE emitted_at IS NULL").fetchone()[0] == 0
 
@@ -184,7 +187,9 @@ def test_config_file_and_bad_port(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_exits_cleanly_and_reports_the_open_sample(tmp_path, sig):
-    """Ctrl-C, and SIGTERM (systemd's stop), close the open sample cleanly."""
+    """Ctrl-C, and SIGTERM (systemd's stop), stop cleanly and leave the open sample open (journal and
+    archive) for the next start, which joins the instrument's continuation to it: one result under
+    its own id, flagged with the true reason, never a second one (issue 32 item 2)."""
     emu = InstrumentEmulator("human", samples=2, events=60_000, seed=9)
     t, port = start_tcp_instrument(emu, rate=30_000.0)
     journal = tmp_path / "j.sqlite"
@@ -205,11 +210,26 @@ def test_ctrl_c_or_sigterm_exits_cleanly_and_reports_the_open_sample(tmp_path, s
     time.sleep(0.3)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
-    t.join(10)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "model edgehema-reference-tflite-int8 2.0.0 on tflite" in err  # which model counts, said once
     results = [json.loads(line) for line in out.splitlines()]
-    assert results and results[-1]["complete"] is False and "incomplete" in results[-1]["flags"]
+    assert all(r["complete"] for r in results), [r["flags"] for r in results]
+    assert "left open" in err
+    with sqlite3.connect(journal) as db:
+        assert [row[0] for row in db.execute("SELECT status FROM samples")][-1] == "open"
+    again = []
+    for _ in range(2):  # the instrument waits for its host and carries on; the second start gets nothing
+        run = subprocess.run([sys.executable, "-m", "edgehema", "stream", "--port", port, "--journal", str(journal),
+                              "--archive", str(tmp_path / "a"), "--no-reconnect", "--idle-exit", "1"],
+                             capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in run.stderr
+        again.append([json.loads(line) for line in run.stdout.splitlines()])
+    t.join(30)
+    ids = [x["sample_id"] for x in emu.truths]
+    assert [r["sample_id"] for r in results + again[0]] == ids and again[1] == [], again
+    r = again[0][0]
+    assert r["complete"] is False and "resumed" in r["flags"] and "stopped (signal)" in r["flag_details"]["resumed"]
+    assert r["events"]["total"] <= 60_000 and again[0][1]["events"]["total"] == 60_000
     with sqlite3.connect(journal) as db:
         assert "open" not in [row[0] for row in db.execute("SELECT status FROM samples")]

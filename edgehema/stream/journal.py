@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS samples (
     closed_at TEXT,
     result TEXT,
     emitted_at TEXT,
-    stored_seq INTEGER
+    stored_seq INTEGER,
+    note TEXT
 );
 CREATE INDEX IF NOT EXISTS samples_status ON samples(status);
 CREATE TABLE IF NOT EXISTS instruments (
@@ -66,6 +67,8 @@ class Journal:
             # Journals from before emission was recorded: their results were emitted when stored.
             self.db.execute("ALTER TABLE samples ADD COLUMN emitted_at TEXT")
             self.db.execute("UPDATE samples SET emitted_at = closed_at WHERE result IS NOT NULL")
+        if "note" not in cols:
+            self.db.execute("ALTER TABLE samples ADD COLUMN note TEXT")
         if "stored_seq" not in cols:
             # Journals from before the store order was recorded: row order is the best that is known.
             self.db.execute("ALTER TABLE samples ADD COLUMN stored_seq INTEGER")
@@ -102,9 +105,15 @@ class Journal:
     def mark_emitted(self, row: int) -> None:
         self._write("UPDATE samples SET emitted_at = ? WHERE id = ?", (_now(), row))
 
-    def interrupted(self) -> list[tuple[int, int, str, str]]:
-        """(row, tag, sample_id, archive) of samples left open by a crash."""
-        return list(self.db.execute("SELECT id, tag, sample_id, archive FROM samples WHERE status = 'open' ORDER BY id"))
+    def leave_open(self, row: int, note: str) -> None:
+        """The host stops with this sample open on purpose (a signal): the next start joins the
+        instrument's continuation to it, or reports it with ``note`` as the reason."""
+        self._write("UPDATE samples SET note = ? WHERE id = ?", (note, row))
+
+    def interrupted(self) -> list[tuple[int, int, str, str, str | None]]:
+        """(row, tag, sample_id, archive, note) of samples left open by a crash or a stop."""
+        return list(self.db.execute("SELECT id, tag, sample_id, archive, note FROM samples WHERE status = 'open' "
+                                    "ORDER BY id"))
 
     def unemitted(self) -> list[tuple[int, dict]]:
         """(row, result) of results stored but never written to the sinks, in the order they were stored."""

@@ -34,7 +34,7 @@ from ..result import result_from_inference
 from ..sample import Sample, SampleInfo
 from .journal import Journal
 from .log_limit import RateLimitedLog
-from .session import EventBatch, Notice, OpenSample, SampleClosed, SampleOpened, WireSession
+from .session import EventBatch, Notice, OpenSample, SampleClosed, SampleOpened, SampleResumed, WireSession
 
 BLOCK = 4096
 
@@ -113,6 +113,7 @@ class SampleAssembler:
         result = result_from_inference(sample, inf, self.classifier, t0, complete=closed.complete, extra_flags=flags)
         out_dict = result.to_dict()
         out_dict["tag"] = s.tag
+        out_dict["sample_id_source"] = s.id_source
         out_dict["complete"] = closed.complete and not flags
         if plots is not None and len(events):
             from .. import scattergram
@@ -150,6 +151,36 @@ def replay_bytes(data: bytes, classifier: Classifier, plots: Path | None = None,
     return results
 
 
+def restore_open(data: bytes, classifier: Classifier) -> SampleAssembler | None:
+    """The sample an archive holds, as the host had it when it stopped: open (no SAMPLE_END), its
+    metadata and every archived event. None if the archive holds no open sample."""
+    session = WireSession()
+    assemblers: dict[int, SampleAssembler] = {}
+    for item in session.feed(data):
+        if isinstance(item, SampleOpened):
+            assemblers[id(item.sample)] = SampleAssembler(item.sample, classifier)
+        elif isinstance(item, EventBatch):
+            assemblers[id(item.sample)].add(item.events)
+    s = session.open
+    if s is None or id(s) not in assemblers:
+        return None
+    s.frames = []  # on disk already
+    return assemblers[id(s)]
+
+
+@dataclass
+class _Suspended:
+    """A sample the host had open when it stopped or lost the link, waiting for the instrument's
+    continuation (joined to it) or for the wait to end (reported incomplete)."""
+
+    assembler: SampleAssembler
+    row: int | None
+    path: Path
+    why: str
+    since: float
+    recovered: bool = False  # taken back from the journal at start (not counted in this run's samples)
+
+
 @dataclass
 class StreamConfig:
     port: str
@@ -170,6 +201,9 @@ class StreamConfig:
     max_held: int = 500
     #: Folder for each sample's scattergram PNG (None: no pictures).
     plots: Path | None = None
+    #: Seconds a sample the host had open when it stopped (or lost the link) waits, once the link is
+    #: up, for the instrument to carry on with it; then it is reported incomplete.
+    resume_wait_s: float = 10.0
     #: Public keys the model must be signed by (files or folders; empty: $EDGEHEMA_TRUSTED_KEYS, and
     #: without it hash checks only). ``trusted_keys_origin`` names where the list was set.
     trusted_keys: tuple[str, ...] = ()
@@ -241,8 +275,11 @@ class StreamRunner:
             raise EdgehemaError(f"{cfg.archive_dir}: cannot create the archive folder: {exc.strerror}") from None
         self.stats = StreamStats()
         self._stop = False
+        self._stop_requested = False  # stop() (a signal): open samples stay open for the next start
+        self._connected_at: float | None = None
         self._last_sync = time.monotonic()
         self._open: dict[int, _OpenArchive] = {}
+        self._suspended: dict[tuple[str, int], _Suspended] = {}
         self._held: list[_Held] = []  # results waiting for storage, in order
         self._unmarked: list[int] = []  # rows emitted but not yet marked so in the journal
         self._undelivered: list[tuple[int, dict]] = []  # stored, but the sink could not write them
@@ -269,38 +306,100 @@ class StreamRunner:
         count_sample(fake, inf.probabilities, inf.labels, profile, SampleInfo(), DEFAULT_AREA_FEATURES)
 
     def recover(self) -> int:
-        """At start: emit results that were stored but never delivered, then report samples a crash
-        left open, recomputed from their archives, as incomplete. Works on a full disk: what cannot
-        be stored is held in memory and stored later."""
+        """At start: emit results that were stored but never delivered; then take back the samples
+        left open by a crash or a stop, from their archives: each waits for the instrument to carry
+        on with it (joined, reported once) or is reported incomplete. Works on a full disk: what
+        cannot be stored is held in memory and stored later."""
         for row, result in self.journal.unemitted():
             self._deliver(row, result)
             self.log(f"emitted stored result of sample {result.get('sample_id')} that was not delivered before")
         n = 0
-        for row, tag, sample_id, archive in self.journal.interrupted():
+        for row, tag, sample_id, archive, note in self.journal.interrupted():
             path = Path(archive)
+            why = note or "the host stopped (crash, kill or power loss) during this sample"
             try:
                 data = path.read_bytes() if path.exists() else b""
             except OSError:
                 data = b""
+            assembler = restore_open(data, self.classifier) if data else None
+            if assembler is not None:
+                s = assembler.sample
+                self._suspended[(s.instrument_id, s.tag)] = _Suspended(assembler, row, path, why, time.monotonic(),
+                                                                       recovered=True)
+                self.log(f"sample {s.sample_id} (tag {tag}) was open when the host stopped: {s.received:,} events "
+                         f"taken back from {path}; waiting for the instrument to carry on with it")
+                n += 1
+                continue
             results = replay_bytes(data, self.classifier) if data else []
-            if results:
+            if results:  # the archive holds a sample that ended (its SAMPLE_END archived): as it is
                 result = results[-1]
             else:
                 empty = OpenSample(tag, sample_id, "", 0.0, 0, (), "", "")
                 empty.flag("incomplete", "the host stopped before any event of this sample was archived")
                 result = SampleAssembler(empty, self.classifier).finish(SampleClosed(empty, complete=False), time.perf_counter())
-            result.setdefault("flags", [])
-            if "interrupted" not in result["flags"]:
-                result["flags"].append("interrupted")
-                result.setdefault("flag_details", {})["interrupted"] = "the host stopped (crash or kill) during this sample"
-            result["complete"] = False
+            _flag_interrupted(result, why)
             self._store(_Held(row, result, False, tag, sample_id, None, archive, ack=False))
             n += 1
             self.log(f"recovered interrupted sample {sample_id} (tag {tag}) from {path}")
         return n
 
+    def _resume(self, instrument_id: str, tag: int, features: tuple) -> OpenSample | None:
+        """The session's ``resume``: a suspended sample of this instrument and tag goes on."""
+        waiting = self._suspended.get((instrument_id, tag))
+        if waiting is None or waiting.assembler.sample.features != features:
+            return None
+        del self._suspended[(instrument_id, tag)]
+        s = waiting.assembler.sample
+        s.flag("resumed", f"{waiting.why}; the instrument carried on with the sample and the rest was joined to "
+                          f"the {s.received:,} events received before")
+        fh = None
+        try:
+            fh = open(waiting.path, "ab")
+        except OSError as exc:
+            self._storage_problem(f"{waiting.path}: cannot append to the archive: {exc.strerror}")
+            s.flag("archive_incomplete", f"the raw frames of this sample could not all be archived ({exc.strerror})")
+        self._open[id(s)] = _OpenArchive(waiting.assembler, waiting.row, waiting.path, fh)
+        self.log(f"sample {s.sample_id} (tag {tag}) goes on after the host's restart: joined")
+        return s
+
+    def _suspend(self, s: OpenSample, why: str) -> None:
+        """The host stops or loses the link with ``s`` open: keep it for its continuation."""
+        entry = self._open.pop(id(s))
+        self._flush_one(entry, sync=True)
+        if entry.fh is not None:
+            try:
+                entry.fh.close()
+            except OSError:
+                pass
+        if self._stop_requested and entry.row is not None:
+            try:
+                self.journal.leave_open(entry.row, why)
+            except StorageFullError as exc:
+                self._storage_problem(str(exc))
+        self._suspended[(s.instrument_id, s.tag)] = _Suspended(entry.assembler, entry.row, entry.path, why,
+                                                               time.monotonic())
+
+    def _end_suspended(self, why: str | None = None, due_only: bool = False) -> None:
+        """Report suspended samples incomplete: the instrument began another sample, or the wait ended."""
+        now = time.monotonic()
+        for key, waiting in list(self._suspended.items()):
+            start = max(waiting.since, self._connected_at or waiting.since)
+            if due_only and now - start < self.cfg.resume_wait_s:
+                continue
+            del self._suspended[key]
+            s = waiting.assembler.sample
+            s.flag("incomplete", f"SAMPLE_END never arrived ({why or 'the instrument did not carry on with it'})")
+            result = waiting.assembler.finish(SampleClosed(s, complete=False), time.perf_counter(), self.cfg.plots)
+            _flag_interrupted(result, waiting.why)
+            self._store(_Held(waiting.row, result, False, s.tag, s.sample_id, s.instrument_id, str(waiting.path),
+                              ack=False))
+            self.stats.samples += not waiting.recovered
+
     # ----------------------------------------------------------------- run
     def stop(self) -> None:
+        """Stop on request (SIGTERM, Ctrl-C): a sample still open stays open in the journal and its
+        archive, for the next start to join the instrument's continuation to."""
+        self._stop_requested = True
         self._stop = True
 
     def run(self) -> int:
@@ -326,11 +425,14 @@ class StreamRunner:
                          f"{self.cfg.reconnect_delay:g} s", kind="port_retry")
                 if self.cfg.idle_exit and time.monotonic() - last_data > self.cfg.idle_exit:
                     break
+                if self._suspended:
+                    self._end_suspended(due_only=True)
                 time.sleep(self.cfg.reconnect_delay)
                 self._retry_storage()
                 continue
-            session = WireSession(self.journal.last_hello())
+            session = WireSession(self.journal.last_hello(), resume=self._resume)
             self._port = port
+            self._connected_at = time.monotonic()
             self._request_hello(session)
             clf = self.classifier
             self.log(f"connected to {self.cfg.port}; model {clf.bundle.name} {clf.bundle.version} on {clf.backend_name}")
@@ -349,16 +451,27 @@ class StreamRunner:
                             last_request = now
                     elif self.cfg.idle_exit and now - last_data > self.cfg.idle_exit:
                         self._stop = True
+                    if self._suspended:
+                        self._end_suspended(due_only=True)
                     if (self._held or self._undelivered) and now - self._last_storage_try > 1.0:
                         self._retry_storage()
                     if self.cfg.max_samples and self.stats.samples >= self.cfg.max_samples:
                         self._stop = True
             except (serial.SerialException, OSError) as exc:
                 self.log(f"{self.cfg.port}: link lost ({exc})")
+            except KeyboardInterrupt:  # Ctrl-C is a stop like SIGTERM: the open sample stays open
+                self._stop_requested = self._stop = True
             finally:
-                # The link is gone (or we stop): an open sample is incomplete.
+                # The link is gone (or we stop): an open sample waits for its continuation (after a
+                # reconnect, or the next start) rather than being cut here.
+                if session.open is not None and id(session.open) in self._open:
+                    why = ("the host was stopped (signal) during this sample" if self._stop_requested
+                           else "the link was lost during this sample")
+                    self._suspend(session.open, why)
+                    session.open = None
                 self._handle_all(session.disconnect())
                 self._port = None
+                self._connected_at = None
                 try:
                     port.close()
                 except Exception:  # noqa: BLE001 - closing a dead port may fail any way
@@ -371,6 +484,12 @@ class StreamRunner:
     def _finish(self) -> None:
         """Last try to store what is held; what still cannot be stored goes to the sinks flagged
         ``not_stored`` (never dropped), and the run ends with an error."""
+        if self._stop_requested:
+            for waiting in self._suspended.values():
+                self.log(f"sample {waiting.assembler.sample.sample_id} left open: it is joined to the instrument's "
+                         f"continuation, or reported incomplete, at the next start")
+        else:
+            self._end_suspended("the stream ended")
         self._retry_storage(force=True)
         self.log.flush()
         held, self._held = self._held, []
@@ -396,7 +515,11 @@ class StreamRunner:
     def _handle_all(self, items) -> None:
         for item in items:
             if isinstance(item, SampleOpened):
+                if self._suspended:
+                    self._end_suspended(f"the instrument began sample {item.sample.sample_id}")
                 self._opened(item.sample)
+            elif isinstance(item, SampleResumed):
+                self.stats.current = item.sample.sample_id
             elif isinstance(item, EventBatch):
                 self._open[id(item.sample)].assembler.add(item.events)
                 self.stats.events += len(item.events)
@@ -556,27 +679,38 @@ class StreamRunner:
         if sync:
             self._last_sync = now
         for entry in self._open.values():
-            frames = entry.assembler.sample.frames
-            if not frames:
-                continue
-            # Frames already on disk (or that cannot be written) need not stay in memory.
-            entry.assembler.sample.frames = []
-            if entry.fh is None:
-                continue
+            self._flush_one(entry, sync)
+
+    def _flush_one(self, entry: _OpenArchive, sync: bool) -> None:
+        frames = entry.assembler.sample.frames
+        if not frames:
+            return
+        # Frames already on disk (or that cannot be written) need not stay in memory.
+        entry.assembler.sample.frames = []
+        if entry.fh is None:
+            return
+        try:
+            entry.fh.write(b"".join(frames))
+            entry.fh.flush()
+            if sync:
+                os.fsync(entry.fh.fileno())
+        except OSError as exc:
+            self._storage_problem(f"{entry.path}: {exc.strerror}")
+            entry.assembler.sample.flag("archive_incomplete",
+                                        f"the raw frames of this sample could not all be archived ({exc.strerror})")
             try:
-                entry.fh.write(b"".join(frames))
-                entry.fh.flush()
-                if sync:
-                    os.fsync(entry.fh.fileno())
-            except OSError as exc:
-                self._storage_problem(f"{entry.path}: {exc.strerror}")
-                entry.assembler.sample.flag("archive_incomplete",
-                                            f"the raw frames of this sample could not all be archived ({exc.strerror})")
-                try:
-                    entry.fh.close()
-                except OSError:
-                    pass
-                entry.fh = None
+                entry.fh.close()
+            except OSError:
+                pass
+            entry.fh = None
+
+
+def _flag_interrupted(result: dict, why: str) -> None:
+    result.setdefault("flags", [])
+    if "interrupted" not in result["flags"]:
+        result["flags"].append("interrupted")
+        result.setdefault("flag_details", {})["interrupted"] = why
+    result["complete"] = False
 
 
 def _port_problem(exc: BaseException) -> str:

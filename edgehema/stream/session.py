@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -32,13 +32,31 @@ class OpenSample:
     received: int = 0
     flags: dict[str, str] = field(default_factory=dict)
     frames: list[bytes] = field(default_factory=list)  # every frame of the sample, as on the wire
+    #: Where the sample id comes from: ``instrument`` (its SAMPLE_BEGIN) or ``host`` (``tag-N``, made
+    #: up here because SAMPLE_BEGIN never arrived): such a result never goes to a LIS as it is.
+    id_source: str = "instrument"
 
     def flag(self, code: str, text: str) -> None:
         self.flags.setdefault(code, text)
 
 
+#: ``resume(instrument_id, tag, features)``: the host's own open sample of that tag, if it had one
+#: when it stopped; frames of a sample that is not open then continue it instead of opening a
+#: sample without SAMPLE_BEGIN.
+Resume = Callable[[str, int, tuple], "OpenSample | None"]
+
+
 @dataclass
 class SampleOpened:
+    sample: OpenSample
+
+
+@dataclass
+class SampleResumed:
+    """A sample the host had open when it stopped (or lost the link) goes on: the instrument sends its
+    remaining frames without a new SAMPLE_BEGIN. ``sample`` is the one the host had, events so far
+    included, so that the continuation is counted with it, once."""
+
     sample: OpenSample
 
 
@@ -88,8 +106,9 @@ class WireSession:
     HELLO that matches it arrives). Without it such frames wait for the HELLO; if none comes, their
     samples are reported ``no_hello`` with their frames, so a sample is never dropped."""
 
-    def __init__(self, fallback_hello: tuple[bytes, str] | None = None) -> None:
+    def __init__(self, fallback_hello: tuple[bytes, str] | None = None, resume: Resume | None = None) -> None:
         self.decoder = codec.FrameDecoder()
+        self.resume = resume
         self.fallback_hello = fallback_hello
         self.hello: P.Hello | None = None
         self.hello_frame: bytes | None = None
@@ -240,7 +259,8 @@ class WireSession:
                 continue
             s = samples.get(tag)
             if s is None:
-                s = OpenSample(tag, sample_id or f"tag-{tag}", species, dilution, started, (), "", "")
+                s = OpenSample(tag, sample_id or f"tag-{tag}", species, dilution, started, (), "", "",
+                               id_source="instrument" if sample_id else "host")
                 s.flag("no_hello", f"the instrument never introduced itself (no HELLO) during this sample: its frames "
                                    f"are archived but its events could not be decoded ({why})")
                 samples[tag] = s
@@ -265,12 +285,24 @@ class WireSession:
         self._flag_assumed(self.open)
         yield SampleOpened(self.open)
 
+    def _resumed(self, tag: int) -> OpenSample | None:
+        """The host's own sample of ``tag`` from before it stopped, now open again (or None)."""
+        if self.resume is None or self.hello is None:
+            return None
+        s = self.resume(self.hello.instrument_id, tag, tuple(f.name for f in self.hello.features))
+        if s is not None:
+            self.open = s
+            self._flag_assumed(s)
+        return s
+
     def _events(self, msg: P.Events, wire: bytes) -> Iterator[object]:
         s = self.open
-        if s is None and self.hello is not None:
+        if s is None and (s := self._resumed(msg.tag)) is not None:
+            yield SampleResumed(s)
+        elif s is None and self.hello is not None:
             # SAMPLE_BEGIN was lost: keep the events under their tag rather than drop a sample.
             s = self.open = OpenSample(msg.tag, f"tag-{msg.tag}", "", 0.0, 0, tuple(f.name for f in self.hello.features),
-                                       self.hello.profile, self.hello.instrument_id)
+                                       self.hello.profile, self.hello.instrument_id, id_source="host")
             s.flag("missing_sample_begin", "SAMPLE_BEGIN was not received: sample id, species and dilution unknown")
             s.frames.append(self.hello_frame)
             self._flag_assumed(s)
@@ -290,6 +322,8 @@ class WireSession:
 
     def _end(self, msg: P.SampleEnd, wire: bytes) -> Iterator[object]:
         s = self.open
+        if s is None and (s := self._resumed(msg.tag)) is not None:
+            yield SampleResumed(s)
         if s is None or msg.tag != s.tag:
             yield Notice(f"SAMPLE_END for sample {msg.tag} that is not open: ignored")
             return
