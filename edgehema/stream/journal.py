@@ -12,11 +12,17 @@ still decode (flagged) what an instrument sends before it introduces itself agai
 
 A write that fails because the storage is full (or failing) raises :class:`StorageFullError`; every
 other method keeps working for reading, so a full disk never stops start-up.
+
+The journal keeps a reserve (:meth:`Journal.keep_reserve`): a file of zeros beside it, released
+when the stream must stop with results it could not store, so that those results are stored
+whole (and recorded as emitted) rather than emitted unstored and taken back, cut, from their
+archives at every later start.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +61,7 @@ def _now() -> str:
 class Journal:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.reserve_path = self.path.with_name(self.path.name + ".reserve")
         self.db = connect(self.path, "result journal", "journal", SCHEMA)
         try:
             self._migrate()
@@ -73,6 +80,30 @@ class Journal:
             # Journals from before the store order was recorded: row order is the best that is known.
             self.db.execute("ALTER TABLE samples ADD COLUMN stored_seq INTEGER")
             self.db.execute("UPDATE samples SET stored_seq = id WHERE result IS NOT NULL")
+
+    def keep_reserve(self, size: int) -> str | None:
+        """Make sure the reserve file holds ``size`` bytes; None, or why it cannot (storage full)."""
+        try:
+            have = self.reserve_path.stat().st_size if self.reserve_path.exists() else 0
+            if have >= size:
+                return None
+            with open(self.reserve_path, "ab") as fh:
+                block = b"\0" * 65536
+                while have < size:  # zeros written, not a sparse file: the space is really taken
+                    have += fh.write(block[: min(len(block), size - have)])
+                fh.flush()
+                os.fsync(fh.fileno())
+            return None
+        except OSError as exc:
+            return f"{self.reserve_path}: {exc.strerror or exc}"
+
+    def release_reserve(self) -> bool:
+        """Free the reserve's space for the journal's last writes; True if there was one."""
+        try:
+            self.reserve_path.unlink()
+            return True
+        except OSError:
+            return False
 
     def _write(self, sql: str, args: tuple) -> sqlite3.Cursor:
         return execute(self.db, self.path, "result journal", sql, args)

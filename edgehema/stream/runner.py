@@ -37,6 +37,8 @@ from .log_limit import RateLimitedLog
 from .session import EventBatch, Notice, OpenSample, SampleClosed, SampleOpened, SampleResumed, WireSession
 
 BLOCK = 4096
+#: The journal note of a sample whose result went out unstored (flagged not_stored) at a stop.
+NOT_STORED_NOTE = "not_stored: emitted unstored at a stop on a full disk"
 
 
 class SampleAssembler:
@@ -199,6 +201,9 @@ class StreamConfig:
     #: Results held in memory while the storage is full, at most; past that the stream stops (their
     #: results are then written to the sinks flagged ``not_stored``, never dropped).
     max_held: int = 500
+    #: Bytes kept free beside the journal for the results held when the stream must stop on a full
+    #: disk (a result is a few kB; 1 MiB holds a hundred and more).
+    journal_reserve: int = 1 << 20
     #: Folder for each sample's scattergram PNG (None: no pictures).
     plots: Path | None = None
     #: Seconds a sample the host had open when it stopped (or lost the link) waits, once the link is
@@ -233,6 +238,10 @@ class _Held:
     instrument_id: str | None
     archive: str
     ack: bool  # acknowledge to the instrument once stored
+    #: Recomputed from its archive at a start (not received in this run): if it cannot be stored it
+    #: is not written out unstored, since the journal and archive still hold it for a later start,
+    #: and a restart loop on a full disk would emit it again at every start.
+    recovered: bool = False
 
 
 @dataclass
@@ -269,6 +278,10 @@ class StreamRunner:
         if self.classifier.selftest is not None:
             self.log(self.classifier.selftest.line())
         self.journal = Journal(cfg.journal)
+        problem = self.journal.keep_reserve(cfg.journal_reserve)
+        if problem:
+            self.log(f"storage full: cannot keep the journal's {cfg.journal_reserve >> 10} kB reserve ({problem}); "
+                     f"results held at a stop may have to be written out unstored")
         try:
             cfg.archive_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -276,6 +289,7 @@ class StreamRunner:
         self.stats = StreamStats()
         self._stop = False
         self._stop_requested = False  # stop() (a signal): open samples stay open for the next start
+        self._stop_reason: str | None = None  # why the stream stopped itself, for the open sample
         self._connected_at: float | None = None
         self._last_sync = time.monotonic()
         self._open: dict[int, _OpenArchive] = {}
@@ -316,6 +330,9 @@ class StreamRunner:
         n = 0
         for row, tag, sample_id, archive, note in self.journal.interrupted():
             path = Path(archive)
+            if note == NOT_STORED_NOTE:
+                self._keep_emitted(row, tag, sample_id, path)
+                continue
             why = note or "the host stopped (crash, kill or power loss) during this sample"
             try:
                 data = path.read_bytes() if path.exists() else b""
@@ -338,10 +355,30 @@ class StreamRunner:
                 empty.flag("incomplete", "the host stopped before any event of this sample was archived")
                 result = SampleAssembler(empty, self.classifier).finish(SampleClosed(empty, complete=False), time.perf_counter())
             _flag_interrupted(result, why)
-            self._store(_Held(row, result, False, tag, sample_id, None, archive, ack=False))
+            self._store(_Held(row, result, False, tag, sample_id, None, archive, ack=False, recovered=True))
             n += 1
             self.log(f"recovered interrupted sample {sample_id} (tag {tag}) from {path}")
         return n
+
+    def _keep_emitted(self, row: int, tag: int, sample_id: str, path: Path) -> None:
+        """A result written out unstored at the last stop (the disk full even for the reserve): its
+        archive's result is stored for the record, marked emitted, and not emitted again."""
+        try:
+            data = path.read_bytes() if path.exists() else b""
+        except OSError:
+            data = b""
+        results = replay_bytes(data, self.classifier) if data else []
+        result = results[-1] if results else {"sample_id": sample_id, "tag": tag, "flags": [], "flag_details": {}}
+        _flag_interrupted(result, "the stream stopped on a full disk; the whole result was written to the output "
+                                  "flagged not_stored then; this is what the archive holds")
+        try:
+            self.journal.commit_result(row, result, False)
+            self.journal.mark_emitted(row)
+        except StorageFullError as exc:
+            self._storage_problem(str(exc))
+            return
+        self.log(f"sample {sample_id} (tag {tag}) was written out unstored when the stream last stopped: "
+                 f"not emitted again; its archive's result is kept in the journal")
 
     def _resume(self, instrument_id: str, tag: int, features: tuple) -> OpenSample | None:
         """The session's ``resume``: a suspended sample of this instrument and tag goes on."""
@@ -392,7 +429,7 @@ class StreamRunner:
             result = waiting.assembler.finish(SampleClosed(s, complete=False), time.perf_counter(), self.cfg.plots)
             _flag_interrupted(result, waiting.why)
             self._store(_Held(waiting.row, result, False, s.tag, s.sample_id, s.instrument_id, str(waiting.path),
-                              ack=False))
+                              ack=False, recovered=waiting.recovered and waiting.row is not None))
             self.stats.samples += not waiting.recovered
 
     # ----------------------------------------------------------------- run
@@ -466,7 +503,7 @@ class StreamRunner:
                 # reconnect, or the next start) rather than being cut here.
                 if session.open is not None and id(session.open) in self._open:
                     why = ("the host was stopped (signal) during this sample" if self._stop_requested
-                           else "the link was lost during this sample")
+                           else self._stop_reason or "the link was lost during this sample")
                     self._suspend(session.open, why)
                     session.open = None
                 self._handle_all(session.disconnect())
@@ -491,14 +528,28 @@ class StreamRunner:
         else:
             self._end_suspended("the stream ended")
         self._retry_storage(force=True)
+        if (self._held or self._undelivered or self._unmarked) and self.journal.release_reserve():
+            # The last resort: the reserve's space takes what is held, whole, and records it emitted.
+            self.log(f"storage full: the journal's reserve released for {len(self._held)} held result(s)")
+            self._retry_storage(force=True)
         self.log.flush()
         held, self._held = self._held, []
+        kept = [h for h in held if h.recovered]
+        held = [h for h in held if not h.recovered]
+        for h in kept:
+            self.log(f"storage full: sample {h.sample_id} stays open in the journal, with its archive; it is "
+                     f"reported at a start that can store it")
         for h in held:
             h.result.setdefault("flags", []).append("not_stored")
             h.result.setdefault("flag_details", {})["not_stored"] = (
                 f"storage full: this result could not be written to the journal ({self.storage_full})")
             h.result["complete"] = False
             self.emit(h.result)
+            if h.row is not None:
+                try:  # a few bytes, where the result did not fit: the next start must not emit it again
+                    self.journal.leave_open(h.row, NOT_STORED_NOTE)
+                except StorageFullError:
+                    pass
         self.journal.close()
         if held:
             raise StorageFullError(f"{self.cfg.journal}: storage full: {len(held)} result(s) could not be stored; "
@@ -624,6 +675,8 @@ class StreamRunner:
                  f"({self.storage_full})", kind="storage_full")
         if len(self._held) > self.cfg.max_held:
             self._stop = True  # cannot go on: _finish writes them out flagged and ends with an error
+            self._stop_reason = (f"the stream stopped during this sample: more than {self.cfg.max_held} results "
+                                 f"held on a full disk")
         return False
 
     def _retry_storage(self, force: bool = False) -> None:
