@@ -295,11 +295,33 @@ def serve_tcp(emulator: InstrumentEmulator, port: int, rate: float, host: str = 
     return sent
 
 
-def write_pty(emulator: InstrumentEmulator, rate: float, ready=None, start=None, start_delay: float = 2.0) -> int:
+def wait_for_hello_request(fd: int, emulator: InstrumentEmulator, timeout: float | None = None) -> bool:
+    """Wait until the host has asked who we are (HELLO_REQUEST): it has opened the port, and what
+    is written from now on reaches it (opening a serial port flushes what was waiting in it). The
+    host's bytes are taken as an instrument takes them. False if ``timeout`` s passed first."""
+    import select
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if not select.select([fd], [], [], left)[0]:
+            return False
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            return False
+        emulator.answer(data)  # the HELLO it asks for is the first chunk the emulator sends anyway
+        if any(name == "HELLO_REQUEST" for name, _tag in emulator.received):
+            return True
+
+
+def write_pty(emulator: InstrumentEmulator, rate: float, ready=None, start=None,
+              host_timeout: float | None = None) -> int:
     """Stream over a pseudo-terminal pair; ``ready`` receives the slave's path (the host's port).
 
     Opening a serial port flushes what is waiting in it, so the emulator holds its first byte
-    until the host is there: until ``start`` (a threading.Event) is set, or ``start_delay`` s.
+    until the host is there: until ``start`` (a threading.Event) is set, or until the host's
+    HELLO_REQUEST arrives (however long the person takes to start it; ``host_timeout`` s at most).
     """
     import tty
 
@@ -310,8 +332,10 @@ def write_pty(emulator: InstrumentEmulator, rate: float, ready=None, start=None,
         ready(name)
     if start is not None:
         start.wait(30)
-    else:
-        wait_for_host(master, start_delay)
+    elif not wait_for_hello_request(master, emulator, host_timeout):
+        os.close(master)
+        os.close(slave)
+        return 0
     pacer = Pacer(rate)
     sent = 0
     try:

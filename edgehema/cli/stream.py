@@ -40,7 +40,8 @@ def emulate(
         n = write_file(emu, str(file))
         err.print(f"wrote {n:,} bytes, {samples} samples, to {file}")
     elif pty:
-        n = write_pty(emu, rate, ready=lambda name: (print(name, flush=True), err.print(f"instrument on {name}")))
+        n = write_pty(emu, rate, ready=lambda name: (print(name, flush=True), err.print(
+            f"instrument on {name}; it starts when a host opens the port (edgehema stream --port {name})")))
         err.print(f"sent {n:,} bytes")
     else:
         n = serve_tcp(emu, int(tcp), rate, ready=lambda p: err.print(f"instrument listening on socket://127.0.0.1:{p}"))
