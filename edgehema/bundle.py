@@ -194,7 +194,9 @@ class Bundle:
             else:
                 hint = (f"no shipped model is trained for profile {profile.name} (they read "
                         f"{', '.join(sorted(shipped_profiles()))}): these files can be read and inspected, but "
-                        f"classifying them needs a model trained on this instrument's data, given with --model BUNDLE")
+                        f"classifying them needs a model trained on this instrument's data: make one with "
+                        f"edgehema train FOLDER --reference REF.csv --out BUNDLE (docs/training.md), then give "
+                        f"--model BUNDLE")
             raise ProfileMismatchError(
                 f"{where}: model {self.name} expects profile {self.manifest['profile']} features "
                 f"({', '.join(self.feature_names[:4])}...), the data has profile {profile.name} "

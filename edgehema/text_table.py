@@ -2,13 +2,15 @@
 
 A laboratory copies figures out of these tables, so a cell is never shortened: to a file or a
 pipe the table is plain text, every column as wide as its widest cell; on a terminal it is a rich
-table, and when the terminal is too narrow whole columns are left out (the least important first,
-and a line says which) rather than a digit being cut. Only columns marked ``wrap`` (free text such
-as flags) may wrap onto more lines.
+table, and when the terminal is too narrow for every column it is a block per row instead (the
+first cell, whole, on a line of its own, then one line per column: label and value), so that
+nothing is hidden and no two rows look alike. Only columns marked ``wrap`` (free text such as
+flags) may wrap onto more lines.
 """
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from typing import IO, Sequence
 
@@ -37,8 +39,12 @@ def render(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]],
         stream.write(plain(title, columns, rows, note))
         stream.flush()
         return
-    console = Console(file=stream, width=width, soft_wrap=False)
+    console = Console(file=stream, width=width, soft_wrap=False, highlight=False)
     shown = fit(columns, rows, console.width)
+    if len(shown) < len(columns):
+        stream.write(vertical(title, columns, rows, console.width, note))
+        stream.flush()
+        return
     table = Table(title=escape(title), title_justify="left")
     for i in shown:
         col = columns[i]
@@ -50,10 +56,6 @@ def render(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]],
     for r in rows:
         table.add_row(*(escape(r[i]) for i in shown))
     console.print(table)
-    hidden = [columns[i].header.replace("\n", " ") for i in range(len(columns)) if i not in shown]
-    if hidden:
-        console.print(escape(f"(terminal too narrow: left out {', '.join(hidden)}; widen it, or write to a file)"),
-                      soft_wrap=True)
     if note:
         console.print(escape(note), soft_wrap=True)
 
@@ -69,6 +71,30 @@ def plain(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]], 
 
     text = (title + "\n" if title else "") + line(headers) + "".join(line(r) for r in rows)
     return text + (note + "\n" if note else "")
+
+
+def vertical(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int,
+             note: str | None = None) -> str:
+    """A block per row for a narrow terminal: the first cell whole (folded, never cut), then one
+    ``label  value`` line per other column; free text wraps under its value, numbers never do."""
+    width = max(width, 20)
+    labels = [c.header.replace("\n", " ") for c in columns]
+    pad = max(len(h) for h in labels[1:]) + 4 if len(columns) > 1 else 4
+    out = textwrap.wrap(title, width) if title else []
+    for r in rows:
+        out.append("")
+        first = r[0]
+        out += [first[k:k + width] for k in range(0, max(len(first), 1), width)]
+        for i in range(1, len(columns)):
+            lead = f"  {labels[i]}".ljust(pad)
+            if columns[i].wrap and len(lead) + len(r[i]) > width:
+                out += textwrap.wrap(r[i], width, initial_indent=lead, subsequent_indent=" " * pad,
+                                     break_long_words=False, break_on_hyphens=False)
+            else:
+                out.append(lead + r[i])
+    if note:
+        out += [""] + textwrap.wrap(note, width)
+    return "\n".join(out) + "\n"
 
 
 def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int) -> list[int]:

@@ -182,7 +182,10 @@ def inspect(
 
 def _print_inspect(info: dict) -> None:
     version = f" {info['version']}" if info.get("version") else ""
-    out.print(f"{info['path']}: {info['format'].upper()}{version}, {info['events']:,} events, {len(info['channels'])} channels")
+    tot = info.get("events_tot")
+    declared = f" ($TOT says {tot:,})" if tot is not None and tot != info["events"] else ""
+    out.print(f"{info['path']}: {info['format'].upper()}{version}, {info['events']:,} events{declared}, "
+              f"{len(info['channels'])} channels")
     out.print("  channels: " + ", ".join(info["channels"]))
     if info.get("parts") and len(info["parts"]) > 1:
         out.print(f"  parts: {', '.join(info['parts'])}")

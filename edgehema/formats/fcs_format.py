@@ -542,8 +542,12 @@ def describe(path: Path, profile: Profile | str | None = None, dataset: int | No
              "channels": [c[0] for c in _channels(f)], "profile": (_best_profile(_channels(f), profile)[0] or None)
              and _best_profile(_channels(f), profile)[0].name}
             for k, f in enumerate(parsed.sets)]
+    # ``events`` is what classify reads (the DATA segment); ``events_tot`` what $TOT declares.
+    out["events_tot"] = out["events"]
     if raw.shape[0] != out["events"]:
-        out["quirks"].append(f"$TOT says {out['events']} events, DATA holds {raw.shape[0]}")
+        out["quirks"].append(f"$TOT says {out['events']:,} events, DATA holds {raw.shape[0]:,} (classify reads "
+                             f"{raw.shape[0]:,} and flags file_event_total_mismatch)")
+        out["events"] = int(raw.shape[0])
     if raw.shape[0]:
         out["first_event"] = dict(zip(out["channels"], (float(v) for v in raw[0])))
     if why:

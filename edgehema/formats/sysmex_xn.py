@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import InputFileError
+from ..exceptions import InputFileError, ProfileMismatchError
 from ..profiles import Profile, get_profile
 from ..sample import Sample, SampleInfo
 from ._table import format_rows, read_header
@@ -65,7 +65,10 @@ def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | No
     files = parts(path)
     chunks, aux_chunks = [], []
     for part in files:
-        _, events, aux = read_table(part, prof)
+        try:
+            _, events, aux = read_table(part, prof)
+        except ProfileMismatchError as exc:
+            raise ProfileMismatchError(str(exc) + _named_profile_hint(files[0], prof)) from None
         chunks.append(events)
         aux_chunks.append(aux)
     events = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
@@ -77,12 +80,30 @@ def read(path: Path, profile: Profile | str | None = None, info: SampleInfo | No
     return Sample(events=events, profile=prof, info=base, auxiliary=aux)
 
 
+def _named_profile_hint(path: Path, prof: Profile) -> str:
+    """What the metadata beside a file says its profile is, where that is not the one tried."""
+    try:
+        named = json.loads(sidecar_path(path).read_text(encoding="utf-8")).get("profile")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not named or named == prof.name:
+        return ""
+    plain = path.name[: -len(".116.csv")] if path.name.lower().endswith(".116.csv") else path.stem
+    return (f"; its metadata ({sidecar_path(path).name}) names profile {named}: the file is not a Sysmex XN "
+            f"export; rename it and its metadata without .116 ({plain}.csv, {plain}.meta.json)")
+
+
 def write(sample: Sample, path: Path) -> list[Path]:
     """Write ``sample`` as ``path`` (``NAME.116.csv``) plus roll-over parts of ``rows_per_part`` rows."""
     path = Path(path)
     m = _PART.match(path.name)
     if not m or m.group("part"):
         raise InputFileError(path, "a Sysmex XN export must be named NAME.116.csv")
+    if sample.profile.name != PROFILE and not sample.profile.auxiliary:
+        # A file named .116.csv is read as a Sysmex XN export: other columns there would be refused.
+        raise InputFileError(path, f"NAME.116.csv is the Sysmex XN layout, for samples of profile {PROFILE}; this "
+                                   f"sample's profile is {sample.profile.name}: write it as .csv or .fcs (or simulate "
+                                   f"it with --profile {PROFILE})")
     base = m.group("base")
     prof = sample.profile
     per_part = int(prof.rows_per_part or 65535)

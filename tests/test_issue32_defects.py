@@ -1,0 +1,115 @@
+"""Smaller defects a new user met (issue 32 items 5-8), each with a test that failed before its fix."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edgehema.sinks.table_sink import TableSink
+
+RESULT = {
+    "sample_id": "hospital-ward-7-patient-000123-run-2", "species": "cat",
+    "events": {"total": 150000, "coincidence": 6410}, "cells": {"rbc": 148725, "plt": 7972},
+    "retic_percent": 0.27, "concentration": {"rbc_per_uL": 7.49e6, "plt_per_uL": 401e3, "retic_per_uL": 2e4},
+    "flags": ["platelet_clumps_suspected", "species_not_validated"],
+    "model": {"name": "m", "version": "1", "sha256": "ab" * 32, "backend": "tflite"},
+}
+
+
+def run(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "edgehema", *args], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, COLUMNS="80"))
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _table(width, results):
+    import edgehema.text_table as tt
+
+    buf = Tty()
+    sink = TableSink(buf)
+    for r in results:
+        sink.write(r)
+    original = tt.Console
+
+    def narrow(*a, **k):
+        k["width"] = width
+        return original(*a, **k)
+
+    tt.Console = narrow
+    try:
+        sink.close()
+    finally:
+        tt.Console = original
+    return buf.getvalue()
+
+
+# 6 ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("width", [50, 70, 80])
+def test_a_narrow_terminal_shows_every_id_whole_and_every_result_and_flag(width):
+    a = dict(RESULT)
+    b = dict(RESULT, sample_id="hospital-ward-7-patient-000123-run-3", flags=["coincidence_high"])
+    text = _table(width, [a, b])
+    assert "hospital-ward-7-patient-000123-run-2" in text and "hospital-ward-7-patient-000123-run-3" in text
+    assert "…" not in text and "\x1b" not in text  # nothing cut, no escape codes
+    for needle in ("PLT x10^3/uL", "401", "148,725", "platelet_clumps_suspected", "species_not_validated",
+                   "coincidence_high", "0.020"):
+        assert needle in text, (needle, text)
+    assert max(len(line) for line in text.splitlines()) <= max(width, 36)
+
+
+def test_a_wide_terminal_keeps_the_table():
+    text = _table(220, [RESULT])
+    assert "┏" in text and "sample" in text and "PLT x10^3/uL" in text
+
+
+# 5 ---------------------------------------------------------------------------------------------
+def test_writing_a_non_sysmex_sample_as_116_csv_is_refused_and_reading_one_says_why(tmp_path):
+    import edgehema
+    from edgehema.exceptions import InputFileError
+    from edgehema.simulator import SampleSimulator
+
+    sim = SampleSimulator("cat", seed=7).generate(2000)
+    with pytest.raises(InputFileError, match="Sysmex XN layout, for samples of profile sysmex-xn-ret"):
+        edgehema.write_sample(sim.sample, tmp_path / "s.116.csv")
+    assert not (tmp_path / "s.116.csv").exists()
+    # The README's example, as it reads now, works end to end.
+    xn = SampleSimulator("cat", profile="sysmex-xn-ret", seed=7).generate(2000)
+    edgehema.write_sample(xn.sample, tmp_path / "xn.116.csv")
+    assert edgehema.read_sample(tmp_path / "xn.116.csv").profile.name == "sysmex-xn-ret"
+    # A file someone named .116.csv that holds another profile: the error names the profile its metadata gives.
+    edgehema.write_sample(sim.sample, tmp_path / "s.csv")
+    (tmp_path / "s.csv").rename(tmp_path / "r.116.csv")
+    (tmp_path / "s.meta.json").rename(tmp_path / "r.116.meta.json")
+    proc = run("classify", str(tmp_path / "r.116.csv"))
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert "names profile optical-11" in proc.stderr and "r.csv" in proc.stderr
+
+
+def test_the_sysmex_message_names_edgehema_train(tmp_path):
+    run("simulate", "--events", "3000", "--out", str(tmp_path / "x.116.csv"), "--profile", "sysmex-xn-ret", "-q")
+    proc = run("classify", str(tmp_path / "x.116.csv"))
+    assert proc.returncode == 1 and "edgehema train" in proc.stderr and "--model BUNDLE" in proc.stderr
+
+
+# 7 ---------------------------------------------------------------------------------------------
+def test_inspect_reports_what_data_holds_and_what_tot_declares(tmp_path):
+    run("simulate", "--species", "cat", "--events", "20000", "--seed", "7", "--out", str(tmp_path / "s.fcs"), "-q")
+    data = (tmp_path / "s.fcs").read_bytes()
+    i = data.find(b"$TOT")
+    sep = data[i + 4:i + 5]
+    (tmp_path / "tot.fcs").write_bytes(data.replace(b"$TOT" + sep + b"20000", b"$TOT" + sep + b"20100"))
+    text = run("inspect", str(tmp_path / "tot.fcs")).stdout
+    assert "20,000 events ($TOT says 20,100)" in text.splitlines()[0], text
+    info = json.loads(run("inspect", "--json", str(tmp_path / "tot.fcs")).stdout)
+    assert info["events"] == 20000 and info["events_tot"] == 20100
+    classified = json.loads(run("classify", "--json", str(tmp_path / "tot.fcs")).stdout)
+    assert classified["events"]["total"] == info["events"]
