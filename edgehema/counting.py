@@ -56,6 +56,17 @@ class Counts:
     flags: list[str] = field(default_factory=list)
     flag_details: dict[str, str] = field(default_factory=dict)
     qc: dict[str, float] = field(default_factory=dict)
+    #: Why there are no concentrations (None when there are).
+    concentration_note: str | None = None
+
+
+def concentration_note(dilution: float | None, volume_ul: float | None) -> str | None:
+    """Why concentrations cannot be given: per uL of blood needs the dilution and the volume analysed."""
+    if dilution and volume_ul:
+        return None
+    missing = [what for what, v in (("the dilution (--dilution)", dilution),
+                                    ("the analysed volume (--volume-ul)", volume_ul)) if not v]
+    return f"no concentrations: {' and '.join(missing)} not given, nor in the file's metadata"
 
 
 def coincidence_cells(
@@ -222,4 +233,5 @@ def count_sample(
     flags.update(checks)
     if not complete:
         flags["incomplete"] = FLAG_TEXT["incomplete"]
-    return Counts(ev, cells, retic_percent, conc, list(flags), flags, qc)
+    return Counts(ev, cells, retic_percent, conc, list(flags), flags, qc,
+                  concentration_note(info.dilution, info.volume_ul))

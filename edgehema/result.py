@@ -34,7 +34,7 @@ class SampleResult:
 
     def to_dict(self) -> dict:
         c = self.counts
-        return {
+        out = {
             "sample_id": self.sample_id,
             "species": self.species,
             "source": self.source,
@@ -49,6 +49,9 @@ class SampleResult:
             "model": self.model,
             "seconds": round(self.seconds, 4),
         }
+        if c.concentration_note:
+            out["concentration_note"] = c.concentration_note
+        return out
 
 
 def elapsed_seconds(sample: Sample) -> float | None:

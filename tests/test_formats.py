@@ -72,7 +72,7 @@ ROW = "1000,5000,900,4000,300,1500,150,700,2000,9000,3.1"
         ("nan.csv", HEADER + "\n" + ROW + "\n" + ROW.replace(",150,", ",nan,") + "\n",
          r"nan\.csv: line 3: nan in column fl_peak \(events must be finite float32 numbers\)"),
         ("inf.csv", HEADER + "\n" + ROW.replace("9000", "inf") + "\n",
-         r"inf\.csv: line 2: inf in column ext_area"),
+         r"inf\.csv: line 2: inf, or a number beyond float32's 3\.4e38, in column ext_area"),
         ("range.csv", HEADER + "\n" + ROW + "\n" + ROW.replace("1000", "-5", 1) + "\n",
          r"range\.csv: line 3: value -5 in column fsc_lo_peak is outside the range \[0, 65535\]"),
         ("dup.csv", HEADER + ",ssc_peak\n" + ROW + ",1\n", r"dup\.csv: line 1: header names column 'ssc_peak' twice"),
@@ -250,6 +250,6 @@ def test_range_check_fast_path_decides_like_the_cell_check(bound):
         if inside:
             check_events(events, profile, Path("t.csv"))
         else:
-            why = "-?inf in column ssc_peak" if np.isinf(v) else "value .* in column ssc_peak is outside the range"
+            why = "inf, or a number beyond float32's 3.4e38, in column ssc_peak" if np.isinf(v) else "value .* in column ssc_peak is outside the range"
             with pytest.raises(InputFileError, match=f"line 125: {why}"):
                 check_events(events, profile, Path("t.csv"))

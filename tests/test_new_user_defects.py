@@ -189,7 +189,9 @@ def test_huge_header_and_huge_cell_give_short_error_lines(tmp_path):
 
 def test_inspect_refuses_what_classify_refuses(tmp_path, cat_files):
     text = (cat_files / "s.csv").read_text().splitlines()
-    for name, value, needle in (("nan.csv", "nan", "nan in column"), ("inf.csv", "inf", "inf in column"),
+    for name, value, needle in (("nan.csv", "nan", "nan in column"),
+                                ("inf.csv", "inf", "inf, or a number beyond float32's 3.4e38, in column"),
+                                ("big.csv", "1e39", "beyond float32's 3.4e38"),  # issue 32 item 8: was "inf"
                                 ("neg.csv", "-5", "value -5 in column")):
         row = text[3].split(",")
         row[0] = value

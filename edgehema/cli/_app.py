@@ -24,6 +24,27 @@ app = typer.Typer(
     # flags as "<bool>" in its rich panels.
     rich_markup_mode=None,
 )
+def _plain_argument_help() -> None:
+    """Arguments in help as click writes them: ``FILE...`` when required, ``[FILE...]`` when not, with
+    no type after the name (this typer writes ``{files}...`` and ``files... <list[Path]>``)."""
+    from typer.core import TyperArgument
+
+    if not hasattr(TyperArgument, "_usage_display_name"):  # another typer: its own help stands
+        return
+
+    def name(self) -> str:
+        text = self.metavar or self.name.upper()
+        if self.nargs != 1 and not text.endswith("..."):
+            text += "..."
+        return text
+
+    TyperArgument._usage_display_name = lambda self: name(self) if self.required else f"[{name(self)}]"
+    TyperArgument._rich_display_name = name
+    TyperArgument.display_type_rich = lambda self, ctx: None
+
+
+_plain_argument_help()
+
 #: stdout for people: no markup (file names may hold brackets), no wrapping of long lines.
 out = Console(soft_wrap=True, markup=False, highlight=False)
 err = Console(stderr=True)

@@ -14,7 +14,7 @@ from ._app import app, error, open_classifier, open_output, progress
 
 @app.command()
 def classify(
-    files: List[Path] = typer.Argument(..., help="Event files (CSV, FCS, Sysmex XN), one sample each."),
+    files: List[Path] = typer.Argument(..., metavar="FILE...", help="Event files (CSV, FCS, Sysmex XN), one sample each."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per sample (same meaning as the simulator's truth JSON)."),
     as_csv: bool = typer.Option(False, "--csv", help="One CSV row per sample."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout."),
@@ -110,7 +110,7 @@ def report_lis(sender) -> int:
 
 @app.command()
 def plot(
-    files: List[Path] = typer.Argument(..., help="Event files (CSV, FCS, Sysmex XN), one sample each."),
+    files: List[Path] = typer.Argument(..., metavar="FILE...", help="Event files (CSV, FCS, Sysmex XN), one sample each."),
     out: Path = typer.Option(Path("."), "--out", "-o", help="Folder the pictures go to (SAMPLE_ID.png)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle directory or shipped name."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Instrument profile of the files."),

@@ -150,7 +150,7 @@ def _print_simulation(results, elapsed: float) -> None:
 
 @app.command()
 def inspect(
-    files: List[Path] = typer.Argument(..., help="Event files: CSV, FCS 2.0/3.0/3.1, Sysmex XN .116.csv."),
+    files: List[Path] = typer.Argument(..., metavar="FILE...", help="Event files: CSV, FCS 2.0/3.0/3.1, Sysmex XN .116.csv."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file on stdout."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="Force a format: csv, fcs, sysmex-xn."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Check the file against this profile (name or TOML file) instead of the shipped ones."),

@@ -16,7 +16,7 @@ from ._app import app, err, out, warn
 
 @app.command()
 def reanalyze(
-    inputs: List[str] = typer.Argument(..., help="Stream archives (.ehw) and event files: paths, folders, globs or fsspec URLs (s3://..., with its driver installed)."),
+    inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Stream archives (.ehw) and event files: paths, folders, globs or fsspec URLs (s3://..., with its driver installed)."),
     model: str = typer.Option(..., "--model", "-m", help="The new model bundle (directory or shipped name)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="The model it would replace: both run on every sample in the same pass."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Results: a Parquet dataset folder, partitioned by date and device; a re-run skips what it holds."),

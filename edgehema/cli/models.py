@@ -359,5 +359,8 @@ def profiles() -> None:
 
     for prof in builtin_profiles().values():
         out.print(f"{prof.name}{' (default)' if prof.default else ''}: {prof.description}")
-        for f in prof.features:
-            out.print(f"  {f.name:<12} {f.unit:<16} [{f.range[0]:g}, {f.range[1]:g}]  {f.description}")
+        # Every column as wide as its widest cell, so that the descriptions line up.
+        rows = [(f.name, f.unit, f"[{f.range[0]:g}, {f.range[1]:g}]", f.description) for f in prof.features]
+        widths = [max(len(r[k]) for r in rows) for k in range(3)]
+        for r in rows:
+            out.print("  " + "  ".join(r[k].ljust(widths[k]) for k in range(3)) + "  " + r[3])

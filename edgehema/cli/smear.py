@@ -17,7 +17,7 @@ DEFAULT_BCCD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / 
 
 @app.command()
 def smear(
-    images: Optional[List[Path]] = typer.Argument(None, help="Smear images (JPEG, PNG, TIFF, BMP) or folders of them."),
+    images: Optional[List[Path]] = typer.Argument(None, metavar="IMAGE...", help="Smear images (JPEG, PNG, TIFF, BMP) or folders of them."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image: counts, detections, flags."),
     as_csv: bool = typer.Option(False, "--csv", help="One CSV row per image."),
     overlay_dir: Optional[Path] = typer.Option(None, "--overlay", help="Folder for each image with its detections drawn and the counts in a corner."),

@@ -167,7 +167,7 @@ def _run_live(runner) -> None:
 
 @app.command()
 def replay(
-    archives: List[Path] = typer.Argument(..., help="Frame archives written by edgehema stream (or any captured byte stream)."),
+    archives: List[Path] = typer.Argument(..., metavar="ARCHIVE...", help="Frame archives written by edgehema stream (or any captured byte stream)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle (default: reference-tflite-int8; float: reference)."),
     adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Per-sample adaptation (as the stream had it)."),
     lis: Optional[List[str]] = typer.Option(None, "--lis", metavar="URL", help="Also send each result to a LIS (mllp://, astm+tcp://, astm+serial://). Repeatable."),

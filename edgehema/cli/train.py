@@ -14,7 +14,8 @@ from ._app import app, err, error, out
 
 
 class _Progress:
-    """One bar per training phase on a terminal (losses, ETA); a line every few seconds otherwise."""
+    """One bar per training phase on a terminal (losses, ETA of the whole plan); a line every few
+    seconds otherwise, with the share of the plan done and the time left."""
 
     def __init__(self):
         self.tty = sys.stderr.isatty()
@@ -22,34 +23,65 @@ class _Progress:
         self.task = None
         self.label = None
         self.last = 0.0
+        self.total_steps: int | None = None
+        self.done_before = 0  # steps of the phases finished
+        self.phase_total = 0
+        self.t0: float | None = None
+
+    def plan(self, total_steps: int) -> None:
+        """The whole plan's steps (every fit): the ETA is over all of them."""
+        self.total_steps = total_steps
+
+    def overall(self, step: int) -> str:
+        if not self.total_steps or self.t0 is None:
+            return ""
+        done = min(self.done_before + step, self.total_steps)
+        elapsed = time.monotonic() - self.t0
+        if done <= 0 or elapsed < 1.0:
+            return f"plan {100 * done / self.total_steps:.0f} %"
+        left = elapsed * (self.total_steps - done) / done
+        return f"plan {100 * done / self.total_steps:.0f} %, about {_clock(left)} left"
 
     def __call__(self, label: str, step: int, total: int, losses: dict) -> None:
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        if label != self.label:
+            if self.label is not None:
+                self.done_before += self.phase_total
+            self.phase_total = total
         text = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+        whole = self.overall(step)
         if self.tty:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             if self.bar is None:
                 self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[losses]}"),
-                                    TimeRemainingColumn(), console=err, transient=True)
+                                    TimeRemainingColumn(), TextColumn("{task.fields[whole]}"), console=err,
+                                    transient=True)
                 self.bar.start()
             if label != self.label:
                 if self.task is not None:
                     self.bar.remove_task(self.task)
-                self.task = self.bar.add_task(label, total=total, losses="")
-                self.label = label
-            self.bar.update(self.task, completed=step, losses=text)
+                self.task = self.bar.add_task(label, total=total, losses="", whole="")
+            self.bar.update(self.task, completed=step, losses=text, whole=whole)
         elif time.monotonic() - self.last > 10 or step == total:
             self.last = time.monotonic()
-            sys.stderr.write(f"edgehema: {label} {step}/{total}: {text}\n")
+            sys.stderr.write(f"edgehema: {label} {step}/{total}: {text}" + (f" ({whole})" if whole else "") + "\n")
+        self.label = label
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
 @app.command()
 def train(
-    data: List[Path] = typer.Argument(..., help="Event files or folders (CSV, FCS, Sysmex XN), one sample per file."),
+    data: List[Path] = typer.Argument(..., metavar="DATA...", help="Event files or folders (CSV, FCS, Sysmex XN), one sample per file."),
     reference: Path = typer.Option(..., "--reference", "-r", help="CSV of reference counts per sample: sample_id or file; rbc, plt (unit in the header), retic_percent; optional dilution, volume_ul, and events per class where counted (events_noise, events_rbc, events_retic, events_coincidence, events_plt)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="New folder for the trained float bundle."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Instrument profile name or TOML file (default: recognised from the files)."),

@@ -343,8 +343,11 @@ def check_events(
     finite = np.isfinite(events)
     if not finite.all():
         r, c = np.argwhere(~finite)[0]
+        value = events[r, c]
+        # float32 holds up to 3.4e38: a larger number (1e39) arrives here as inf, and is not one.
+        what = "inf, or a number beyond float32's 3.4e38," if np.isinf(value) else "nan"
         raise InputFileError(
-            path, f"{events[r, c]} in column {profile.feature_names[c]} (events must be finite float32 numbers)",
+            path, f"{what} in column {profile.feature_names[c]} (events must be finite float32 numbers)",
             f"{locate} {r + first_index}",
         )
     lo = np.array([f.range[0] for f in profile.features])

@@ -50,4 +50,9 @@ class TableSink:
         title = (f"{len(self.rows)} sample(s): model {model['name']} {model['version']} "
                  f"({model['sha256'][:12]}), backend {model['backend']} running {model.get('file', '?')} "
                  f"({model.get('precision', '?')})")
-        render(title, COLUMNS, [result_row(r) for r in self.rows], self.stream)
+        notes = [f"{r['sample_id']}: {r['concentration_note']}" for r in self.rows if r.get("concentration_note")]
+        note = None
+        if notes:
+            note = ("concentrations '-': " + "; ".join(notes[:3])
+                    + (f"; and {len(notes) - 3} more sample(s) alike" if len(notes) > 3 else ""))
+        render(title, COLUMNS, [result_row(r) for r in self.rows], self.stream, note=note)

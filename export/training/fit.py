@@ -57,14 +57,22 @@ class FitSettings:
     noise_cap: float = 0.02
     #: Events kept per sample for training (evenly spaced over the acquisition).
     events_per_sample: int = 20_000
+    #: Adam steps of the share regression that initialises each stage's mixture (two per fit).
+    composition_steps: int = 3000
     seed: int = 1
     threads: int = 2
     device: str = "cpu"
 
     @classmethod
     def tiny(cls, **kw) -> "FitSettings":
-        return cls(**{**dict(bag=1024, pretrain_steps=60, fine_clusters=8, stage1_steps=120, stage2_steps=120,
-                             events_per_sample=4000), **kw})
+        """A few steps: to check the data and the pipeline (5 files, 2 folds: well under a minute on 2 cores)."""
+        return cls(**{**dict(bag=512, pretrain_steps=40, fine_clusters=8, stage1_steps=80, stage2_steps=80,
+                             events_per_sample=4000, composition_steps=500), **kw})
+
+    @property
+    def steps_per_fit(self) -> int:
+        """Optimiser steps of one fit (both stages; a fine-tune skips the stage 1 pretraining, counted anyway)."""
+        return 2 * self.pretrain_steps + self.stage1_steps + self.stage2_steps
 
     def fine_tune(self) -> "FitSettings":
         """From a trained model: short decoder warm-up, fewer and smaller steps."""
@@ -201,7 +209,8 @@ def composition(hist: torch.Tensor, shares: list[list[Share]], n_classes: int, a
 
 
 def init_mixture(latents: list[torch.Tensor], amplitude: list[torch.Tensor], shares: list[list[Share]],
-                 n_classes: int, n_fine: int, seed: int, unsupervised: dict[int, str], caps: dict[int, float]):
+                 n_classes: int, n_fine: int, seed: int, unsupervised: dict[int, str], caps: dict[int, float],
+                 composition_steps: int = 3000):
     """Class means, variances and weights in latent space from fine clusters + share regression.
 
     ``unsupervised`` names classes no reference share supervises and where they start: "low" (the
@@ -210,12 +219,13 @@ def init_mixture(latents: list[torch.Tensor], amplitude: list[torch.Tensor], sha
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: a second thread only waits (40x slower on a busy machine)
     try:
-        return _init_mixture(latents, amplitude, shares, n_classes, n_fine, seed, unsupervised, caps)
+        return _init_mixture(latents, amplitude, shares, n_classes, n_fine, seed, unsupervised, caps,
+                             composition_steps)
     finally:
         torch.set_num_threads(threads)
 
 
-def _init_mixture(latents, amplitude, shares, n_classes, n_fine, seed, unsupervised, caps):
+def _init_mixture(latents, amplitude, shares, n_classes, n_fine, seed, unsupervised, caps, composition_steps):
     pool = torch.cat([z[:3000] for z in latents])
     amp = torch.cat([a[:3000] for a in amplitude])
     centres = kmeans(pool, n_fine, seed)
@@ -225,7 +235,7 @@ def _init_mixture(latents, amplitude, shares, n_classes, n_fine, seed, unsupervi
     sup = [k for k, s in enumerate(shares) if s]
     hist = torch.stack([torch.bincount(torch.cdist(latents[k], centres).argmin(1), minlength=n_fine).float() / len(latents[k])
                         for k in sup])
-    m = composition(hist, [shares[k] for k in sup], n_classes, anchors, caps)
+    m = composition(hist, [shares[k] for k in sup], n_classes, anchors, caps, composition_steps)
     w = m[assign]
     nk = w.sum(0)
     mean = (w.T @ pool) / nk.clamp_min(1e-6)[:, None]
@@ -308,7 +318,7 @@ def fit_stage1(cfg: FitSettings, data: Bags, progress: Progress | None, history:
         supervised_noise = any(s.name.startswith("noise") for ss in shares for s in ss)
         mean, _, _, comp = init_mixture(latents, [x.mean(1).cpu() for x in xs], shares, len(STAGE1_CLASSES),
                                         cfg.fine_clusters, cfg.seed,
-                                        {} if supervised_noise else {0: "low"}, {} if supervised_noise else {0: cfg.noise_cap})
+                                        {} if supervised_noise else {0: "low"}, {} if supervised_noise else {0: cfg.noise_cap}, cfg.composition_steps)
         with torch.no_grad():
             model.centroids.copy_(mean.to(dev))
     weights = share_weights(shares)
@@ -376,7 +386,8 @@ def fit_stage2(cfg: FitSettings, data: Bags, idec: IDEC, progress: Progress | No
         coinc_supervised = any(s.name.startswith("coincidence") for ss in shares for s in ss)
         unsup = {} if coinc_supervised else {2: "high"}
         mean, var, weights, _ = init_mixture(latents, [x.mean(1).cpu() for x in xs], shares, len(STAGE2_CLASSES),
-                                             cfg.fine_clusters, cfg.seed + 7, unsup, {2: 0.25} if unsup else {})
+                                             cfg.fine_clusters, cfg.seed + 7, unsup, {2: 0.25} if unsup else {},
+                                             cfg.composition_steps)
         with torch.no_grad():
             model.mu_c.copy_(mean.to(dev))
             model.logvar_c.copy_(var.log().to(dev))
@@ -425,6 +436,39 @@ def fit(cfg: FitSettings, store: EventStore, indices: list[int], targets: list[T
     idec = fit_stage1(cfg, data, progress, history["stage1"], idec0)
     vade = fit_stage2(cfg, data, idec, progress, history["stage2"], vade0)
     return Fitted(idec.cpu(), vade.cpu(), pre, cfg, history, time.perf_counter() - t0)
+
+
+def step_costs(cfg: FitSettings, store: EventStore, indices: list[int], targets: list[Targets],
+               pre: Preprocessing, steps: int = 6) -> tuple[float, float]:
+    """Seconds one training step and one step of the mixture's share regression take here, timed
+    after a warm-up step on real bags (for the estimate printed before training; stage 2's steps
+    cost about what stage 1's do)."""
+    torch.set_num_threads(cfg.threads)
+    data = Bags(store, indices, targets, pre, torch.device(cfg.device))
+    model = IDEC(len(store.profile.feature_names), cfg.latent1, cfg.hidden, len(STAGE1_CLASSES)).to(data.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for k in range(steps + 1):
+        if k == 1:
+            t0 = time.perf_counter()
+        _, xb = data.draw(rng, cfg.bag)
+        _, xr, q = model(xb)
+        _step(opt, ((xr - xb) ** 2).mean() + entropy(q))
+    per_step = (time.perf_counter() - t0) / steps
+    shares = [targets[i].stage1 for i in indices if targets[i].stage1]
+    if not shares:
+        return per_step, 0.0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as init_mixture runs it
+    try:
+        hist = torch.full((len(shares), cfg.fine_clusters), 1.0 / cfg.fine_clusters)
+        t0 = time.perf_counter()
+        composition(hist, shares, len(STAGE1_CLASSES), {}, {}, steps=40)
+        per_composition = (time.perf_counter() - t0) / 40
+    finally:
+        torch.set_num_threads(threads)
+    return per_step, per_composition
 
 
 def _copy(module: torch.nn.Module) -> torch.nn.Module:
