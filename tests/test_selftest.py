@@ -230,3 +230,14 @@ def test_selftest_command_shows_the_unfused_fallback(saturating_fused_kernels):
     r = CliRunner().invoke(app, ["selftest", "--model", "reference-int8"])
     assert r.exit_code == 0, r.output
     assert "engine onnx FAILED" in r.output and "unfused graph: engine onnx passed" in r.output
+
+
+def test_demo_shows_the_engine_fallback(tmp_path):
+    """Issue 32 item 10: demo printed no warning when the default engine failed its self-test (the
+    stream's log went to a list it never showed)."""
+    proc = subprocess.run([sys.executable, "-c", INJECT, "demo", "--samples", "1", "--events", "5000"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("edgehema: warning: ")]
+    assert len(warnings) == 1 and "tflite FAILED" in warnings[0] and "counting on onnx" in warnings[0], proc.stderr
+    assert "on onnx" in proc.stdout

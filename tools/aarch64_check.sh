@@ -14,6 +14,13 @@
 # Figures of the last run: docs/device.md. Not in CI: the emulated run takes longer than CI's budget
 # leaves (see docs/device.md for its time).
 #
+# A second phase runs on an emulated CPU whose int8 TFLite engine is wrong (QEMU_CPU=max: SME, whose
+# emulation LiteRT's kernels trip over), with /sys mounted so that LiteRT's CPU probe sees SME and a
+# Raspberry Pi 5's /proc/cpuinfo bound in so that onnxruntime's cpuinfo reads an arm64 CPU (with the
+# x86_64 host's it crashes). There the check expects the start-up self-test to catch the engine:
+# `selftest` fails tflite, `classify` and `demo` fall back to onnxruntime with one warning and the
+# same counts, and `--backend tflite` is refused. EDGEHEMA_ARM64_SME=0 skips that phase.
+#
 #   EDGEHEMA_ARM64_COMPILER=1 sudo -E tools/aarch64_check.sh
 #
 # puts gcc and the Python headers in the root first, so that `pip install .` builds the two
@@ -146,6 +153,50 @@ echo "== aarch64 (qemu user-mode), commit $COMMIT"
 inroot /bin/bash /opt/check.sh | tee "$OUT/arm64.txt"
 cp "$ROOT"/opt/work/{wheels.txt,pip-freeze.txt,classify.jsonl,classify_onnx.jsonl,replay.jsonl,demo.txt} "$OUT/"
 
+if [ "${EDGEHEMA_ARM64_SME:-1}" = 1 ]; then
+    echo "== aarch64 with SME (QEMU_CPU=max, /sys mounted, a Raspberry Pi 5 /proc/cpuinfo)"
+    cat > "$OUT/rpi5-cpuinfo" <<'CPU'
+processor	: 0
+BogoMIPS	: 108.00
+Features	: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU variant	: 0x4
+CPU part	: 0xd0b
+CPU revision	: 1
+
+processor	: 1
+BogoMIPS	: 108.00
+Features	: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU variant	: 0x4
+CPU part	: 0xd0b
+CPU revision	: 1
+
+Hardware	: BCM2712
+Model		: Raspberry Pi 5 Model B Rev 1.0
+CPU
+    mkdir -p "$ROOT/sys"
+    mount -t sysfs sysfs "$ROOT/sys" && mounts=("$ROOT/sys" "${mounts[@]}")
+    mount --bind "$OUT/rpi5-cpuinfo" "$ROOT/proc/cpuinfo" && mounts=("$ROOT/proc/cpuinfo" "${mounts[@]}")
+    cat > "$ROOT/opt/check_sme.sh" <<'INNER'
+set -uo pipefail
+E=/opt/venv/bin/edgehema
+W=/opt/work/sme && rm -rf $W && mkdir -p $W
+$E selftest > $W/selftest.txt 2>&1; echo "selftest_exit $?"
+grep -E "engine (tflite|onnx)" $W/selftest.txt | cut -c1-160
+$E classify --json --jobs 1 /opt/work/samples/*.csv > $W/classify.jsonl 2> $W/classify.err; echo "classify_exit $?"
+echo "classify_warnings $(grep -c 'edgehema: warning:' $W/classify.err)"; cut -c1-200 $W/classify.err
+$E classify --jobs 1 --backend tflite /opt/work/samples/*.csv > /dev/null 2> $W/forced.err; echo "forced_tflite_exit $?"
+cut -c1-200 $W/forced.err
+$E demo --samples 1 -n 20000 --seed 5 > $W/demo.txt 2> $W/demo.err; echo "demo_exit $?"
+echo "demo_warnings $(grep -c 'edgehema: warning:' $W/demo.err)"; cut -c1-200 $W/demo.err
+INNER
+    inroot env QEMU_CPU=max /bin/bash /opt/check_sme.sh | tee "$OUT/arm64-sme.txt"
+    cp "$ROOT/opt/work/sme/classify.jsonl" "$OUT/classify_sme.jsonl"
+fi
+
 echo "== x86_64, the same files and commit"
 mkdir -p "$OUT/x86"
 "$HOST_PY" -m edgehema classify --json --jobs 1 "$ROOT/opt/work/big.csv" "$ROOT"/opt/work/samples/*.csv > "$OUT/x86/classify.jsonl"
@@ -163,6 +214,24 @@ def rows(path):
     return {r["sample_id"]: r for r in map(json.loads, path.read_text().splitlines())}
 
 ok = True
+sme = out / "arm64-sme.txt"
+if sme.exists():
+    # On the SME CPU the engine must be caught: selftest fails, classify falls back with one warning
+    # and counts as onnxruntime does elsewhere, a forced tflite is refused, the demo warns.
+    said = dict(line.split(" ", 1) for line in sme.read_text().splitlines() if line.split(" ", 1)[0].endswith(
+        ("_exit", "_warnings")) and " " in line)
+    expect = {"selftest_exit": "1", "classify_exit": "0", "classify_warnings": "1", "forced_tflite_exit": "1",
+              "demo_exit": "0", "demo_warnings": "1"}
+    caught = all(said.get(k, "").strip() == v for k, v in expect.items())
+    arm_sme = rows(out / "classify_sme.jsonl") if (out / "classify_sme.jsonl").exists() else {}
+    x86_onnx = rows(out / "x86" / "classify_onnx.jsonl")
+    same = bool(arm_sme) and all({k: arm_sme[s].get(k) for k in COUNTS} == {k: x86_onnx[s].get(k) for k in COUNTS}
+                                 for s in arm_sme)
+    seen = ", ".join(k + " " + said.get(k, "?").strip() for k in expect)
+    print(f"SME CPU: the wrong tflite engine {'caught' if caught else 'NOT caught as expected'} "
+          f"({seen}); counts after the fallback "
+          f"{'identical' if same else 'DIFFER'} to onnxruntime on x86_64")
+    ok &= caught and same
 for name in ("classify.jsonl", "classify_onnx.jsonl", "replay.jsonl"):
     arm, x86 = rows(out / name), rows(out / "x86" / name)
     same = sorted(arm) == sorted(x86) and len(arm) > 0 and all(

@@ -13,7 +13,7 @@ import typer
 
 from ..exceptions import EdgehemaError
 from ..text_table import Column, render
-from ._app import app, err, error, open_classifier, open_output, out
+from ._app import app, err, error, open_classifier, open_output, out, warn
 
 
 @app.command()
@@ -263,8 +263,11 @@ def _demo(samples: int, events: int, rate: float, species: str, seed: int, workd
         results.append(result)
 
     runner = StreamRunner(cfg, emit, log=log)
+    clf = runner.classifier
+    for line in clf.refused:  # an engine passed over (not installed, or failed its self-test): said, as classify does
+        warn(f"{clf.bundle.name}: {line}; counting on {clf.backend_name}")
     out.print(f"simulated instrument on {box['port']}: {samples} {species} samples x {events:,} events at {rate:,.0f} events/s")
-    out.print(f"model {runner.classifier.bundle.name} on {runner.classifier.backend_name}")
+    out.print(f"model {clf.bundle.name} on {clf.backend_name}")
     t = threading.Thread(target=runner.run, daemon=True)
     t.start()
     from rich.live import Live
@@ -276,6 +279,11 @@ def _demo(samples: int, events: int, rate: float, species: str, seed: int, workd
             live.update(f"streaming: {st.samples}/{samples} samples done, {st.events:,} events, "
                         f"{rate_now:,.0f} events/s, current {st.current or '-'}", refresh=True)
             t.join(0.25)
+    # What the stream said that is not routine (a corrupted frame, a lost link, a full disk): shown.
+    routine = ("model ", "engine ", "connected to ", "HELLO from ", f"{clf.bundle.name}: ")
+    for line in logs:
+        if not line.startswith(routine):
+            sys.stderr.write(f"edgehema: stream: {line}\n")
     columns = [Column("sample", "left", keep=9), Column("events", keep=3), Column("RBC cells", keep=7),
                Column("truth", keep=7), Column("PLT cells", keep=7), Column("truth", keep=7), Column("retic %", keep=6),
                Column("truth", keep=6), Column("RBC x10^6/uL", keep=2), Column("PLT x10^3/uL", keep=2),
