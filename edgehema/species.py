@@ -23,5 +23,6 @@ def check_species(name: str) -> str:
     """The species name in its canonical (lower-case) form, or one error line."""
     canonical = name.strip().lower().replace(" ", "-").replace("_", "-")
     if canonical not in known_species():
-        raise EdgehemaError(f"unknown species {name!r} (known: {', '.join(known_species())})")
+        known = known_species()
+        raise EdgehemaError(f"unknown species {name!r} (the {len(known)} species a sample may be: {', '.join(known)})")
     return canonical

@@ -185,3 +185,21 @@ def test_train_prints_its_plan_and_estimate_and_tiny_is_quick(tmp_path):
     # Within a minute on 2 cores (measured 16 s on the 2-core machine of 2026-12-07); a loaded CI
     # machine gets twice that before this fails.
     assert took < 120, took
+
+
+# README ----------------------------------------------------------------------------------------
+def test_species_counts_agree_between_readme_help_and_errors():
+    from pathlib import Path
+
+    from edgehema.simulator.presets import SPECIES, TRAINED_SPECIES
+    from edgehema.species import known_species
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"one of {len(known_species())} species" in readme
+    assert f"presets for {len(SPECIES)} of them" in readme and f"trained on {len(TRAINED_SPECIES)}" in readme
+    simulate_help = " ".join(run("simulate", "--help").stdout.split())
+    assert f"one of {len(SPECIES)}:" in simulate_help and all(s in simulate_help for s in SPECIES)
+    classify_help = " ".join(run("classify", "--help").stdout.split())
+    assert f"one of {len(known_species())}" in classify_help and f"trained on {len(TRAINED_SPECIES)}" in classify_help
+    assert f"the simulator's {len(SPECIES)} presets" in run("simulate", "--species", "x", "--out", "x.csv").stderr
+    assert f"the {len(known_species())} species" in run("classify", "x.csv", "--species", "x").stderr

@@ -23,7 +23,7 @@ def classify(
     adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Refine the latent mixtures on each sample (a few EM iterations)."),
     events_out: Optional[Path] = typer.Option(None, "--events-out", help="Folder for per-event labels and probabilities (SAMPLE.events.csv)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Instrument profile of the files (default: recognised from the columns)."),
-    species: Optional[str] = typer.Option(None, "--species", help="Species, when the files do not say."),
+    species: Optional[str] = typer.Option(None, "--species", help="Species, when the files do not say: one of 21 (human and 20 veterinary species; edgehema classify --species x lists them). The shipped models are trained on 5: human, dog, cat, horse, cattle; others are flagged species_not_validated."),
     dilution: Optional[float] = typer.Option(None, "--dilution", min=1.0, help="Dilution factor, when the files do not say."),
     volume_ul: Optional[float] = typer.Option(None, "--volume-ul", min=0.0, help="Analyzed volume in uL, when the files do not say."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes (0: one per core, at most 2 here)."),

@@ -15,7 +15,7 @@ from ._app import app, out, progress
 
 @app.command()
 def evaluate(
-    species: str = typer.Option("human,dog,cat,horse,cattle", "--species", help="Comma-separated species presets."),
+    species: str = typer.Option("human,dog,cat,horse,cattle", "--species", help="Comma-separated species presets (any of the simulator's 10: human, dog, cat, horse, cattle, goat, sheep, alpaca, rabbit, ferret)."),
     samples: int = typer.Option(20, "--samples", min=1, help="Fresh simulated samples per species."),
     events: int = typer.Option(150_000, "--events", min=1000, help="Events per sample."),
     seed: int = typer.Option(0, "--seed", help="Evaluation seed (sample seeds never overlap the training recipe's)."),

@@ -19,7 +19,7 @@ from ._app import app, out, error
 def simulate(
     out_path: Path = typer.Option(..., "--out", "-o", help="Event file to write (.csv, .fcs, NAME.116.csv); a directory when --samples > 1."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="Truth JSON to write (single sample). With --samples > 1 each sample's truth goes next to its events as ID.truth.json."),
-    species: str = typer.Option("human", "--species", "-s", help="Species preset: human, dog, cat, horse, cattle."),
+    species: str = typer.Option("human", "--species", "-s", help="Species preset, one of 10: human, dog, cat, horse, cattle (the shipped models' training species), goat, sheep, alpaca, rabbit, ferret (unseen by them)."),
     pathology: Optional[str] = typer.Option(None, "--pathology", help="Pathology preset: anemia-reticulocytosis, thrombocytopenia, thrombocytosis, macrocytosis, microcytosis."),
     events: int = typer.Option(150_000, "--events", "-n", min=1, help="Recorded events per sample."),
     samples: int = typer.Option(1, "--samples", min=1, help="Number of samples to generate."),

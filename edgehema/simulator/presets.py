@@ -305,7 +305,8 @@ def species_preset(name: str) -> SpeciesPreset:
     try:
         return SPECIES[name.lower()]
     except KeyError:
-        raise SimulationError(f"unknown species {name!r} (known: {', '.join(SPECIES)})") from None
+        raise SimulationError(f"unknown species {name!r} (the simulator's {len(SPECIES)} presets: "
+                              f"{', '.join(SPECIES)})") from None
 
 
 def draw_parameters(
