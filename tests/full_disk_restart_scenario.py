@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
+from full_disk_scenario import instrument, small_disk  # the script's own folder is on sys.path
+
 from edgehema.classifier import Classifier
-from edgehema.emulator import InstrumentEmulator, serve_tcp
+from edgehema.emulator import InstrumentEmulator
 from edgehema.exceptions import StorageFullError
 from edgehema.stream.runner import StreamConfig, StreamRunner
 
@@ -36,17 +36,10 @@ def run(disk: Path, clf, port: str, **kw) -> dict:
 
 
 def main(root: str, reserve: int) -> None:
-    disk = Path(root)
-    disk.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
+    disk = small_disk(root, "4m")
     clf = Classifier()
     emu = InstrumentEmulator("cat", samples=12, events=30_000, seed=12)
-    box, ready = {}, threading.Event()
-    t = threading.Thread(target=serve_tcp, args=(emu, 0, 0.0),
-                         kwargs={"ready": lambda p: (box.setdefault("port", p), ready.set()), "accept_timeout": 20},
-                         daemon=True)
-    t.start()
-    ready.wait(10)
+    t, box = instrument(emu, 0.0)
     runs = [run(disk, clf, f"socket://127.0.0.1:{box['port']}", max_samples=12, idle_exit=3.0, max_held=3,
                 journal_reserve=reserve)]
     t.join(10)

@@ -39,18 +39,30 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def main(root: str) -> None:
+def small_disk(root: str, size: str) -> Path:
+    """A tmpfs of ``size`` mounted at ``root`` (in this private mount namespace)."""
     disk = Path(root)
     disk.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
-    clf = Classifier()
-    emu = InstrumentEmulator("dog", samples=4, events=15_000, seed=21)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], check=True)
+    return disk
+
+
+def instrument(emu: InstrumentEmulator, rate: float) -> tuple[threading.Thread, dict]:
+    """The emulator serving on a free TCP port: (its thread, {"port": the port})."""
     box, ready = {}, threading.Event()
-    t = threading.Thread(target=serve_tcp, args=(emu, 0, 150_000.0),
+    t = threading.Thread(target=serve_tcp, args=(emu, 0, rate),
                          kwargs={"ready": lambda p: (box.setdefault("port", p), ready.set()), "accept_timeout": 20},
                          daemon=True)
     t.start()
     ready.wait(10)
+    return t, box
+
+
+def main(root: str) -> None:
+    disk = small_disk(root, "3m")
+    clf = Classifier()
+    emu = InstrumentEmulator("dog", samples=4, events=15_000, seed=21)
+    t, box = instrument(emu, 150_000.0)
     results, logs = [], []
     state = {"filler": None, "held_max": 0, "freed_at_emit": None}
 

@@ -155,28 +155,13 @@ cp "$ROOT"/opt/work/{wheels.txt,pip-freeze.txt,classify.jsonl,classify_onnx.json
 
 if [ "${EDGEHEMA_ARM64_SME:-1}" = 1 ]; then
     echo "== aarch64 with SME (QEMU_CPU=max, /sys mounted, a Raspberry Pi 5 /proc/cpuinfo)"
-    cat > "$OUT/rpi5-cpuinfo" <<'CPU'
-processor	: 0
-BogoMIPS	: 108.00
-Features	: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
-CPU implementer	: 0x41
-CPU architecture: 8
-CPU variant	: 0x4
-CPU part	: 0xd0b
-CPU revision	: 1
-
-processor	: 1
-BogoMIPS	: 108.00
-Features	: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
-CPU implementer	: 0x41
-CPU architecture: 8
-CPU variant	: 0x4
-CPU part	: 0xd0b
-CPU revision	: 1
-
-Hardware	: BCM2712
-Model		: Raspberry Pi 5 Model B Rev 1.0
-CPU
+    {
+        for n in 0 1 2 3; do  # a Raspberry Pi 5: four Cortex-A76 cores
+            printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n' "$n"
+            printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n'
+        done
+        printf 'Hardware\t: BCM2712\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n'
+    } > "$OUT/rpi5-cpuinfo"
     mkdir -p "$ROOT/sys"
     mount -t sysfs sysfs "$ROOT/sys" && mounts=("$ROOT/sys" "${mounts[@]}")
     mount --bind "$OUT/rpi5-cpuinfo" "$ROOT/proc/cpuinfo" && mounts=("$ROOT/proc/cpuinfo" "${mounts[@]}")
