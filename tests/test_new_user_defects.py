@@ -302,8 +302,8 @@ def test_evaluate_measures_the_default_model_next_to_the_float_one():
 def test_readme_python_example_runs_after_the_readme_commands(tmp_path):
     readme = (ROOT / "README.md").read_text()
     commands = readme.split("```text", 1)[1].split("```", 1)[0]
-    first = commands.strip().splitlines()[0].split("#")[0].split()
-    assert first[:2] == ["edgehema", "simulate"]
+    first = next(line for line in commands.strip().splitlines() if line.startswith("edgehema simulate"))
+    first = first.split("#")[0].split()
     assert run(*first[1:], cwd=tmp_path).returncode == 0
     example = readme.split("```python", 1)[1].split("```", 1)[0]
     proc = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, cwd=tmp_path, timeout=120)
