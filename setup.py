@@ -1,7 +1,7 @@
 """Only the optional compiled parts live here; everything else is in pyproject.toml.
 
 * ``edgehema.formats._fastcsv``: the CSV tokenizer (docs/formats.md).
-* ``edgehema._fastassign``: the classifier's latent-space kernels (docs/classifier.md).
+* ``edgehema.model._fastassign``: the classifier's latent-space kernels (docs/classifier.md).
 
 ``optional=True``: where no C compiler is available (a bare device image), the build goes on
 without them and edgehema reads CSV with pandas or numpy and assigns events with numpy, with the
@@ -12,5 +12,5 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[
     Extension("edgehema.formats._fastcsv", ["edgehema/formats/_fastcsv.c"], extra_compile_args=["-O3"], optional=True),
-    Extension("edgehema._fastassign", ["edgehema/_fastassign.c"], extra_compile_args=["-O3"], optional=True),
+    Extension("edgehema.model._fastassign", ["edgehema/model/_fastassign.c"], extra_compile_args=["-O3"], optional=True),
 ])

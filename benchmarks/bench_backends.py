@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgehema.classifier import Classifier  # noqa: E402
+from edgehema.model.classifier import Classifier  # noqa: E402
 from edgehema.exceptions import BackendError  # noqa: E402
-from edgehema.result import classify_sample  # noqa: E402
+from edgehema.counts.result import classify_sample  # noqa: E402
 from edgehema.simulator import SampleSimulator  # noqa: E402
 
 CONTENDERS = (  # (label, bundle, backend); the first is the peer the others are measured against

@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgehema.batch import BatchJob, classify_files  # noqa: E402
-from edgehema.bundle import Bundle  # noqa: E402
+from edgehema.model.bundle import Bundle  # noqa: E402
 from edgehema.formats import read_sample, write_sample  # noqa: E402
 from edgehema.simulator import SPECIES, SampleSimulator  # noqa: E402
 
@@ -91,8 +91,8 @@ _peer: dict = {}
 
 
 def _peer_one(path: str):
-    from edgehema.classifier import Classifier
-    from edgehema.result import classify_sample
+    from edgehema.model.classifier import Classifier
+    from edgehema.counts.result import classify_sample
 
     if "clf" not in _peer:
         clf = Classifier("reference", threads=1)
@@ -167,9 +167,9 @@ def stage_medians(paths: list[str], model: str | None, backend: str) -> dict[str
     """Median ms per file of each stage, one process, one thread, the edgehema pipeline taken apart."""
     import statistics
 
-    from edgehema.classifier import Classifier
+    from edgehema.model.classifier import Classifier
     from edgehema.formats._table import load_fast_parser
-    from edgehema.result import result_from_inference
+    from edgehema.counts.result import result_from_inference
 
     load_fast_parser()
     clf = Classifier(model, backend=backend, threads=1)

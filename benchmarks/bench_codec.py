@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import machine  # noqa: E402
 
-from edgehema.emulator import InstrumentEmulator  # noqa: E402
+from edgehema.simulator.emulator import InstrumentEmulator  # noqa: E402
 from firmware_bridge import codec  # noqa: E402
 
 

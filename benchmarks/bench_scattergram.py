@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import machine  # noqa: E402
 
-from edgehema import scattergram  # noqa: E402
+from edgehema.counts import scattergram  # noqa: E402
 from edgehema.simulator import SampleSimulator  # noqa: E402
 
 

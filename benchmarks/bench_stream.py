@@ -24,8 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from edgehema.classifier import Classifier  # noqa: E402
-from edgehema.emulator import InstrumentEmulator  # noqa: E402
+from edgehema.model.classifier import Classifier  # noqa: E402
+from edgehema.simulator.emulator import InstrumentEmulator  # noqa: E402
 from edgehema.stream.runner import StreamConfig, StreamRunner, replay_bytes  # noqa: E402
 from edgehema.stream.session import WireSession  # noqa: E402
 

@@ -1,7 +1,24 @@
 """edgehema: real-time classification of hematology-analyzer cell events on the instrument's device.
 
-Data flows one way: bytes or files -> decoded event batches (:class:`Sample`) -> model ->
-per-event classes -> per-sample counts -> sinks. The public API is re-exported here.
+Data flows one way, one room per stage:
+
+=========================  ==================================================================
+stage                      room
+=========================  ==================================================================
+the domain                 :mod:`edgehema.sample` (Sample, SampleInfo), :mod:`edgehema.profiles`
+files -> samples           :mod:`edgehema.formats` (one module per format)
+bytes -> samples           :mod:`edgehema.stream` (wire session, journal, archives, runner)
+samples from physics       :mod:`edgehema.simulator` (and the emulated instrument)
+events -> classes          :mod:`edgehema.model` (bundle, engine, self-test, classifier)
+classes -> a result        :mod:`edgehema.counts` (counting, plausibility, result, scattergram)
+result -> out              :mod:`edgehema.sinks`, :mod:`edgehema.lis`
+images -> counts           :mod:`edgehema.smear`
+accuracy                   :mod:`edgehema.evaluation`
+many devices               :mod:`edgehema.fleet` (``fleet`` extra)
+commands                   :mod:`edgehema.cli`
+=========================  ==================================================================
+
+The public API is re-exported here; every error a user can cause is an :class:`EdgehemaError`.
 """
 
 import os as _os
@@ -15,9 +32,8 @@ if "numpy" not in _sys.modules:
     for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         _os.environ.setdefault(_var, "1")
 
-from ._version import __version__  # noqa: E402
-from .classes import CELL_POPULATIONS, EVENT_CLASSES
-from .exceptions import (
+from edgehema._version import __version__  # noqa: E402
+from edgehema.exceptions import (  # noqa: E402
     BackendError,
     BundleError,
     EdgehemaError,
@@ -27,12 +43,13 @@ from .exceptions import (
     SimulationError,
     UnknownFormatError,
 )
-from .formats import describe_file, read_sample, write_sample
-from .profiles import Feature, Profile, builtin_profiles, default_profile, get_profile, load_profile
-from .sample import Sample, SampleInfo
-from .bundle import Bundle
-from .classifier import Classifier
-from .result import SampleResult, classify_sample
+from edgehema.formats import describe_file, read_sample, write_sample  # noqa: E402
+from edgehema.model.classes import CELL_POPULATIONS, EVENT_CLASSES  # noqa: E402
+from edgehema.profiles import Feature, Profile, builtin_profiles, default_profile, get_profile, load_profile  # noqa: E402
+from edgehema.sample import Sample, SampleInfo  # noqa: E402
+from edgehema.model.bundle import Bundle  # noqa: E402
+from edgehema.model.classifier import Classifier  # noqa: E402
+from edgehema.counts.result import SampleResult, classify_sample  # noqa: E402
 
 __all__ = [
     "BackendError",

@@ -1,3 +1,3 @@
-from .cli import main
+from edgehema.cli import main
 
 main()

@@ -8,7 +8,7 @@ import errno
 import sqlite3
 from pathlib import Path
 
-from .exceptions import EdgehemaError, StorageFullError
+from edgehema.exceptions import EdgehemaError, StorageFullError
 
 
 def storage_failure(exc: BaseException) -> bool:

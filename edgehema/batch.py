@@ -16,13 +16,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import classes as C
-from .classifier import Classifier
-from .exceptions import EdgehemaError
-from .formats import read_sample
-from .formats._table import load_fast_parser
-from .result import classify_sample
-from .sample import SampleInfo
+from edgehema.model import classes as C
+from edgehema.model.classifier import Classifier
+from edgehema.exceptions import EdgehemaError
+from edgehema.formats import read_sample
+from edgehema.formats._table import load_fast_parser
+from edgehema.counts.result import classify_sample
+from edgehema.sample import SampleInfo
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _one(path: str) -> tuple[str, dict | str]:
             write_events(Path(job.events_out), result.sample_id, result.inference)
         out = result.to_dict()
         if job.plots is not None:
-            from . import scattergram
+            from edgehema.counts import scattergram
 
             out["scattergram"] = str(scattergram.write(Path(job.plots), out, sample.events, result.inference.labels,
                                                        sample.profile))

@@ -61,6 +61,10 @@ class StorageFullError(EdgehemaError):
     until they are stored."""
 
 
+class LisRejected(EdgehemaError):
+    """The LIS answered, and refused the message (HL7 AE/AR/CE/CR, ASTM NAK)."""
+
+
 class SignatureError(BundleError):
     """A bundle's signature is missing, made by a key the device does not trust, or does not verify;
     or a signing key cannot be read."""

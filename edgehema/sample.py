@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .exceptions import ProfileMismatchError
-from .profiles import Profile, get_profile
+from edgehema.exceptions import ProfileMismatchError
+from edgehema.profiles import Profile, get_profile
 
 
 @dataclass(frozen=True)

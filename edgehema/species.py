@@ -4,7 +4,7 @@ otherwise travel into every result and the laboratory's records)."""
 
 from __future__ import annotations
 
-from .exceptions import EdgehemaError
+from edgehema.exceptions import EdgehemaError
 
 #: Mammals with anucleate red cells that RBC/PLT/RET analyzers are used on (lower case).
 MAMMALS = (
@@ -14,7 +14,7 @@ MAMMALS = (
 
 
 def known_species() -> tuple[str, ...]:
-    from .simulator.presets import SPECIES
+    from edgehema.simulator.presets import SPECIES
 
     return tuple(dict.fromkeys((*SPECIES, *MAMMALS)))
 

@@ -12,7 +12,7 @@ import json
 import warnings
 from pathlib import Path
 
-from edgehema.bundle import MANIFEST, Bundle, seal
+from edgehema.model.bundle import MANIFEST, Bundle, seal
 
 from .common import ExportError
 

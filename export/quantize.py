@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgehema import classes as C
-from edgehema.bundle import MANIFEST, REFERENCE_BUNDLE, Bundle, seal
-from edgehema.classifier import Classifier
+from edgehema.model import classes as C
+from edgehema.model.bundle import MANIFEST, REFERENCE_BUNDLE, Bundle, seal
+from edgehema.model.classifier import Classifier
 from edgehema.exceptions import BundleError, EdgehemaError, ProfileMismatchError
 from edgehema.formats import read_sample
-from edgehema.result import classify_sample
+from edgehema.counts.result import classify_sample
 from edgehema.sample import Sample
-from edgehema.selftest import attach_known_answer, compare, spread_events
+from edgehema.model.selftest import attach_known_answer, compare, spread_events
 
 from .common import CALIBRATION_BATCH, ExportError
 from .graph import float_graph_outputs, compact_names, head_outputs, name_nodes_and_find_heads  # noqa: F401 - re-exported

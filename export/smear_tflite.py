@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgehema._held_back import held_back
+from edgehema.model.backends.held_back import held_back
 from edgehema.smear.learned import preprocess
 
 from .common import ExportError

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgehema._held_back import held_back
-from edgehema.bundle import Bundle
+from edgehema.model.backends.held_back import held_back
+from edgehema.model.bundle import Bundle
 
 from .common import CALIBRATION_BATCH, ExportError
 from .graph import head_outputs
@@ -122,7 +122,7 @@ def _full_integer(bundle: Bundle, saved_model: Path, x: np.ndarray, out: Path) -
 
 def _float_computed_outputs(path: Path) -> list[str]:
     """Output tensors of a TFLite model computed by a float layer (not dequantized from int8)."""
-    from edgehema.backends.tflite_backend import load_interpreter_class
+    from edgehema.model.backends.tflite_backend import load_interpreter_class
 
     Interpreter, _ = load_interpreter_class()
     it = Interpreter(model_path=str(path))
@@ -136,7 +136,7 @@ def _float_computed_outputs(path: Path) -> list[str]:
 def match_outputs(bundle: Bundle, tflite_path: Path, x: np.ndarray) -> dict[str, str]:
     """TFLite output tensor for each ONNX output: the one of the same size closest in value."""
     import onnxruntime as ort
-    from edgehema.backends.tflite_backend import load_interpreter_class
+    from edgehema.model.backends.tflite_backend import load_interpreter_class
 
     sess = ort.InferenceSession(str(bundle.model_file), providers=["CPUExecutionProvider"])
     names = bundle.manifest["model"]["outputs"]

@@ -3,7 +3,7 @@ event files and the reference counts another analyzer would report for them, the
 train`` (export/training) on them. One training code path: the shipped model and a user's model
 differ only in their data.
 
-    python -m export.train_reference --out edgehema/models          # the shipped models (15 min)
+    python -m export.train_reference --out edgehema/model/shipped          # the shipped models (15 min)
     python -m export.train_reference --out /tmp/m --scale tiny       # the CI smoke run
 
 Supervision, as in the reference paper: each simulated sample contributes sample-level counts only,
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgehema import classes as C
-from edgehema.bundle import FORMAT
+from edgehema.model import classes as C
+from edgehema.model.bundle import FORMAT
 from edgehema.profiles import get_profile
 from edgehema.simulator import PATHOLOGIES, InstrumentSettings
 
@@ -212,7 +212,7 @@ def check_shipped(models: Path, log=print, samples_per_species: int | None = Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("edgehema/models"))
+    ap.add_argument("--out", type=Path, default=Path("edgehema/model/shipped"))
     ap.add_argument("--check-shipped", action="store_true",
                     help="train nothing: hold the bundles in --out to edgehema train's final-model check on their "
                          "own training set, simulated again from their manifest (exit 1 if one fails)")

@@ -8,6 +8,7 @@
 This package imports nothing of edgehema, so firmware engineers can use it alone.
 """
 
+from .errors import CobsError, ProtocolError, WireError
 from .codec import DecodeStats, Frame, FrameDecoder, crc32, encode_frame, encode_message
 from .protocol import (
     ACK,
@@ -35,7 +36,7 @@ from .protocol import (
 
 __all__ = [
     "ACK", "EVENTS", "HEARTBEAT", "HELLO", "MAX_PAYLOAD", "RESEND", "SAMPLE_BEGIN", "SAMPLE_END", "STATUS",
-    "VERSION", "Ack", "DecodeStats", "Events", "FeatureScale", "Frame", "FrameDecoder", "Heartbeat", "Hello",
+    "VERSION", "Ack", "CobsError", "DecodeStats", "Events", "FeatureScale", "Frame", "FrameDecoder", "Heartbeat", "Hello",
     "ProtocolError", "Resend", "SampleBegin", "SampleEnd", "Status", "crc32", "encode_frame", "encode_message",
-    "parse",
+    "WireError", "parse",
 ]

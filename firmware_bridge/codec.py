@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 from cobs import cobs
 
+from .errors import CobsError
 from .protocol import MAX_PAYLOAD, VERSION
 
 HEADER = struct.Struct("<BBHH")  # version, type, sequence, payload length
@@ -31,8 +32,6 @@ def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-class CobsError(ValueError):
-    """Bytes that are not a valid COBS encoding."""
 
 
 def cobs_decode_walk(enc: bytes) -> bytes:

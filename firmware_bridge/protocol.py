@@ -15,6 +15,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from .errors import ProtocolError
+
 VERSION = 1
 MAX_PAYLOAD = 4096
 
@@ -33,8 +35,6 @@ def max_events_per_frame(n_features: int) -> int:
     return (MAX_PAYLOAD - EVENTS_HEADER.size) // (2 * n_features)
 
 
-class ProtocolError(ValueError):
-    """A payload that does not parse as its message type says."""
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from full_disk_scenario import instrument, small_disk  # the script's own folder is on sys.path
 
-from edgehema.classifier import Classifier
-from edgehema.emulator import InstrumentEmulator
+from edgehema.model.classifier import Classifier
+from edgehema.simulator.emulator import InstrumentEmulator
 from edgehema.exceptions import StorageFullError
 from edgehema.stream.runner import StreamConfig, StreamRunner
 

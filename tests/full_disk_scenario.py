@@ -14,8 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from edgehema.classifier import Classifier
-from edgehema.emulator import InstrumentEmulator, serve_tcp
+from edgehema.model.classifier import Classifier
+from edgehema.simulator.emulator import InstrumentEmulator, serve_tcp
 from edgehema.exceptions import StorageFullError
 from edgehema.stream.runner import StreamConfig, StreamRunner
 

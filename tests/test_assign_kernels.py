@@ -1,4 +1,4 @@
-"""The compiled latent-space kernels (edgehema/_fastassign.c) against numpy, the reference.
+"""The compiled latent-space kernels (edgehema/model/_fastassign.c) against numpy, the reference.
 
 Both paths run on the same latents: the shipped models' shape (the kernels' unrolled loop) and
 odd shapes (the general loop), with and without adaptation. Probabilities must agree to float32
@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgehema import classes as C
-from edgehema import clustering
-from edgehema.classifier import Classifier
-from edgehema.clustering import DiagonalGMM, adapt_centroids, assign_events
-from edgehema.result import classify_sample
+from edgehema.model import classes as C
+from edgehema.model import clustering
+from edgehema.model.classifier import Classifier
+from edgehema.model.clustering import DiagonalGMM, adapt_centroids, assign_events
+from edgehema.counts.result import classify_sample
 from edgehema.simulator import SampleSimulator
 
 needs_kernels = pytest.mark.skipif(not clustering.kernels_available(),
@@ -123,7 +123,7 @@ def test_the_kernels_are_built_where_a_compiler_exists():
 
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
         pytest.skip("no Python headers here (python3-dev): the kernels cannot be built")
-    assert clustering.kernels_available(), "a C compiler is present but edgehema/_fastassign.c was not built"
+    assert clustering.kernels_available(), "a C compiler is present but edgehema/model/_fastassign.c was not built"
 
 
 def test_numpy_path_when_asked(monkeypatch):
@@ -190,7 +190,7 @@ def test_loading_runs_the_known_answer_through_the_graph_once(monkeypatch):
 def test_the_kernels_refuse_wrong_buffers_with_an_error_not_a_crash():
     """The Python side checks shapes and types; the C side still refuses a wrong buffer (type,
     size, layout) with a ValueError and releases what it took."""
-    from edgehema import _fastassign
+    from edgehema.model import _fastassign
 
     rng = np.random.default_rng(2)
     z1, z2, centroids, gmm = random_problem(rng, 100, 4, 3, 4, 3)

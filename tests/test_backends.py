@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from edgehema import BackendError, write_sample
-from edgehema.backends import create_backend, tflite_backend
-from edgehema.bundle import Bundle
-from edgehema.classifier import Classifier
-from edgehema.result import classify_sample
+from edgehema.model.backends import create_backend, tflite_backend
+from edgehema.model.bundle import Bundle
+from edgehema.model.classifier import Classifier
+from edgehema.counts.result import classify_sample
 from edgehema.simulator import SampleSimulator
 
 try:

@@ -16,9 +16,9 @@ import pytest
 pytest.importorskip("pandas", reason="the plain pipeline peer reads with pandas (test extra)")
 pytest.importorskip("torch", reason="the PyTorch peers need torch (export extra)")
 
-from edgehema.classifier import Classifier  # noqa: E402
+from edgehema.model.classifier import Classifier  # noqa: E402
 from edgehema.formats import read_sample, write_sample  # noqa: E402
-from edgehema.result import classify_sample  # noqa: E402
+from edgehema.counts.result import classify_sample  # noqa: E402
 from edgehema.simulator import SampleSimulator  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_classify.py"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgehema import BundleError, ProfileMismatchError, get_profile
-from edgehema.bundle import MANIFEST, Bundle, bundled_models, manifest_digest
+from edgehema.model.bundle import MANIFEST, Bundle, bundled_models, manifest_digest
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from edgehema import classes as C
+from edgehema.model import classes as C
 from edgehema import write_sample
-from edgehema.bundle import Bundle
-from edgehema.classifier import Classifier
-from edgehema.result import classify_sample
+from edgehema.model.bundle import Bundle
+from edgehema.model.classifier import Classifier
+from edgehema.counts.result import classify_sample
 from edgehema.simulator import InstrumentSettings, SampleSimulator
 
 

@@ -12,9 +12,9 @@ import pytest
 pytest.importorskip("onnx", reason="export needs the workstation extra (pip install -e '.[export]')")
 
 from edgehema import BackendError, write_sample  # noqa: E402
-from edgehema.bundle import MANIFEST, Bundle, seal  # noqa: E402
-from edgehema.classifier import Classifier  # noqa: E402
-from edgehema.result import classify_sample  # noqa: E402
+from edgehema.model.bundle import MANIFEST, Bundle, seal  # noqa: E402
+from edgehema.model.classifier import Classifier  # noqa: E402
+from edgehema.counts.result import classify_sample  # noqa: E402
 from edgehema.simulator import SampleSimulator  # noqa: E402
 from export.quantize import ExportError, export_bundle  # noqa: E402
 
@@ -149,7 +149,7 @@ def test_tflite_int8_export(tmp_path, calib, capfd):
     # Full integer except the heads: the latents come from float layers, everything else is int8.
     q = b.manifest["quantization"]
     assert q["float_heads"] == ["recon_err", "z1", "z2"][1:] and q["calibration_events"] == 3 * 12_288
-    from edgehema.backends.tflite_backend import load_interpreter_class
+    from edgehema.model.backends.tflite_backend import load_interpreter_class
 
     Interpreter, _ = load_interpreter_class()
     it = Interpreter(model_path=str(b.path / "model.tflite"))

@@ -19,7 +19,7 @@ pytest.importorskip("dask.distributed", reason="the fleet extra (dask[distribute
 pytest.importorskip("pyarrow", reason="the fleet extra (pyarrow) is not installed")
 
 from edgehema import write_sample  # noqa: E402
-from edgehema.emulator import InstrumentEmulator, write_file  # noqa: E402
+from edgehema.simulator.emulator import InstrumentEmulator, write_file  # noqa: E402
 from edgehema.fleet import FleetJob  # noqa: E402
 from edgehema.fleet import report as R  # noqa: E402
 from edgehema.fleet.run import read_results, reanalyze  # noqa: E402

@@ -32,7 +32,7 @@ class Tty(io.StringIO):
 
 
 def _table(width, results):
-    import edgehema.text_table as tt
+    import edgehema.sinks.text_table as tt
 
     buf = Tty()
     sink = TableSink(buf)

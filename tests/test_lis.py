@@ -433,7 +433,7 @@ def test_lis_listen_receives_and_spots_resends(tmp_path):
 def test_stream_journals_queues_and_sends_and_a_down_lis_gets_everything_later(tmp_path):
     """``stream --lis``: the outbox is the journal's database. With the LIS down the results are
     journaled and queued; the next start (LIS back) sends them, each under its queued control id."""
-    from edgehema.emulator import InstrumentEmulator
+    from edgehema.simulator.emulator import InstrumentEmulator
 
     from .test_stream import start_tcp_instrument
 

@@ -12,7 +12,7 @@ import pytest
 
 from edgehema import read_sample
 from edgehema.sample import SampleInfo
-from edgehema.text_table import Column, fit, plain
+from edgehema.sinks.text_table import Column, fit, plain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_narrow_terminal_drops_columns_never_digits():
 def test_narrow_terminal_rendering(tmp_path):
     import io
 
-    from edgehema.text_table import render
+    from edgehema.sinks.text_table import render
 
     cols = [Column("sample", "left", keep=9), Column("events", keep=3), Column("RBC cells", keep=6)]
     buf = io.StringIO()
@@ -255,7 +255,7 @@ def test_shipped_int8_model_passes_the_default_export_gates():
     pytest.importorskip("onnx", reason="the export extra is not installed")
     from export.quantize import default_gates
 
-    parity = json.loads((ROOT / "edgehema" / "models" / "reference-int8" / "parity.json").read_text())
+    parity = json.loads((ROOT / "edgehema" / "model" / "shipped" / "reference-int8" / "parity.json").read_text())
     gates = default_gates("onnx-int8")
     assert parity["size_ratio"] <= gates["size_ratio"], (parity["size_ratio"], gates)
 
@@ -281,7 +281,7 @@ def test_result_names_the_graph_that_ran(cat_files):
 
 
 def test_info_and_models_show_the_default_model():
-    from edgehema.bundle import DEFAULT_BUNDLE
+    from edgehema.model.bundle import DEFAULT_BUNDLE
 
     proc = run("info")
     assert proc.returncode == 0 and "(the default model)" in proc.stdout.splitlines()[0]

@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edgehema import classes as C
-from edgehema import get_profile, scattergram
+from edgehema.model import classes as C
+from edgehema import get_profile
+from edgehema.counts import scattergram
 from edgehema.simulator import SampleSimulator
 
 
@@ -105,8 +106,8 @@ def test_plot_classify_and_replay_write_pictures(tmp_path):
 
 
 def test_stream_replay_writes_pictures(tmp_path):
-    from edgehema.classifier import Classifier
-    from edgehema.emulator import InstrumentEmulator, write_file
+    from edgehema.model.classifier import Classifier
+    from edgehema.simulator.emulator import InstrumentEmulator, write_file
     from edgehema.stream.runner import replay_bytes
 
     emu = InstrumentEmulator("dog", samples=2, events=6000, seed=3)

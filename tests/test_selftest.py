@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgehema import backends
-from edgehema.bundle import Bundle
-from edgehema.classifier import Classifier
+from edgehema.model import backends
+from edgehema.model.bundle import Bundle
+from edgehema.model.classifier import Classifier
 from edgehema.exceptions import BackendError
-from edgehema.selftest import KNOWN_ANSWER, check
+from edgehema.model.selftest import KNOWN_ANSWER, check
 from firmware_bridge import codec
 
 
@@ -66,14 +66,14 @@ def test_an_explicit_wrong_engine_is_an_error(broken_tflite):
 
 
 def test_result_records_the_engine_that_passed(small_sample):
-    from edgehema.result import classify_sample
+    from edgehema.counts.result import classify_sample
 
     r = classify_sample(small_sample, Classifier("reference-tflite-int8")).to_dict()
     assert r["model"]["selftest"]["engine"] == "tflite" and r["model"]["selftest"]["passed"] is True
 
 
 INJECT = ("import sys, numpy as np\n"
-          "from edgehema import backends\n"
+          "from edgehema.model import backends\n"
           "real = backends.BACKENDS['tflite']\n"
           "class Shuffled:\n"
           "    def __init__(self, inner): self.inner, self.name = inner, inner.name\n"
@@ -115,7 +115,7 @@ def test_selftest_command_runs_both_engines():
 def test_a_bundle_without_known_answer_still_loads_and_says_so(tmp_path):
     import shutil
 
-    from edgehema.bundle import MANIFEST, seal
+    from edgehema.model.bundle import MANIFEST, seal
 
     folder = tmp_path / "old"
     shutil.copytree(Bundle.load("reference").path, folder)
@@ -162,7 +162,7 @@ def test_block_walk_refuses_what_the_c_extension_refuses(garbage):
 
 def test_stream_end_to_end_without_the_c_extension(tmp_path):
     """The whole stream on the block-walk decoder: same results as with the C extension."""
-    from edgehema.emulator import InstrumentEmulator, write_file
+    from edgehema.simulator.emulator import InstrumentEmulator, write_file
 
     emu = InstrumentEmulator("dog", samples=2, events=8000, seed=3)
     data = tmp_path / "wire.bin"
@@ -183,7 +183,7 @@ def test_stream_end_to_end_without_the_c_extension(tmp_path):
 def saturating_fused_kernels(monkeypatch):
     """What onnxruntime's fused int8 kernels did on an x86 CPU without VNNI with full-range weights:
     the classes right, the reconstruction error wrong (every event out of distribution)."""
-    from edgehema.backends.onnx_backend import OnnxBackend
+    from edgehema.model.backends.onnx_backend import OnnxBackend
 
     real = OnnxBackend.run
 
@@ -203,7 +203,7 @@ def test_the_known_answer_checks_the_out_of_distribution_score(saturating_fused_
 
 
 def test_int8_onnx_falls_back_to_the_unfused_graph_and_counts_right(saturating_fused_kernels):
-    from edgehema.result import classify_sample
+    from edgehema.counts.result import classify_sample
     from edgehema.simulator import SampleSimulator
 
     sample = SampleSimulator("dog", seed=11).generate(30_000).sample

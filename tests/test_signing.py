@@ -14,9 +14,9 @@ import sys
 import pytest
 
 from edgehema import Bundle
-from edgehema.bundle import bundled_root, seal
+from edgehema.model.bundle import bundled_root, seal
 from edgehema.exceptions import SignatureError
-from edgehema.signing import (ENV_PASSPHRASE, ENV_TRUSTED_KEYS, SIGNATURES, TrustPolicy, generate_key_pair,
+from edgehema.model.signing import (ENV_PASSPHRASE, ENV_TRUSTED_KEYS, SIGNATURES, TrustPolicy, generate_key_pair,
                               load_public_key, read_signatures, sign_bundle)
 from edgehema.simulator import SampleSimulator
 

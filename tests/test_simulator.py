@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgehema import SimulationError, get_profile, read_sample, write_sample
-from edgehema.classes import COINCIDENCE, NOISE, PLT, RBC, RETIC
+from edgehema.model.classes import COINCIDENCE, NOISE, PLT, RBC, RETIC
 from edgehema.simulator import (
     PATHOLOGIES,
     SPECIES,

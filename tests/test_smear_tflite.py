@@ -128,7 +128,7 @@ def test_edgehema_export_makes_a_gated_smear_folder_from_a_float_onnx_file(tmp_p
 
 
 def test_an_event_command_given_a_smear_folder_says_what_it_is():
-    from edgehema.bundle import Bundle
+    from edgehema.model.bundle import Bundle
 
     with pytest.raises(BundleError, match="a smear detector \\(kind smear\\), not an event bundle: count images with "
                                           "edgehema smear --engine model:"):
@@ -147,7 +147,7 @@ def test_the_default_engine_runs_the_gated_tflite_and_falls_back_to_onnx_where_l
     def no_litert():
         raise BackendError("neither ai-edge-litert (LiteRT) nor tflite-runtime is installed")
 
-    monkeypatch.setattr("edgehema.backends.tflite_backend.load_interpreter_class", no_litert)
+    monkeypatch.setattr("edgehema.model.backends.tflite_backend.load_interpreter_class", no_litert)
     learned.default_model.cache_clear()
     session.cache_clear()
     try:

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from edgehema.classifier import Classifier
-from edgehema.emulator import InstrumentEmulator, parse_faults, serve_tcp, write_pty
+from edgehema.model.classifier import Classifier
+from edgehema.simulator.emulator import InstrumentEmulator, parse_faults, serve_tcp, write_pty
 from edgehema.stream.runner import StreamConfig, StreamRunner, replay_bytes
 
 

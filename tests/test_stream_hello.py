@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from edgehema.emulator import InstrumentEmulator
+from edgehema.simulator.emulator import InstrumentEmulator
 from edgehema.stream.log_limit import RateLimitedLog
 from edgehema.stream.session import SampleClosed, SampleOpened, WireSession
 from firmware_bridge import codec
@@ -92,7 +92,7 @@ def test_repeated_log_lines_are_counted():
 
 
 def test_garbage_flood_is_rate_limited_in_the_stream_log(tmp_path):
-    from edgehema.classifier import Classifier
+    from edgehema.model.classifier import Classifier
     from edgehema.stream.runner import StreamConfig, StreamRunner
 
     logs = []
@@ -113,7 +113,7 @@ def test_garbage_flood_is_rate_limited_in_the_stream_log(tmp_path):
 def test_emulator_answers_hello_request_on_a_pty():
     import threading
 
-    from edgehema.emulator import write_pty
+    from edgehema.simulator.emulator import write_pty
 
     emu = InstrumentEmulator("human", samples=1, events=2000, seed=2)
     box, ready, go = {}, threading.Event(), threading.Event()

@@ -8,8 +8,8 @@ import sqlite3
 
 import pytest
 
-from edgehema.classifier import Classifier
-from edgehema.emulator import InstrumentEmulator
+from edgehema.model.classifier import Classifier
+from edgehema.simulator.emulator import InstrumentEmulator
 from edgehema.stream.journal import Journal
 from edgehema.stream.runner import StreamConfig, StreamRunner, replay_bytes, restore_open
 from edgehema.stream.session import SampleResumed, WireSession

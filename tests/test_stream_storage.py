@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgehema.classifier import Classifier
+from edgehema.model.classifier import Classifier
 from edgehema.exceptions import StorageFullError
 from edgehema.stream.journal import Journal
 from edgehema.stream.runner import StreamConfig, StreamRunner

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgehema import classes as C
-from edgehema import plausibility, stress
-from edgehema.classifier import Classifier
+from edgehema.model import classes as C
+from edgehema.counts import plausibility
+from edgehema.evaluation import stress
+from edgehema.model.classifier import Classifier
 from edgehema.cli import app
 from edgehema.exceptions import SimulationError
-from edgehema.result import classify_sample
+from edgehema.counts.result import classify_sample
 from edgehema.sample import Sample
 from edgehema.simulator import InstrumentSettings, SampleSimulator, draw_parameters
 

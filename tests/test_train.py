@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch", reason="edgehema train needs torch (pip install -e '.[export]')")
 
-from edgehema.bundle import Bundle  # noqa: E402
+from edgehema.model.bundle import Bundle  # noqa: E402
 from edgehema.cli import app  # noqa: E402
 from edgehema.exceptions import EdgehemaError  # noqa: E402
 from edgehema.simulator import SampleSimulator  # noqa: E402
@@ -460,7 +460,7 @@ def test_tune_is_deterministic_for_a_seed(instrument_b, tmp_path):
 def test_a_trained_bundle_carries_its_own_population_limit(trained):
     """The population check's limit is the model's own (its latent space), measured on its training
     samples; the check uses it, and the old fixed limit only for bundles without one."""
-    from edgehema import plausibility
+    from edgehema.counts import plausibility
     from edgehema.profiles import get_profile
 
     out, _, held, _ = trained
@@ -487,7 +487,7 @@ def test_a_trained_bundle_carries_its_own_population_limit(trained):
 def test_a_trained_bundle_carries_its_own_stain_skew_limit(trained):
     """The reticulocyte-signal check's limit is the model's own too: Tukey's fence of the mature red
     cells' stain asymmetry over its training samples, as the model classifies them."""
-    from edgehema import plausibility
+    from edgehema.counts import plausibility
     from edgehema.profiles import get_profile
 
     out, _, held, _ = trained

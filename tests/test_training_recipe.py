@@ -10,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the training recipe needs torch (pip install -e '.[export]')")
 
-from edgehema.bundle import Bundle  # noqa: E402
-from edgehema.classifier import Classifier  # noqa: E402
-from edgehema.result import classify_sample  # noqa: E402
+from edgehema.model.bundle import Bundle  # noqa: E402
+from edgehema.model.classifier import Classifier  # noqa: E402
+from edgehema.counts.result import classify_sample  # noqa: E402
 from edgehema.simulator import SampleSimulator  # noqa: E402
 from export.train_reference import Recipe, run  # noqa: E402
 
@@ -76,7 +76,7 @@ def test_shipped_model_passes_the_final_model_check_on_its_own_training_samples(
     import export.training.run as R
     from export.train_reference import check_shipped
 
-    models = Path(__file__).resolve().parents[1] / "edgehema" / "models"
+    models = Path(__file__).resolve().parents[1] / "edgehema" / "model" / "shipped"
     lines: list[str] = []
     assert check_shipped(models, lines.append, samples_per_species=2)
     assert len(lines) == 3 and all("passed" in line for line in lines)

@@ -106,12 +106,12 @@ E=/opt/venv/bin/edgehema
 $E --version
 /opt/venv/bin/python - <<'PY'
 import importlib.util
-for name in ("edgehema.formats._fastcsv", "edgehema._fastassign"):
+for name in ("edgehema.formats._fastcsv", "edgehema.model._fastassign"):
     print(f"extension {name}: {'built' if importlib.util.find_spec(name) else 'not built (no compiler)'}")
 from edgehema.formats._table import csv_reader_state
 print("csv reader:", csv_reader_state())
-from edgehema.classifier import Classifier
-from edgehema.clustering import kernels_state
+from edgehema.model.classifier import Classifier
+from edgehema.model.clustering import kernels_state
 Classifier(None, threads=1)  # loading runs the known answer through the kernels and numpy
 print("assignment:", kernels_state())
 PY

@@ -1,11 +1,11 @@
 """Give the shipped bundles their known answer (``selftest.npz``) and re-seal their manifests.
 
-The events are simulated (``edgehema.selftest.known_answer_events``); the answer is the class the
+The events are simulated (``edgehema.model.selftest.known_answer_events``); the answer is the class the
 *float* reference gives each event on onnxruntime without adaptation. Bundles exported or trained
 from now on get theirs from ``export`` and the training recipe; this script did it once for the
 bundles that were shipped before the self-test existed, and can be run again after retraining:
 
-    python tools/add_known_answers.py [edgehema/models]
+    python tools/add_known_answers.py [edgehema/model/shipped]
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgehema.bundle import MANIFEST, Bundle, seal  # noqa: E402
-from edgehema.classifier import Classifier  # noqa: E402
-from edgehema.selftest import attach_known_answer, check, simulated_known_answer  # noqa: E402
+from edgehema.model.bundle import MANIFEST, Bundle, seal  # noqa: E402
+from edgehema.model.classifier import Classifier  # noqa: E402
+from edgehema.model.selftest import attach_known_answer, check, simulated_known_answer  # noqa: E402
 
 #: bundle -> the float bundle whose answers it must reproduce
 FLOAT_SOURCE = {"reference": "reference", "reference-int8": "reference", "reference-tflite-int8": "reference",
@@ -42,4 +42,4 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "edgehema" / "models")
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "edgehema" / "model" / "shipped")

@@ -5,7 +5,7 @@ stream, replay, demo), ``lis`` (outbox, lis-listen), ``smear`` (smear, evaluate-
 ``train``; ``_app`` holds the application and what the commands share. Each command is a thin shell over the library.
 """
 
-from ._app import app, main
-from . import commands  # noqa: F401,E402 - registers every command on the app
+from edgehema.cli._app import app, main
+from edgehema.cli import commands  # noqa: F401,E402 - registers every command on the app
 
 __all__ = ["app", "main"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from .. import __version__
-from ..exceptions import EdgehemaError
+from edgehema import __version__
+from edgehema.exceptions import EdgehemaError
 
 app = typer.Typer(
     name="edgehema",
@@ -111,7 +111,7 @@ def warn(message: str) -> None:
 def open_classifier(model, backend: str = "auto", adapt: bool = True):
     """The classifier a command counts with: its engine passed the bundle's known answer; an engine
     passed over (not installed, or failed the self-test) is one warning line each."""
-    from ..classifier import Classifier
+    from edgehema.model.classifier import Classifier
 
     clf = Classifier(model, backend=backend, adapt=adapt)
     for line in clf.refused:

@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from ..exceptions import EdgehemaError
-from ._app import app, error, open_classifier, open_output, progress
+from edgehema.exceptions import EdgehemaError
+from edgehema.cli._app import app, error, open_classifier, open_output, progress
 
 
 @app.command()
@@ -40,10 +40,10 @@ def classify(
     Exit status 1 if any file failed (the results of the others are still written), or if with
     --lis a result is left unacknowledged by the LIS (queued; see --lis-queue-ok); 2 for a usage error.
     """
-    from ..batch import BatchJob, classify_files
-    from ..sample import SampleInfo
-    from ..sinks import open_sink
-    from ..species import check_species
+    from edgehema.batch import BatchJob, classify_files
+    from edgehema.sample import SampleInfo
+    from edgehema.sinks import open_sink
+    from edgehema.species import check_species
 
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
@@ -55,7 +55,7 @@ def classify(
         raise EdgehemaError(f"{plots}: is a file; --plots names a folder")
     job = BatchJob(model, backend, adapt, profile, info if info != SampleInfo() else None,
                    str(events_out) if events_out else None, None, dataset, str(plots) if plots else None)
-    from .lis import lis_sinks
+    from edgehema.cli.lis import lis_sinks
 
     senders = lis_sinks(lis or [], outbox, lis_wait, policy="correct" if lis_correct else "hold", resend=lis_correct)
     stream = open_output(output) if output else sys.stdout
@@ -117,9 +117,9 @@ def plot(
 ) -> None:
     """Classify each file and draw its scattergrams (size/structure, size/RNA stain, extinction
     area/width), events coloured by class on a log density scale, as one PNG per sample."""
-    from ..formats import read_sample
-    from ..result import classify_sample
-    from .. import scattergram
+    from edgehema.formats import read_sample
+    from edgehema.counts.result import classify_sample
+    from edgehema.counts import scattergram
 
     if out.exists() and not out.is_dir():
         raise EdgehemaError(f"{out}: is a file; --out names a folder")

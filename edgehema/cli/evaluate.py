@@ -9,8 +9,8 @@ import time
 from typing import Optional
 
 import typer
-from ..text_table import Column, render
-from ._app import app, out, progress
+from edgehema.sinks.text_table import Column, render
+from edgehema.cli._app import app, out, progress
 
 
 @app.command()
@@ -37,9 +37,9 @@ def evaluate(
     if suite is not None:
         _stress(suite, scenarios, samples, events, seed, model, as_json, jobs)
         return
-    from .. import evaluate as ev
-    from ..bundle import Bundle
-    from ..simulator import species_preset
+    from edgehema.evaluation import evaluate as ev
+    from edgehema.model.bundle import Bundle
+    from edgehema.simulator import species_preset
 
     sp = tuple(s.strip() for s in species.split(",") if s.strip())
     for name in sp:
@@ -66,7 +66,7 @@ def evaluate(
 
 
 def _print_evaluation(summary, scores, methods, cfg, elapsed: float) -> None:
-    from .. import evaluate as ev
+    from edgehema.evaluation import evaluate as ev
 
     shift = []
     if cfg.gain != 1.0:
@@ -96,8 +96,8 @@ def _print_evaluation(summary, scores, methods, cfg, elapsed: float) -> None:
 
 def _stress(suite: str, scenarios: Optional[str], samples: int, events: int, seed: int, model: Optional[str],
             as_json: bool, jobs: int) -> None:
-    from .. import stress as st
-    from ..bundle import Bundle
+    from edgehema.evaluation import stress as st
+    from edgehema.model.bundle import Bundle
 
     if suite != "stress":
         raise typer.BadParameter(f"unknown suite {suite!r} (known: stress)", param_hint="--suite")

@@ -10,9 +10,9 @@ from typing import List, Optional
 
 import typer
 
-from ..exceptions import EdgehemaError, SimulationError
-from ..text_table import Column, render
-from ._app import app, out, error
+from edgehema.exceptions import EdgehemaError, SimulationError
+from edgehema.sinks.text_table import Column, render
+from edgehema.cli._app import app, out, error
 
 
 @app.command()
@@ -35,8 +35,8 @@ def simulate(
     """Generate synthetic blood samples with per-event ground truth."""
     from dataclasses import replace
 
-    from ..formats import write_sample
-    from ..simulator import InstrumentSettings, SampleSimulator
+    from edgehema.formats import write_sample
+    from edgehema.simulator import InstrumentSettings, SampleSimulator
 
     if fmt == "sysmex-xn" and profile is None:
         profile = "sysmex-xn-ret"
@@ -106,8 +106,8 @@ def _check_simulation_target(out_path: Path, samples: int, fmt: str | None) -> N
 def _write_labels(sim_sample, path: Path) -> None:
     import numpy as np
 
-    from ..classes import EVENT_CLASSES
-    from ..formats._table import format_rows
+    from edgehema.model.classes import EVENT_CLASSES
+    from edgehema.formats._table import format_rows
 
     names = np.array(EVENT_CLASSES)[sim_sample.labels]
     rows = np.column_stack([sim_sample.labels, sim_sample.n_rbc, sim_sample.n_retic, sim_sample.n_plt])
@@ -160,8 +160,8 @@ def inspect(
 
     Exit status 1 if any file cannot be read; the others are still described.
     """
-    from ..formats import describe_file
-    from ..profiles import get_profile
+    from edgehema.formats import describe_file
+    from edgehema.profiles import get_profile
 
     prof = get_profile(profile) if profile else None
     failed = 0

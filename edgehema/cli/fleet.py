@@ -9,9 +9,9 @@ from typing import List, Optional
 
 import typer
 
-from ..exceptions import EdgehemaError
-from ..text_table import Column, render
-from ._app import app, err, out, warn
+from edgehema.exceptions import EdgehemaError
+from edgehema.sinks.text_table import Column, render
+from edgehema.cli._app import app, err, out, warn
 
 
 @app.command()
@@ -33,8 +33,8 @@ def reanalyze(
     on; a batch lost with its worker runs again on another; after a crash, run the same command
     again: what is done is skipped, nothing is counted twice.
     """
-    from ..fleet import FleetJob
-    from ..fleet.run import reanalyze as run
+    from edgehema.fleet import FleetJob
+    from edgehema.fleet.run import reanalyze as run
 
     job = FleetJob(model=model, baseline=baseline, backend=backend, adapt=adapt)
     bar = None
@@ -75,8 +75,8 @@ def rollout_report(
 ) -> None:
     """What a rollout would change: bias and limits of agreement new vs baseline per species and
     device, samples crossing decision limits, changed flags, and a verdict. Exit status 1 on FAIL."""
-    from ..fleet import report as R
-    from ..fleet.run import read_results
+    from edgehema.fleet import report as R
+    from edgehema.fleet.run import read_results
 
     limits = {}
     for item in limit:

@@ -11,8 +11,8 @@ from typing import List, Optional
 
 import typer
 
-from ..exceptions import EdgehemaError
-from ._app import app
+from edgehema.exceptions import EdgehemaError
+from edgehema.cli._app import app
 
 DEFAULT_OUTBOX = Path("edgehema-outbox.sqlite")
 
@@ -22,7 +22,7 @@ def lis_sinks(urls: List[str], outbox: Path, wait_s: float, policy: str = "new",
     ``policy``/``resend``: what a result the LIS was given before becomes (``edgehema.lis.outbox``)."""
     if not urls:  # nothing of the LIS code (hl7) is loaded when no LIS is asked for
         return []
-    from ..sinks.lis_sink import LisSink
+    from edgehema.sinks.lis_sink import LisSink
 
     def log(line: str) -> None:
         sys.stderr.write(f"edgehema: {line}\n")
@@ -47,7 +47,7 @@ def outbox(
     """List the results queued for the LIS (pending, sent, failed), queue failed ones again, or send now.
 
     Every message keeps its control id for ever: a resend is recognisably the same result at the LIS."""
-    from ..lis.outbox import STATUSES, Outbox
+    from edgehema.lis.outbox import STATUSES, Outbox
 
     if not db.is_file():
         raise EdgehemaError(f"{db}: no such outbox (the stream queues in its journal; classify in --outbox)")
@@ -58,7 +58,7 @@ def outbox(
     box = Outbox(db)
     try:
         if release is not None:
-            from ..lis import open_destination
+            from edgehema.lis import open_destination
 
             dest = next((h["destination"] for h in box.held() if h["id"] == release), None)
             if dest is None:
@@ -85,7 +85,7 @@ def outbox(
             n = box.resend(None if resend_failed else list(resend or []))
             typer.echo(f"{n} message(s) queued again")
         if send:
-            from ..sinks.lis_sink import LisSink
+            from edgehema.sinks.lis_sink import LisSink
 
             box.close()
             sink = LisSink(send, db, log=lambda line: sys.stderr.write(f"edgehema: {line}\n"), wait_s=wait)
@@ -130,7 +130,7 @@ def lis_listen(
     A message whose control id was received before is reported as a resend, not as a new result."""
     import asyncio
 
-    from ..lis.listener import serve
+    from edgehema.lis.listener import serve
 
     if ack not in ("AA", "AE", "AR"):
         raise typer.BadParameter("--ack must be AA, AE or AR")
@@ -158,7 +158,7 @@ def lis_listen(
 def _listen_astm(host: str, port: int, as_json: bool, count: Optional[int]) -> None:
     import socket
 
-    from ..lis.astm import receive
+    from edgehema.lis.astm import receive
 
     seen: set[str] = set()
     server = socket.create_server((host, port), reuse_port=False)

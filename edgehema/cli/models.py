@@ -9,9 +9,9 @@ from typing import List, Optional
 
 import typer
 
-from ..exceptions import EdgehemaError
-from ..text_table import Column, render
-from ._app import app, out
+from edgehema.exceptions import EdgehemaError
+from edgehema.sinks.text_table import Column, render
+from edgehema.cli._app import app, out
 
 
 @app.command()
@@ -85,7 +85,7 @@ def _export_smear(source: Path, target: str, calibration: List[Path], out_dir: P
 @app.command()
 def models() -> None:
     """List the model bundles shipped with edgehema (and in $EDGEHEMA_MODELS, if set)."""
-    from ..bundle import DEFAULT_BUNDLE, Bundle, bundled_models, bundled_root
+    from edgehema.model.bundle import DEFAULT_BUNDLE, Bundle, bundled_models, bundled_root
 
     places = [bundled_root() / n for n in bundled_models()]
     extra = os.environ.get("EDGEHEMA_MODELS")
@@ -117,9 +117,9 @@ def _smear_rows() -> list[list[str]]:
 
     import hashlib
 
-    from ..exceptions import EdgehemaError
-    from ..signing import TrustPolicy
-    from ..smear.learned import DEFAULT_MODEL, MODELS, smear_manifest_digest
+    from edgehema.exceptions import EdgehemaError
+    from edgehema.model.signing import TrustPolicy
+    from edgehema.smear.learned import DEFAULT_MODEL, MODELS, smear_manifest_digest
 
     rows = []
     trust = TrustPolicy.from_environment()
@@ -146,8 +146,8 @@ def _smear_rows() -> list[list[str]]:
 @app.command()
 def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or shipped name (default: the default model).")) -> None:
     """Print a bundle's manifest summary and parity report, after verifying every hash."""
-    from ..bundle import DEFAULT_BUNDLE, Bundle
-    from ..signing import TrustPolicy
+    from edgehema.model.bundle import DEFAULT_BUNDLE, Bundle
+    from edgehema.model.signing import TrustPolicy
 
     trust = TrustPolicy.from_environment()
     smear = _smear_folder(bundle)
@@ -221,8 +221,8 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
 
 def _print_signatures(folder: Path, digest: str, trust):
     """The signatures a bundle carries and whether this device runs it; the refusal, if it would refuse it."""
-    from ..exceptions import SignatureError
-    from ..signing import read_signatures
+    from edgehema.exceptions import SignatureError
+    from edgehema.model.signing import read_signatures
 
     signatures = read_signatures(folder)
     out.print("  signatures: " + ("; ".join(f"key {s['key_id']}" + (f" ({s['signer']})" if s.get("signer") else "")
@@ -244,7 +244,7 @@ def _smear_folder(name: Optional[str]) -> Optional[Path]:
     smear), or None for an event bundle."""
     import json
 
-    from ..smear.learned import MODELS
+    from edgehema.smear.learned import MODELS
 
     if name is None:
         return None
@@ -262,7 +262,7 @@ def _smear_folder(name: Optional[str]) -> Optional[Path]:
 def _smear_info(folder: Path, trust) -> None:
     import json
 
-    from ..smear.learned import smear_manifest_digest
+    from edgehema.smear.learned import smear_manifest_digest
 
     digest = smear_manifest_digest(folder)
     m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
@@ -311,13 +311,13 @@ def selftest(
     """
     from firmware_bridge.codec import decode_speed
 
-    from ..backends import engine_order
-    from ..bundle import Bundle
-    from ..classifier import Classifier
-    from ..exceptions import BackendError
-    from ..clustering import kernels_state
-    from ..formats._table import csv_reader_state
-    from ..selftest import check
+    from edgehema.model.backends import engine_order
+    from edgehema.model.bundle import Bundle
+    from edgehema.model.classifier import Classifier
+    from edgehema.exceptions import BackendError
+    from edgehema.model.clustering import kernels_state
+    from edgehema.formats._table import csv_reader_state
+    from edgehema.model.selftest import check
 
     b = Bundle.load(model)
     passed = failed = 0
@@ -355,7 +355,7 @@ def selftest(
 @app.command()
 def profiles() -> None:
     """List the instrument profiles shipped with edgehema and their features."""
-    from ..profiles import builtin_profiles
+    from edgehema.profiles import builtin_profiles
 
     for prof in builtin_profiles().values():
         out.print(f"{prof.name}{' (default)' if prof.default else ''}: {prof.description}")

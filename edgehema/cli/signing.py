@@ -11,8 +11,8 @@ from typing import Optional
 
 import typer
 
-from ..exceptions import EdgehemaError
-from ._app import app, out
+from edgehema.exceptions import EdgehemaError
+from edgehema.cli._app import app, out
 
 
 @app.command()
@@ -21,7 +21,7 @@ def keygen(
 ) -> None:
     """Make an Ed25519 key pair for signing model bundles. The private key is encrypted with
     $EDGEHEMA_KEY_PASSPHRASE when it is set; keep it off the devices."""
-    from ..signing import ENV_PASSPHRASE, generate_key_pair, key_id, load_public_key
+    from edgehema.model.signing import ENV_PASSPHRASE, generate_key_pair, key_id, load_public_key
 
     private, public = generate_key_pair(prefix)
     enc = "encrypted with $" + ENV_PASSPHRASE if os.environ.get(ENV_PASSPHRASE) else "not encrypted: set $" + ENV_PASSPHRASE + " to encrypt"
@@ -37,8 +37,8 @@ def sign(
 ) -> None:
     """Sign a model bundle: an Ed25519 signature over its manifest digest, which covers every file's
     sha256. The bundle's hashes are checked first: a damaged bundle is never signed."""
-    from ..bundle import bundled_root
-    from ..signing import sign_bundle
+    from edgehema.model.bundle import bundled_root
+    from edgehema.model.signing import sign_bundle
 
     source = _resolve(bundle)
     if out_dir is not None:
@@ -58,8 +58,8 @@ def sign(
 
 
 def _resolve(name: str) -> Path:
-    from ..bundle import resolve_bundle_path
-    from ..smear.learned import MODELS
+    from edgehema.model.bundle import resolve_bundle_path
+    from edgehema.smear.learned import MODELS
 
     p = Path(name)
     if not p.is_dir() and (MODELS / name).is_dir():
@@ -69,9 +69,9 @@ def _resolve(name: str) -> Path:
 
 def _digest(directory: Path) -> tuple[str, str]:
     """The digest a signature covers, after checking the hashes: (digest, what the bundle is)."""
-    from ..bundle import MANIFEST, Bundle
-    from ..signing import TrustPolicy
-    from ..smear.learned import smear_manifest_digest
+    from edgehema.model.bundle import MANIFEST, Bundle
+    from edgehema.model.signing import TrustPolicy
+    from edgehema.smear.learned import smear_manifest_digest
 
     manifest = directory / MANIFEST
     try:

@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from ..exceptions import EdgehemaError
-from ._app import app, error, warn
+from edgehema.exceptions import EdgehemaError
+from edgehema.cli._app import app, error, warn
 
 DEFAULT_BCCD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "bccd"
 
@@ -35,7 +35,7 @@ def smear(
     """Count red cells, white cells and platelets on blood-smear images.
 
     Exit status 1 if any image failed; the others are still counted."""
-    from .lis import lis_sinks
+    from edgehema.cli.lis import lis_sinks
 
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
@@ -67,8 +67,8 @@ def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path
                  stain: str = "auto", overlap: str = "none") -> None:
     import cv2
 
-    from ..smear import count_image, image_files, overlay
-    from ..text_table import Column, render
+    from edgehema.smear import count_image, image_files, overlay
+    from edgehema.sinks.text_table import Column, render
 
     files = image_files([str(p) for p in images])
     if not files:
@@ -120,9 +120,9 @@ def evaluate_smear(
     """Per class AP@0.5 and mAP, precision and recall, and per-image count errors on BCCD val."""
     from functools import partial
 
-    from ..smear.evaluate import evaluate
-    from ..smear.stain import restain as restained
-    from ..text_table import Column, render
+    from edgehema.smear.evaluate import evaluate
+    from edgehema.smear.stain import restain as restained
+    from edgehema.sinks.text_table import Column, render
 
     if not (data / f"{split}.txt").is_file():
         raise EdgehemaError(f"{data}: no {split}.txt here (a VOC set: JPEGImages/, Annotations/, {split}.txt)")
@@ -160,21 +160,21 @@ def evaluate_smear(
 
 
 def _check_stain(mode: str) -> None:
-    from ..smear.stain import MODES
+    from edgehema.smear.stain import MODES
 
     if mode not in MODES:
         raise typer.BadParameter(f"--stain must be one of {', '.join(MODES)}, not {mode!r}")
 
 
 def _check_overlap(mode: str) -> None:
-    from ..smear.overlap import MODES
+    from edgehema.smear.overlap import MODES
 
     if mode not in MODES:
         raise typer.BadParameter(f"--overlap must be one of {', '.join(MODES)}, not {mode!r}")
 
 
 def _check_engine(name: str) -> None:
-    from ..smear.pipeline import ENGINES
+    from edgehema.smear.pipeline import ENGINES
 
     if name not in ENGINES and not name.startswith("model:"):
         raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINES)} or model:PATH (a folder, FILE.onnx, FOLDER/model.tflite), not {name!r}")
@@ -183,7 +183,7 @@ def _check_engine(name: str) -> None:
     if name != "baseline":
         # Opened before any image: a refused model (signature, hashes, known answer) is one line up
         # front, and an engine that runs unfused says so once.
-        from ..smear import learned
+        from edgehema.smear import learned
 
         model = learned.engine_model(name)
         learned.session(model)
@@ -199,8 +199,8 @@ def _watch(folder: Path, journal_path: Path, engine: str, overlay_dir: Optional[
 
     import cv2
 
-    from ..smear import overlay
-    from ..smear.watch import SmearJournal, watch
+    from edgehema.smear import overlay
+    from edgehema.smear.watch import SmearJournal, watch
 
     journal = SmearJournal(journal_path)
     stopping = {"now": False}

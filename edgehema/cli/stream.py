@@ -11,9 +11,9 @@ from typing import List, Optional
 
 import typer
 
-from ..exceptions import EdgehemaError
-from ..text_table import Column, render
-from ._app import app, err, error, open_classifier, open_output, out, warn
+from edgehema.exceptions import EdgehemaError
+from edgehema.sinks.text_table import Column, render
+from edgehema.cli._app import app, err, error, open_classifier, open_output, out, warn
 
 
 @app.command()
@@ -30,7 +30,7 @@ def emulate(
     fault: List[str] = typer.Option([], "--fault", metavar="KIND[@SAMPLE]", help="Inject a fault: KIND[@SAMPLE], KIND one of bitflip, drop, truncate, total, disconnect, reboot; SAMPLE 1-based (default 2). Repeatable."),
 ) -> None:
     """An instrument on a wire: streams simulator samples with the wire protocol, optionally with faults."""
-    from ..emulator import InstrumentEmulator, parse_faults, serve_tcp, write_file, write_pty
+    from edgehema.simulator.emulator import InstrumentEmulator, parse_faults, serve_tcp, write_file, write_pty
 
     chosen = [x for x in (tcp is not None, pty, file is not None) if x]
     if len(chosen) != 1:
@@ -73,9 +73,9 @@ def stream(
     """
     import signal
 
-    from ..sinks import open_sink
-    from ..stream.runner import StreamConfig, StreamRunner
-    from ..stream.settings import load_stream_settings
+    from edgehema.sinks import open_sink
+    from edgehema.stream.runner import StreamConfig, StreamRunner
+    from edgehema.stream.settings import load_stream_settings
 
     settings = load_stream_settings(config) if config else {}
     cpu = cpu if cpu is not None else settings.get("cpu")
@@ -102,7 +102,7 @@ def stream(
         **_trusted_keys(settings, config),
     )
     output = output or (Path(settings["output"]) if "output" in settings else None)
-    from .lis import lis_sinks
+    from edgehema.cli.lis import lis_sinks
 
     # The outbox is the journal's database: a result is journaled, then queued, then sent.
     senders = lis_sinks(lis or ([settings["lis"]] if "lis" in settings else []), cfg.journal, wait_s=10.0)
@@ -176,8 +176,8 @@ def replay(
     plots: Optional[Path] = typer.Option(None, "--plots", help="Folder for each sample's scattergrams (SAMPLE_ID.png)."),
 ) -> None:
     """Recompute results from archived frames, exactly as the stream computed them (JSON lines)."""
-    from ..stream.runner import replay_bytes
-    from .lis import lis_sinks
+    from edgehema.stream.runner import replay_bytes
+    from edgehema.cli.lis import lis_sinks
 
     clf = open_classifier(model, adapt=adapt)
     senders = lis_sinks(lis or [], outbox, lis_wait)
@@ -225,8 +225,8 @@ def _demo(samples: int, events: int, rate: float, species: str, seed: int, workd
           lis: Optional[str] = None) -> None:
     import threading
 
-    from ..emulator import InstrumentEmulator, start_pty_instrument
-    from ..stream.runner import StreamConfig, StreamRunner
+    from edgehema.simulator.emulator import InstrumentEmulator, start_pty_instrument
+    from edgehema.stream.runner import StreamConfig, StreamRunner
 
     keep = workdir is not None
     if keep:
@@ -253,7 +253,7 @@ def _demo(samples: int, events: int, rate: float, species: str, seed: int, workd
         if line.startswith("connected to"):
             go.set()  # the host has the port open: the instrument may start
 
-    from .lis import lis_sinks
+    from edgehema.cli.lis import lis_sinks
 
     senders = lis_sinks([lis] if lis else [], cfg.journal, wait_s=30.0)
 

@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from ..exceptions import EdgehemaError
-from ._app import app, err, error, out
+from edgehema.exceptions import EdgehemaError
+from edgehema.cli._app import app, err, error, out
 
 
 class _Progress:

@@ -5,6 +5,6 @@ distributed with a new model, beside the old one, and report what a rollout woul
 ``report`` compares the two models. Needs the ``fleet`` extra (dask[distributed], pyarrow).
 """
 
-from .work import FleetJob, InputFile
+from edgehema.fleet.work import FleetJob, InputFile
 
 __all__ = ["FleetJob", "InputFile"]

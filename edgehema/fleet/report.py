@@ -99,7 +99,7 @@ def build(rows: list[dict], limits: dict | None = None, thresholds: dict | None 
             by_sample.setdefault((r["input_key"], r["sample_index"]), {})[r["role"]] = r
     roles = {r["role"] for r in rows}
     if rows and "baseline" not in roles and "model" in roles:
-        from ..exceptions import EdgehemaError
+        from edgehema.exceptions import EdgehemaError
 
         raise EdgehemaError("these results hold one model only: run edgehema reanalyze with --baseline OLD to compare")
     models = {}

@@ -9,18 +9,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import ModuleType
+from typing import Protocol
 
-from ..exceptions import InputFileError, UnknownFormatError
-from ..profiles import Profile
-from ..sample import Sample, SampleInfo
-from . import csv_format, fcs_format, sysmex_xn
+from edgehema.exceptions import InputFileError, UnknownFormatError
+from edgehema.profiles import Profile
+from edgehema.sample import Sample, SampleInfo
+from edgehema.formats import csv_format, fcs_format, sysmex_xn
+
+class EventFormat(Protocol):
+    """What a format module provides (its functions at module level, as pyserial's URL handlers)."""
+
+    NAME: str
+
+    def sniff(self, path: Path, head: bytes) -> bool: ...
+
+    def read(self, path: Path, profile: Profile | str | None = None, info: SampleInfo | None = None) -> Sample: ...
+
+    def write(self, sample: Sample, path: Path) -> list[Path]: ...
+
+    def describe(self, path: Path, profile: Profile | str | None = None) -> dict: ...
+
 
 #: Order matters: the most specific sniffers first.
-FORMATS: dict[str, ModuleType] = {m.NAME: m for m in (sysmex_xn, fcs_format, csv_format)}
+FORMATS: dict[str, EventFormat] = {m.NAME: m for m in (sysmex_xn, fcs_format, csv_format)}
 
 
-def format_for(path: str | os.PathLike, fmt: str | None = None) -> ModuleType:
+def format_for(path: str | os.PathLike, fmt: str | None = None) -> EventFormat:
     """The format module for ``path``: named explicitly, or recognised from name and first bytes."""
     path = Path(path)
     if fmt is not None:
@@ -62,7 +76,7 @@ def read_sample(
     return module.read(path, profile=profile, info=info, dataset=_dataset_index(module, path, dataset))
 
 
-def _dataset_index(module: ModuleType, path: Path, dataset: int) -> int:
+def _dataset_index(module: EventFormat, path: Path, dataset: int) -> int:
     if module is not fcs_format:
         raise InputFileError(path, f"--dataset {dataset}: only FCS files hold several data sets")
     if dataset < 1:
@@ -99,4 +113,4 @@ def describe_file(path: str | os.PathLike, fmt: str | None = None, profile: Prof
     return out
 
 
-__all__ = ["FORMATS", "describe_file", "format_for", "read_sample", "write_sample"]
+__all__ = ["EventFormat", "FORMATS", "describe_file", "format_for", "read_sample", "write_sample"]

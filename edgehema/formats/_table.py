@@ -16,9 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .._arrays import row_blocks
-from ..exceptions import InputFileError
-from ..profiles import Profile
+from edgehema._arrays import row_blocks
+from edgehema.exceptions import InputFileError
+from edgehema.profiles import Profile
 
 
 #: Longest line accepted, in characters (lines of more than half of it are refused, see
@@ -160,7 +160,7 @@ STRUCTURAL_PASS = os.environ.get("EDGEHEMA_CSV_STRUCTURAL", "1").strip() != "0"
 FAST_PARSER_MIN_BYTES = 1 << 20
 
 try:  # built from _fastcsv.c at install time where a C compiler is present (optional)
-    from . import _fastcsv
+    from edgehema.formats import _fastcsv
 except ImportError:  # pragma: no cover - depends on the build
     _fastcsv = None
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import InputFileError, ProfileMismatchError
-from ..profiles import Profile, builtin_profiles, get_profile
-from ..sample import Sample, SampleInfo
-from ._table import check_events, format_rows, load_numeric_table, read_header
+from edgehema.exceptions import InputFileError, ProfileMismatchError
+from edgehema.profiles import Profile, builtin_profiles, get_profile
+from edgehema.sample import Sample, SampleInfo
+from edgehema.formats._table import check_events, format_rows, load_numeric_table, read_header
 
 NAME = "csv"
 EXTENSIONS = (".csv", ".tsv", ".txt")

@@ -25,10 +25,10 @@ import flowio
 import numpy as np
 from flowio.exceptions import DataOffsetDiscrepancyError, FCSParsingError, MultipleDataSetsError
 
-from ..exceptions import InputFileError, ProfileMismatchError
-from ..profiles import Profile, builtin_profiles, get_profile
-from ..sample import Sample, SampleInfo
-from ._table import check_events
+from edgehema.exceptions import InputFileError, ProfileMismatchError
+from edgehema.profiles import Profile, builtin_profiles, get_profile
+from edgehema.sample import Sample, SampleInfo
+from edgehema.formats._table import check_events
 
 NAME = "fcs"
 EXTENSIONS = (".fcs", ".lmd")

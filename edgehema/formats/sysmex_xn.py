@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import InputFileError, ProfileMismatchError
-from ..profiles import Profile, get_profile
-from ..sample import Sample, SampleInfo
-from ._table import format_rows, read_header
-from .csv_format import column_format, read_sidecar, read_table, sidecar_path
+from edgehema.exceptions import InputFileError, ProfileMismatchError
+from edgehema.profiles import Profile, get_profile
+from edgehema.sample import Sample, SampleInfo
+from edgehema.formats._table import format_rows, read_header
+from edgehema.formats.csv_format import column_format, read_sidecar, read_table, sidecar_path
 
 NAME = "sysmex-xn"
 PROFILE = "sysmex-xn-ret"

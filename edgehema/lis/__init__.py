@@ -7,16 +7,36 @@ sends it until the LIS acknowledges it.
 
 from __future__ import annotations
 
-from types import ModuleType
+from typing import Protocol
 
-from ..exceptions import EdgehemaError
-from . import astm, mllp
+from edgehema.exceptions import EdgehemaError
+from edgehema.lis import astm, mllp
+
+
+class Destination(Protocol):
+    """One LIS: renders a result as its protocol's message, sends it and waits for the answer."""
+
+    url: str
+    timeout: float
+
+    def render(self, result: dict, control_id: str, status: str = "F") -> str: ...
+
+    def send(self, message: str, control_id: str) -> str: ...
+
+
+class LisProtocol(Protocol):
+    """A protocol module: the URL schemes it serves and how it opens a destination from a URL."""
+
+    SCHEMES: tuple[str, ...]
+
+    def open_destination(self, url: str) -> Destination: ...
+
 
 #: URL scheme -> protocol module (``open_destination(url)``).
-PROTOCOLS: dict[str, ModuleType] = {scheme: module for module in (mllp, astm) for scheme in module.SCHEMES}
+PROTOCOLS: dict[str, LisProtocol] = {scheme: module for module in (mllp, astm) for scheme in module.SCHEMES}
 
 
-def open_destination(url: str):
+def open_destination(url: str) -> Destination:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     module = PROTOCOLS.get(scheme)
     if module is None:
@@ -25,4 +45,4 @@ def open_destination(url: str):
     return module.open_destination(url)
 
 
-__all__ = ["PROTOCOLS", "open_destination"]
+__all__ = ["Destination", "LisProtocol", "PROTOCOLS", "open_destination"]

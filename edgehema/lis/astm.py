@@ -21,8 +21,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from urllib.parse import parse_qs, urlsplit
 
-from ..exceptions import EdgehemaError
-from .hl7_message import observations as result_observations
+from edgehema.exceptions import EdgehemaError
+from edgehema.lis.hl7_message import observations as result_observations
 
 SCHEMES = ("astm+tcp", "astm+serial")
 
@@ -73,7 +73,7 @@ def build_records(result: dict, control_id: str, *, receiver: str = "", now: dat
     (a correction of results sent before: the order's report type, O-26, and each result's status, R-9)."""
     if status not in ("F", "C"):
         raise ValueError(f"result status {status!r}: F or C")
-    from .. import __version__
+    from edgehema import __version__
 
     now = now or datetime.now(timezone.utc)
     when = _ts(now)

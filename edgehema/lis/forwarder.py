@@ -14,9 +14,9 @@ import threading
 import time
 from typing import Callable
 
-from ..stream.log_limit import RateLimitedLog
-from .mllp import LisRejected
-from .outbox import Outbox
+from edgehema.stream.log_limit import RateLimitedLog
+from edgehema.exceptions import LisRejected
+from edgehema.lis.outbox import Outbox
 
 MAX_REJECTIONS = 3
 

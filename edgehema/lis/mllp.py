@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import parse_qs, urlsplit
 
-from ..exceptions import EdgehemaError
-from .hl7_message import build_oru, read_ack
+from edgehema.exceptions import EdgehemaError, LisRejected
+from edgehema.lis.hl7_message import build_oru, read_ack
 
 SCHEMES = ("mllp",)
 DEFAULT_PORT = 2575
 
 
-class LisRejected(Exception):
-    """The LIS answered, and refused the message (HL7 AE/AR/CE/CR)."""
 
 
 class MllpDestination:

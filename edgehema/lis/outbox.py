@@ -30,8 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .._sqlite import connect, execute
-from ..exceptions import EdgehemaError
+from edgehema._sqlite import connect, execute
+from edgehema.exceptions import EdgehemaError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

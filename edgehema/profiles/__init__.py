@@ -13,8 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from .._toml import tomllib, read_toml
-from ..exceptions import ProfileError
+from edgehema._toml import tomllib, read_toml
+from edgehema.exceptions import ProfileError
 
 #: Optical channels the simulator's forward model produces; a feature's ``channel`` names one.
 CHANNELS = ("fsc_lo", "fsc_hi", "ssc", "fl", "ext")

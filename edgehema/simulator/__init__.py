@@ -1,7 +1,7 @@
 """Synthetic blood samples with per-event ground truth (see docs/simulator.md)."""
 
-from .generator import InstrumentSettings, SampleSimulator, SimulatedSample
-from .presets import PATHOLOGIES, SPECIES, SampleParameters, SpeciesPreset, draw_parameters, species_preset
+from edgehema.simulator.generator import InstrumentSettings, SampleSimulator, SimulatedSample
+from edgehema.simulator.presets import PATHOLOGIES, SPECIES, SampleParameters, SpeciesPreset, draw_parameters, species_preset
 
 __all__ = [
     "InstrumentSettings",

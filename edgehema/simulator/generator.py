@@ -32,12 +32,12 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from .. import classes
-from ..exceptions import SimulationError
-from ..profiles import Profile, get_profile
-from ..sample import Sample, SampleInfo
-from .optics import diameter_um, load_table, relative_index_from_hc
-from .presets import SampleParameters, draw_parameters
+from edgehema.model import classes
+from edgehema.exceptions import SimulationError
+from edgehema.profiles import Profile, get_profile
+from edgehema.sample import Sample, SampleInfo
+from edgehema.simulator.optics import diameter_um, load_table, relative_index_from_hc
+from edgehema.simulator.presets import SampleParameters, draw_parameters
 
 # Particle kinds (internal). Fragments (schistocytes) are red cells; lysis debris and lipid are not cells.
 DEBRIS, MATURE, RETIC, PLATELET, FRAGMENT, LYSIS, LIPID = 0, 1, 2, 3, 4, 5, 6

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..exceptions import SimulationError
+from edgehema.exceptions import SimulationError
 
 
 @dataclass(frozen=True)

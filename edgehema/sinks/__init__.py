@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import IO, Protocol
 
-from .csv_sink import CsvSink
-from .json_sink import JsonLinesSink
-from .table_sink import TableSink
+from edgehema.sinks.csv_sink import CsvSink
+from edgehema.sinks.json_sink import JsonLinesSink
+from edgehema.sinks.table_sink import TableSink
 
 
 class Sink(Protocol):

@@ -18,10 +18,10 @@ import errno
 from pathlib import Path
 from typing import Callable
 
-from ..exceptions import StorageFullError
-from ..lis import open_destination
-from ..lis.forwarder import Forwarder
-from ..lis.outbox import Outbox
+from edgehema.exceptions import StorageFullError
+from edgehema.lis import open_destination
+from edgehema.lis.forwarder import Forwarder
+from edgehema.lis.outbox import Outbox
 
 
 class LisSink:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import IO
 
-from ..text_table import Column, render
+from edgehema.sinks.text_table import Column, render
 
 COLUMNS = (
     Column("sample", "left", keep=9),

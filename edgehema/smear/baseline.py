@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .detections import Detection
+from edgehema.smear.detections import Detection
 
 
 def detect(image: np.ndarray, cell_px: float = 100.0) -> list[Detection]:

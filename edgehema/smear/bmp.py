@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import InputFileError
-from .rows import MAX_STREAM_WIDTH
+from edgehema.exceptions import InputFileError
+from edgehema.smear.rows import MAX_STREAM_WIDTH
 
 #: BI_RGB (none) and BI_BITFIELDS / BI_ALPHABITFIELDS (masks; accepted where they are plain BGR(A)).
 _UNCOMPRESSED, _BITFIELDS, _ALPHABITFIELDS = 0, 3, 6

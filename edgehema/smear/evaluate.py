@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .detections import SMEAR_CLASSES, Detection, counts
-from .pipeline import analyse
-from .voc import average_precision, read_annotation
+from edgehema.smear.detections import SMEAR_CLASSES, Detection, counts
+from edgehema.smear.pipeline import analyse
+from edgehema.smear.voc import average_precision, read_annotation
 
 
 def evaluate(root: str | Path, split: str = "val", engine: str = "model", stain: str = "auto",
              perturb=None, overlap: str = "none") -> dict:
     """``perturb``: a function applied to each image first (a stain unlike the training set, for
     measuring the stain normalisation: edgehema.smear.stain.restain)."""
-    from .image_io import read_image
+    from edgehema.smear.image_io import read_image
 
     root = Path(root)
     ids = (root / f"{split}.txt").read_text().split()
@@ -63,6 +63,6 @@ def evaluate(root: str | Path, split: str = "val", engine: str = "model", stain:
 
 
 def _iou(a: Detection, b: Detection) -> float:
-    from .detections import iou
+    from edgehema.smear.detections import iou
 
     return iou(a, b)

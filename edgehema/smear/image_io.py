@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import InputFileError
+from edgehema.exceptions import InputFileError
 
 #: Largest image decoded whole, in pixels (an 8-bit colour image of this size takes 300 MB); larger
 #: ones are streamed. ``EDGEHEMA_MAX_IMAGE_PIXELS`` sets it (read at each image).
@@ -151,8 +151,8 @@ def open_rows(path: str | os.PathLike):
     """The image as rows (``rows.Rows``): decoded whole where it fits, else streamed (an uncompressed
     BMP from the file itself, the other formats by libvips); an image too large to decode whole is
     refused in one line where pyvips is needed and not installed."""
-    from .bmp import BmpRows
-    from .rows import InMemory, Streamed
+    from edgehema.smear.bmp import BmpRows
+    from edgehema.smear.rows import InMemory, Streamed
 
     path = Path(path)
     kind, size = probe(path)
@@ -181,7 +181,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """The image as 8-bit BGR (16-bit scaled down, greyscale made colour, alpha dropped)."""
     import cv2
 
-    from .rows import to_bgr8
+    from edgehema.smear.rows import to_bgr8
 
     path = Path(path)
     kind, size = probe(path)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import BundleError
-from .detections import SMEAR_CLASSES, Detection, iou
+from edgehema.exceptions import BundleError
+from edgehema.smear.detections import SMEAR_CLASSES, Detection, iou
 
 INPUT = (320, 240)  # width, height
 STRIDE = 4
@@ -25,7 +25,7 @@ THRESHOLD = 0.05
 COUNT_THRESHOLDS = {"rbc": 0.45, "wbc": 0.7, "plt": 0.5}
 #: Boxes of one class overlapping this much are one cell (after the heat map's own 3 x 3 peak test).
 NMS_IOU = 0.5
-#: Shipped smear models (apart from the event bundles of edgehema/models: the bundle contract's
+#: Shipped smear models (apart from the event bundles of edgehema/model/shipped: the bundle contract's
 #: ``kind`` field, which would let them share a folder, is not there yet).
 MODELS = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = "bccd-int8"
@@ -91,12 +91,12 @@ def session(model: str = DEFAULT_MODEL):
     manifest.json), a bare ONNX file, or a folder's ``model.tflite`` (run by LiteRT; named by its
     path, or ``NAME/model.tflite`` for a shipped one). A folder's model file must have the sha256
     its manifest gives; on a device with trusted keys the folder must be signed and a bare file is
-    refused (edgehema.signing). Every engine answers ``run`` like an onnxruntime session."""
+    refused (edgehema.model.signing). Every engine answers ``run`` like an onnxruntime session."""
     import json
 
     import onnxruntime as ort
 
-    from ..signing import TrustPolicy
+    from edgehema.model.signing import TrustPolicy
 
     path = Path(model)
     tflite = path.suffix == ".tflite"
@@ -141,7 +141,7 @@ def _tflite_session(path: Path, manifest: dict):
     """LiteRT on a folder's TFLite model, which its manifest must describe (sha256, outputs, known answer)."""
     import hashlib
 
-    from .litert import SmearInterpreter
+    from edgehema.smear.litert import SmearInterpreter
 
     member = manifest.get("tflite") or {}
     if member.get("file") != path.name:
@@ -161,7 +161,7 @@ def stain_reference(model: str = DEFAULT_MODEL):
     the model names no folder or its manifest has none."""
     import json
 
-    from .stain import StainReference
+    from edgehema.smear.stain import StainReference
 
     path = Path(model)
     if path.suffix == ".tflite" and not path.is_file():

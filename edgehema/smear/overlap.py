@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .detections import Detection
+from edgehema.smear.detections import Detection
 
 MODES = ("none", "area")
 #: Single-cell area = median inscribed ellipse of the image's red-cell boxes x this. Chosen on

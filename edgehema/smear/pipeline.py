@@ -16,10 +16,10 @@ from typing import Callable
 
 import numpy as np
 
-from . import baseline
-from .detections import SMEAR_CLASSES, Detection, counts
-from .image_io import open_rows
-from .rows import InMemory, Rows
+from edgehema.smear import baseline
+from edgehema.smear.detections import SMEAR_CLASSES, Detection, counts
+from edgehema.smear.image_io import open_rows
+from edgehema.smear.rows import InMemory, Rows
 
 #: Tile size (the detector's field: BCCD's 640 x 480) and the overlap between tiles. A detection is
 #: kept by the tile whose core holds its centre, and a core ends half the overlap from its tile's
@@ -62,7 +62,7 @@ ENGINES = ("model", "model-tflite", "model-onnx", "baseline")
 def engine_for(name: str) -> Engine:
     from functools import partial
 
-    from . import learned
+    from edgehema.smear import learned
 
     model = learned.engine_model(name)
     return baseline.detect if model is None else partial(learned.detect, model=model)
@@ -133,7 +133,7 @@ def statistics(image: np.ndarray) -> tuple[dict[str, float], tuple]:
     """The quality figures of a whole image, and its CIELAB (means, standard deviations)."""
     import cv2
 
-    from .stain import lab_statistics
+    from edgehema.smear.stain import lab_statistics
 
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     mean, std = lab_statistics(image)
@@ -148,14 +148,14 @@ def _quality(focus: float, brightness: float, lab_mean, lab_std) -> dict[str, fl
 def stain_unlike(q: dict, reference=None) -> bool:
     """Whether the stain is unlike the training images' (``reference``, BCCD's by default): colour
     means off, or colours pale."""
-    from .stain import BCCD
+    from edgehema.smear.stain import BCCD
 
     return (reference or BCCD).unlike(q)
 
 
 def detector_file(engine: str) -> str:
     """The model file an engine runs (``bccd-int8/model.tflite``), or ``baseline``."""
-    from . import learned
+    from edgehema.smear import learned
 
     model = learned.engine_model(engine)
     if model is None:
@@ -165,8 +165,8 @@ def detector_file(engine: str) -> str:
 
 def stain_reference(engine: str):
     """The stain the engine's detector was trained on: its manifest's, else BCCD's."""
-    from . import learned
-    from .stain import BCCD
+    from edgehema.smear import learned
+    from edgehema.smear.stain import BCCD
 
     model = learned.engine_model(engine)
     return (learned.stain_reference(model) if model is not None else None) or BCCD
@@ -225,7 +225,7 @@ def count_thresholds(engine: str) -> dict[str, float]:
     its score (for AP), and counts those above its per-class thresholds; the baseline counts all."""
     if engine == "baseline":
         return {k: 0.0 for k in SMEAR_CLASSES}
-    from .learned import COUNT_THRESHOLDS
+    from edgehema.smear.learned import COUNT_THRESHOLDS
 
     return COUNT_THRESHOLDS
 
@@ -239,8 +239,8 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     too large to decode whole is read twice as a stream of rows (statistics, then detection); the
     image returned is then a preview of it, shrunk by the result's ``overlay_scale``, and no
     overlap correction is made (it needs the whole image; nor above overlap.MAX_PIXELS)."""
-    from . import overlap as O
-    from . import stain as S
+    from edgehema.smear import overlap as O
+    from edgehema.smear import stain as S
 
     t0 = time.perf_counter()
     path = Path(path)

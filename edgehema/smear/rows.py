@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..exceptions import InputFileError
+from edgehema.exceptions import InputFileError
 
 #: Widest image streamed: a band of tiles (480 rows, 8-bit colour) of this width takes 94 MB.
 MAX_STREAM_WIDTH = 65_536

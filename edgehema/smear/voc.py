@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import InputFileError
-from .detections import SMEAR_CLASSES, Detection, iou
+from edgehema.exceptions import InputFileError
+from edgehema.smear.detections import SMEAR_CLASSES, Detection, iou
 
 #: VOC class names as BCCD writes them -> edgehema's.
 NAMES = {"rbc": "rbc", "wbc": "wbc", "platelets": "plt", "platelet": "plt", "plt": "plt"}

@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .._sqlite import connect, execute
-from ..exceptions import EdgehemaError
-from .image_io import EXTENSIONS
-from .pipeline import count_image
+from edgehema._sqlite import connect, execute
+from edgehema.exceptions import EdgehemaError
+from edgehema.smear.image_io import EXTENSIONS
+from edgehema.smear.pipeline import count_image
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS smear_images (

@@ -27,8 +27,8 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .._sqlite import connect, execute
-from ..exceptions import EdgehemaError
+from edgehema._sqlite import connect, execute
+from edgehema.exceptions import EdgehemaError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (

@@ -25,16 +25,16 @@ import numpy as np
 from firmware_bridge import codec
 from firmware_bridge import protocol as P
 
-from ..bundle import Bundle
-from ..signing import TrustPolicy
-from ..classifier import Classifier, EventInference
-from ..exceptions import EdgehemaError, StorageFullError
-from ..profiles import get_profile
-from ..result import result_from_inference
-from ..sample import Sample, SampleInfo
-from .journal import Journal
-from .log_limit import RateLimitedLog
-from .session import EventBatch, Notice, OpenSample, SampleClosed, SampleOpened, SampleResumed, WireSession
+from edgehema.model.bundle import Bundle
+from edgehema.model.signing import TrustPolicy
+from edgehema.model.classifier import Classifier, EventInference
+from edgehema.exceptions import EdgehemaError, StorageFullError
+from edgehema.profiles import get_profile
+from edgehema.counts.result import result_from_inference
+from edgehema.sample import Sample, SampleInfo
+from edgehema.stream.journal import Journal
+from edgehema.stream.log_limit import RateLimitedLog
+from edgehema.stream.session import EventBatch, Notice, OpenSample, SampleClosed, SampleOpened, SampleResumed, WireSession
 
 BLOCK = 4096
 #: The journal note of a sample whose result went out unstored (flagged not_stored) at a stop.
@@ -118,7 +118,7 @@ class SampleAssembler:
         out_dict["sample_id_source"] = s.id_source
         out_dict["complete"] = closed.complete and not flags
         if plots is not None and len(events):
-            from .. import scattergram
+            from edgehema.counts import scattergram
 
             try:
                 out_dict["scattergram"] = str(scattergram.write(plots, out_dict, events, inf.labels, profile))
@@ -313,8 +313,8 @@ class StreamRunner:
         inf = self.classifier.combine(rng.standard_normal((events, d1), dtype=np.float32),
                                       rng.standard_normal((events, d2), dtype=np.float32), None, self.classifier.adapt)
         profile = self.classifier.bundle.profile()
-        from ..counting import count_sample
-        from ..result import DEFAULT_AREA_FEATURES
+        from edgehema.counts.counting import count_sample
+        from edgehema.counts.result import DEFAULT_AREA_FEATURES
 
         fake = np.abs(rng.standard_normal((events, profile.n_features), dtype=np.float32)) * 1000
         count_sample(fake, inf.probabilities, inf.labels, profile, SampleInfo(), DEFAULT_AREA_FEATURES)

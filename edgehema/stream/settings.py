@@ -10,8 +10,8 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from .._toml import read_toml
-from ..exceptions import EdgehemaError
+from edgehema._toml import read_toml
+from edgehema.exceptions import EdgehemaError
 
 #: setting -> (accepted Python types, what it is)
 SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgehema.classifier import Classifier
+from edgehema.model.classifier import Classifier
 from edgehema.formats import read_sample
-from edgehema.result import classify_sample
+from edgehema.counts.result import classify_sample
 from edgehema.sample import SampleInfo
 
 from .dataset import TrainingFile

@@ -19,7 +19,7 @@ import numpy as np
 from edgehema.exceptions import EdgehemaError
 from edgehema.formats import read_sample
 from edgehema.profiles import Profile, get_profile
-from edgehema.result import elapsed_seconds
+from edgehema.counts.result import elapsed_seconds
 from edgehema.sample import Sample
 
 from .reference import ReferenceRow, ReferenceTable

@@ -20,12 +20,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from edgehema.bundle import FORMAT, MANIFEST, Bundle, seal
-from edgehema.classes import EVENT_CLASSES
-from edgehema.classifier import Classifier
+from edgehema.model.bundle import FORMAT, MANIFEST, Bundle, seal
+from edgehema.model.classes import EVENT_CLASSES
+from edgehema.model.classifier import Classifier
 from edgehema.profiles import Profile
-from edgehema.result import DEFAULT_AREA_FEATURES
-from edgehema.selftest import attach_known_answer, known_answer_events, spread_events
+from edgehema.counts.result import DEFAULT_AREA_FEATURES
+from edgehema.model.selftest import attach_known_answer, known_answer_events, spread_events
 
 from ..models import IDEC, InferenceGraph, VaDE
 from .dataset import EventStore
@@ -513,7 +513,7 @@ def sample_check_limits(bundle: Bundle, training_events: list[np.ndarray]) -> di
     """A bundle's own limits of its sample-level checks, from the samples it was trained on (as the
     device classifies them, with adaptation): how far its red-cell components move, and how
     asymmetric the mature red cells' stain signal is. Both Tukey's fence, Q3 + 1.5 IQR."""
-    from edgehema.plausibility import stain_skew
+    from edgehema.counts.plausibility import stain_skew
 
     adapting = Classifier(bundle, backend="onnx", adapt=True, selftest=False)
     profile = bundle.profile()

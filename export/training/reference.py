@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import TrainingError
+
 #: Multipliers to cells per microlitre, by unit as analyzers print them (lower case, no spaces).
 UNITS = {
     "": 1.0, "cells/ul": 1.0, "/ul": 1.0, "cells/µl": 1.0, "/µl": 1.0, "per_ul": 1.0, "perul": 1.0,
@@ -39,7 +41,7 @@ ALIASES = {
     "ret": "retic_percent", "ret%": "retic_percent", "retic%": "retic_percent", "ret_pct": "retic_percent",
     "dilution": "dilution", "volume_ul": "volume_ul", "volume": "volume_ul",
 }
-#: Optional event counts per class, in the classifier's class order (edgehema.classes.EVENT_CLASSES).
+#: Optional event counts per class, in the classifier's class order (edgehema.model.classes.EVENT_CLASSES).
 EVENT_COUNT_CLASSES = ("noise", "rbc", "retic", "coincidence", "plt")
 EVENT_COUNT_COLUMNS = tuple(f"events_{c}" for c in EVENT_COUNT_CLASSES)
 ALIASES.update({c: c for c in EVENT_COUNT_COLUMNS})
@@ -49,7 +51,7 @@ COUNT_COLUMNS = ("rbc", "plt")
 IMPLAUSIBLE_RBC_PER_UL = 1000.0
 
 
-class ReferenceProblems(Exception):
+class ReferenceProblems(TrainingError):
     """Everything wrong with a reference CSV, one line per problem (raised as one list)."""
 
     def __init__(self, problems: list[str]):

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from edgehema import __version__
-from edgehema.bundle import Bundle
+from edgehema.model.bundle import Bundle
 
 from . import crossval
 from .dataset import discover, scan

@@ -3,7 +3,7 @@
 A reference gives ratios within a sample: PLT:RBC and RET %, never events per class. The model's
 two stages assign *events*: stage 1 noise / platelet / red-cell side, stage 2 (within the red-cell
 side) normal / reticulocyte / coincidence. edgehema's counting turns events back into cells
-(edgehema/counting.py): a coincidence event holds about two red cells, and a platelet within the
+(edgehema/counts/counting.py): a coincidence event holds about two red cells, and a platelet within the
 resolving window tau of a red cell hides under its pulse. So, with the sample's Poisson occupancy:
 
 * units pass at rate lambda (per us); recorded events at lambda_ev = lambda exp(-lambda tau), solved

@@ -13,9 +13,9 @@ from datetime import datetime
 
 import numpy as np
 
-from .classifier import Classifier, EventInference
-from .counting import Counts, count_sample
-from .sample import Sample
+from edgehema.model.classifier import Classifier, EventInference
+from edgehema.counts.counting import Counts, count_sample
+from edgehema.sample import Sample
 
 #: Area features the reference bundles decompose coincidences with (optical-11).
 DEFAULT_AREA_FEATURES = ["ext_area", "ssc_area", "fsc_hi_area"]

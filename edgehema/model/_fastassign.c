@@ -1,6 +1,6 @@
 /* The latent-space work of edgehema's classifier in one pass per event, the GIL released.
  *
- * numpy does the same work (edgehema/clustering.py, the reference and the fallback) as a dozen
+ * numpy does the same work (edgehema/model/clustering.py, the reference and the fallback) as a dozen
  * whole-array operations, each reading and writing 150,000-row temporaries: about 25 ms of a
  * sample's 85 ms. Here every event's few latent numbers stay in registers. Sums and exponentials
  * are in double, from the float32 latents the graph gives, so the results agree with numpy's

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bundle import Bundle
-from ..exceptions import BackendError
+from edgehema.model.bundle import Bundle
+from edgehema.exceptions import BackendError
 
 
 class OnnxBackend:

@@ -23,15 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import row_blocks
-from .exceptions import BundleError, ProfileMismatchError
-from .profiles import Profile, get_profile
-from .signing import TrustedKey, TrustPolicy
+from edgehema._arrays import row_blocks
+from edgehema.exceptions import BundleError, ProfileMismatchError
+from edgehema.profiles import Profile, get_profile
+from edgehema.model.signing import TrustedKey, TrustPolicy
 
 FORMAT = "edgehema-bundle/1"
 MANIFEST = "manifest.json"
 #: Where the shipped bundles live inside the package.
-BUNDLED_DIR = "models"
+BUNDLED_DIR = "shipped"
 #: The float reference model: what training makes, export starts from and evaluation measures.
 REFERENCE_BUNDLE = "reference"
 #: What the device runs unless told otherwise: of the shipped forms that meet the parity thresholds
@@ -94,7 +94,7 @@ class Bundle:
              trust: "TrustPolicy | None" = None) -> "Bundle":
         """Load a bundle directory (or a shipped bundle by name; the default model for ``None``).
 
-        ``trust``: the public keys whose signature the bundle must carry (edgehema.signing); ``None``
+        ``trust``: the public keys whose signature the bundle must carry (edgehema.model.signing); ``None``
         reads them from $EDGEHEMA_TRUSTED_KEYS, and no keys means hash checks only. With trusted keys
         the hashes are always checked, whatever ``verify`` says: a signature covers the hashes only.
         """
@@ -239,7 +239,7 @@ class Bundle:
 
 
 def bundled_root() -> Path:
-    return Path(str(resources.files("edgehema").joinpath(BUNDLED_DIR)))
+    return Path(str(resources.files("edgehema.model").joinpath(BUNDLED_DIR)))
 
 
 def bundled_models() -> list[str]:

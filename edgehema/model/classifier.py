@@ -11,15 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import classes as C
-from .backends.onnx_backend import OnnxBackend
-from .backends import create_backend, engine_order
-from .bundle import Bundle
-from .clustering import (DiagonalGMM, adapt_centroids, assign_events, kernel_disagreement, student_t_assign,
-                         use_numpy_kernels)
-from .exceptions import BackendError, BundleError
-from .profiles import Profile
-from .selftest import SelfTest, check, read_known_answer
+from edgehema.exceptions import BundleError
+from edgehema.model import classes as C
+from edgehema.model import engine
+from edgehema.model.bundle import Bundle
+from edgehema.model.clustering import DiagonalGMM, adapt_centroids, assign_events, student_t_assign
+from edgehema.model.selftest import SelfTest
+from edgehema.profiles import Profile
 
 #: Events used to adapt the mixtures to a sample (an evenly spaced subset of larger samples).
 ADAPT_EVENTS = 15_000
@@ -68,67 +66,21 @@ class Classifier:
         #: Why engines were passed over (not installed, or failed the known-answer self-test).
         self.refused: list[str] = []
         self.selftest: SelfTest | None = None
-        self.backend = self._choose_engine(backend, threads, selftest)
-
-    def _choose_engine(self, name: str, threads: int | None, verify: bool):
-        """The first engine that loads and passes the bundle's known answer (docs/device.md). An
-        engine named explicitly that fails is an error; with ``auto`` the next engine is tried."""
-        for engine in engine_order(self.bundle, name):
-            try:
-                self.backend = create_backend(self.bundle, engine, threads)
-            except BackendError as exc:
-                if name != "auto":
-                    raise
-                self.refused.append(f"{engine}: {exc}")
-                continue
-            result = check(self) if verify else None
-            if result is not None and not result.passed and self.can_run_unfused():
-                # Fused int8 kernels that miscompute on this CPU: the same graph unfused is exact.
-                first = result.line()
-                result = self.run_unfused(threads)
-                if result.passed:
-                    self.refused.append(f"{first}; running the graph unfused (exact, slower)")
-            if result is not None and not result.passed:
-                if name != "auto":
-                    raise BackendError(f"{self.bundle.name}: {result.line()}")
-                self.refused.append(result.line())
-                continue
-            self.selftest = result
-            if verify:
-                why = self.check_kernels(result.graph if result is not None else None)
-                if why:
-                    self.refused.append(f"{why}: numpy assigns instead")
-            return self.backend
-        raise BackendError(f"{self.bundle.name}: no inference engine can count with this bundle: " + "; ".join(self.refused))
+        self.backend = None
+        # The first engine that loads and passes the bundle's known answer (edgehema.model.engine).
+        choice = engine.open_engine(self, backend, threads, selftest)
+        self.backend, self.selftest, self.refused = choice.backend, choice.selftest, choice.refused
 
     def check_kernels(self, out: dict[str, np.ndarray] | None = None) -> str | None:
-        """The compiled latent-space kernels against numpy on the known answer's latents (as this
-        engine computes them: ``out``, the graph's outputs the self-test kept, else the graph is
-        run). If they disagree, numpy assigns from then on (in this process) and the reason is
-        returned; None when they agree or are not in use."""
-        if self.bundle.kind != "two-stage-idec-vade":
-            return None
-        if out is None or "z1" not in out:
-            answer = read_known_answer(self.bundle)
-            if answer is None:
-                return None
-            out = self.run_graph(answer[0])
-        why = kernel_disagreement(out["z1"], out["z2"], self.centroids, self.alpha, self.gmm,
-                                  self.stage1_classes, self.stage2_classes)
-        if why:
-            use_numpy_kernels()
-        return why
+        """The compiled latent-space kernels against numpy on the known answer (edgehema.model.engine)."""
+        return engine.check_kernels(self, out)
 
     def can_run_unfused(self) -> bool:
-        """An int8 ONNX graph on onnxruntime, whose fused kernels can be turned off."""
-        return self.backend.name == "onnx" and self.bundle.manifest.get("target") == "onnx-int8" \
-            and getattr(self.backend, "fused", False)
+        return engine.can_run_unfused(self)
 
     def run_unfused(self, threads: int | None = None) -> SelfTest:
-        """Switch to the graph without onnxruntime's fused int8 kernels (exact on every CPU) and run
-        the known answer on it."""
-        self.backend = OnnxBackend(self.bundle, threads, fused=False)
-        return check(self)
+        """The graph without onnxruntime's fused int8 kernels (exact on every CPU), its known answer run."""
+        return engine.run_unfused(self, threads)
 
     @property
     def backend_name(self) -> str:

@@ -7,7 +7,7 @@
   (log-scaled) features; its components are named by the *true* majority class of their events, an
   oracle mapping that flatters it, so it shows what plain clustering of the raw features can reach.
 * The supervised MLP (an upper bound trained with per-event labels) is a shipped bundle run by
-  :class:`~edgehema.classifier.Classifier` like the reference model.
+  :class:`~edgehema.model.classifier.Classifier` like the reference model.
 
 Each has ``infer(events) -> EventInference`` (``GaussianMixtureClassifier`` also takes the truth
 labels for its oracle mapping).
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import classes as C
-from .classifier import EventInference
-from .clustering import DiagonalGMM
-from .profiles import Profile, get_profile
+from edgehema.model import classes as C
+from edgehema.model.classifier import EventInference
+from edgehema.model.clustering import DiagonalGMM
+from edgehema.profiles import Profile, get_profile
 
 
 @dataclass
@@ -45,7 +45,7 @@ class FixedGateClassifier:
 
     def calibrate(self, seed: int) -> Gates:
         """Set the gates on a simulated healthy human control, as a factory calibration would."""
-        from .simulator import SampleSimulator
+        from edgehema.simulator import SampleSimulator
 
         s = SampleSimulator("human", seed=seed, profile=self.profile).generate(100_000)
         ev, lab = s.sample.events, s.labels

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import classes as C
-from .profiles import Profile
+from edgehema.model import classes as C
+from edgehema.profiles import Profile
 
 #: Plot area of one view, in pixels (square).
 SIZE = 256

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import classes as C
+from edgehema.model import classes as C
 
 try:  # built from _fastassign.c at install time where a C compiler is present (optional)
-    from . import _fastassign
+    from edgehema.model import _fastassign
 except ImportError:  # pragma: no cover - depends on the build
     _fastassign = None
 
@@ -219,7 +219,7 @@ def kernels_state() -> str:
         return "numpy (the compiled kernels were not built: no C compiler at install time)"
     if KERNELS == "numpy":
         return "numpy (EDGEHEMA_KERNELS=numpy)"
-    return "compiled (edgehema/_fastassign.c), checked against numpy on the known answer at load"
+    return "compiled (edgehema/model/_fastassign.c), checked against numpy on the known answer at load"
 
 
 def _sq_dist(z: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -31,8 +31,8 @@ import math
 
 import numpy as np
 
-from . import classes as C
-from .profiles import Profile
+from edgehema.model import classes as C
+from edgehema.profiles import Profile
 
 #: Coincidences beyond Poisson: more than this many times the expected fraction plus this margin.
 COINCIDENCE_EXCESS_FACTOR = 2.0

@@ -12,9 +12,9 @@ import sys
 
 import numpy as np
 
-from .._held_back import held_back
-from ..bundle import Bundle
-from ..exceptions import BackendError
+from edgehema.model.backends.held_back import held_back
+from edgehema.model.bundle import Bundle
+from edgehema.exceptions import BackendError
 
 BATCH = 4096
 

@@ -154,9 +154,9 @@ _state: dict = {}
 
 
 def _init(cfg: StressConfig) -> None:
-    from .baselines import FixedGateClassifier
-    from .bundle import DEFAULT_BUNDLE
-    from .classifier import Classifier
+    from edgehema.evaluation.baselines import FixedGateClassifier
+    from edgehema.model.bundle import DEFAULT_BUNDLE
+    from edgehema.model.classifier import Classifier
 
     _state["cfg"] = cfg
     methods = {}
@@ -168,7 +168,7 @@ def _init(cfg: StressConfig) -> None:
 
 
 def instrument_for(sc: Scenario, rng: np.random.Generator):
-    from .simulator import InstrumentSettings
+    from edgehema.simulator import InstrumentSettings
 
     ins = InstrumentSettings(**dict(sc.instrument))
     if sc.channel_gain_spread:
@@ -178,10 +178,10 @@ def instrument_for(sc: Scenario, rng: np.random.Generator):
 
 
 def _one(task: tuple[int, int]) -> list[StressSample]:
-    from .baselines import FixedGateClassifier
-    from .counting import count_sample
-    from .result import DEFAULT_AREA_FEATURES, elapsed_seconds, result_from_inference
-    from .simulator import SampleSimulator
+    from edgehema.evaluation.baselines import FixedGateClassifier
+    from edgehema.counts.counting import count_sample
+    from edgehema.counts.result import DEFAULT_AREA_FEATURES, elapsed_seconds, result_from_inference
+    from edgehema.simulator import SampleSimulator
 
     si, k = task
     cfg: StressConfig = _state["cfg"]
@@ -213,7 +213,7 @@ def _one(task: tuple[int, int]) -> list[StressSample]:
 
 
 def run(cfg: StressConfig, jobs: int = 0, progress=None) -> list[StressSample]:
-    from .evaluate import run_tasks
+    from edgehema.evaluation.evaluate import run_tasks
 
     tasks = [(i, k) for i in range(len(cfg.scenarios)) for k in range(cfg.samples)]
     return run_tasks(tasks, _init, cfg, _one, jobs, progress)

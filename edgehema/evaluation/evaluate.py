@@ -2,7 +2,7 @@
 
 For each species, fresh simulated samples (seeds far from any used in training) are classified
 by every method; each method's per-event labels go through the same counting
-(:func:`edgehema.counting.count_sample`), so the table compares classification, not bookkeeping.
+(:func:`edgehema.counts.counting.count_sample`), so the table compares classification, not bookkeeping.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import classes as C
-from .batch import single_threaded_workers
-from .baselines import FixedGateClassifier, GaussianMixtureClassifier
-from .bundle import DEFAULT_BUNDLE, REFERENCE_BUNDLE, Bundle
-from .classifier import Classifier
-from .counting import count_sample
-from .result import DEFAULT_AREA_FEATURES, elapsed_seconds
-from .simulator import InstrumentSettings, SampleSimulator
+from edgehema.model import classes as C
+from edgehema.batch import single_threaded_workers
+from edgehema.evaluation.baselines import FixedGateClassifier, GaussianMixtureClassifier
+from edgehema.model.bundle import DEFAULT_BUNDLE, REFERENCE_BUNDLE, Bundle
+from edgehema.model.classifier import Classifier
+from edgehema.counts.counting import count_sample
+from edgehema.counts.result import DEFAULT_AREA_FEATURES, elapsed_seconds
+from edgehema.simulator import InstrumentSettings, SampleSimulator
 
 #: ``default`` is the model the device runs by default (int8, on its own engine); ``reference`` the
 #: float model it was exported from (or ``--model``).

@@ -30,9 +30,9 @@ import numpy as np
 from firmware_bridge import codec
 from firmware_bridge import protocol as P
 
-from .exceptions import SimulationError
-from .profiles import Profile, get_profile
-from .simulator import InstrumentSettings, SampleSimulator
+from edgehema.exceptions import SimulationError
+from edgehema.profiles import Profile, get_profile
+from edgehema.simulator import InstrumentSettings, SampleSimulator
 
 FAULTS = ("bitflip", "drop", "truncate", "total", "disconnect", "reboot")
 FIRMWARE = "edgehema-emulator 1.0"

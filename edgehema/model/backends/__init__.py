@@ -11,8 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..bundle import Bundle
-from ..exceptions import BackendError
+from edgehema.model.bundle import Bundle
+from edgehema.exceptions import BackendError
 
 
 class Backend(Protocol):
@@ -22,13 +22,13 @@ class Backend(Protocol):
 
 
 def _onnx(bundle: Bundle, threads: int | None) -> Backend:
-    from .onnx_backend import OnnxBackend
+    from edgehema.model.backends.onnx_backend import OnnxBackend
 
     return OnnxBackend(bundle, threads=threads)
 
 
 def _tflite(bundle: Bundle, threads: int | None) -> Backend:
-    from .tflite_backend import TfliteBackend
+    from edgehema.model.backends.tflite_backend import TfliteBackend
 
     return TfliteBackend(bundle, threads=threads)
 

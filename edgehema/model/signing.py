@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .exceptions import SignatureError
+from edgehema.exceptions import SignatureError
 
 SIGNATURES = "signatures.json"
 FORMAT = "edgehema-signatures/1"

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import classes as C
-from . import plausibility
-from .profiles import Profile
-from .sample import SampleInfo
+from edgehema.model import classes as C
+from edgehema.counts import plausibility
+from edgehema.profiles import Profile
+from edgehema.sample import SampleInfo
 
 #: Quality-control limits behind the flags (docs/classifier.md).
 MIN_EVENTS = 10_000
