@@ -23,6 +23,7 @@ from edgehema.formats import read_sample
 from edgehema.formats._table import load_fast_parser
 from edgehema.counts.result import classify_sample
 from edgehema.sample import SampleInfo
+from edgehema.counts import scattergram
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,6 @@ def _one(path: str) -> tuple[str, dict | str]:
             write_events(Path(job.events_out), result.sample_id, result.inference)
         out = result.to_dict()
         if job.plots is not None:
-            from edgehema.counts import scattergram
 
             out["scattergram"] = str(scattergram.write(Path(job.plots), out, sample.events, result.inference.labels,
                                                        sample.profile))

@@ -5,6 +5,7 @@ otherwise travel into every result and the laboratory's records)."""
 from __future__ import annotations
 
 from edgehema.exceptions import EdgehemaError
+from edgehema.simulator.presets import SPECIES
 
 #: Mammals with anucleate red cells that RBC/PLT/RET analyzers are used on (lower case).
 MAMMALS = (
@@ -14,7 +15,6 @@ MAMMALS = (
 
 
 def known_species() -> tuple[str, ...]:
-    from edgehema.simulator.presets import SPECIES
 
     return tuple(dict.fromkeys((*SPECIES, *MAMMALS)))
 

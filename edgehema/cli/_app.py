@@ -13,6 +13,7 @@ from rich.console import Console
 
 from edgehema import __version__
 from edgehema.exceptions import EdgehemaError
+from edgehema.model.classifier import Classifier
 
 app = typer.Typer(
     name="edgehema",
@@ -111,7 +112,6 @@ def warn(message: str) -> None:
 def open_classifier(model, backend: str = "auto", adapt: bool = True):
     """The classifier a command counts with: its engine passed the bundle's known answer; an engine
     passed over (not installed, or failed the self-test) is one warning line each."""
-    from edgehema.model.classifier import Classifier
 
     clf = Classifier(model, backend=backend, adapt=adapt)
     for line in clf.refused:

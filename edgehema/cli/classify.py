@@ -10,6 +10,13 @@ import typer
 
 from edgehema.exceptions import EdgehemaError
 from edgehema.cli._app import app, error, open_classifier, open_output, progress
+from edgehema.batch import BatchJob, classify_files
+from edgehema.counts import scattergram
+from edgehema.counts.result import classify_sample
+from edgehema.formats import read_sample
+from edgehema.sample import SampleInfo
+from edgehema.sinks import open_sink
+from edgehema.species import check_species
 
 
 @app.command()
@@ -40,10 +47,6 @@ def classify(
     Exit status 1 if any file failed (the results of the others are still written), or if with
     --lis a result is left unacknowledged by the LIS (queued; see --lis-queue-ok); 2 for a usage error.
     """
-    from edgehema.batch import BatchJob, classify_files
-    from edgehema.sample import SampleInfo
-    from edgehema.sinks import open_sink
-    from edgehema.species import check_species
 
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
@@ -117,9 +120,6 @@ def plot(
 ) -> None:
     """Classify each file and draw its scattergrams (size/structure, size/RNA stain, extinction
     area/width), events coloured by class on a log density scale, as one PNG per sample."""
-    from edgehema.formats import read_sample
-    from edgehema.counts.result import classify_sample
-    from edgehema.counts import scattergram
 
     if out.exists() and not out.is_dir():
         raise EdgehemaError(f"{out}: is a file; --out names a folder")

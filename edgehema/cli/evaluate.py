@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from edgehema.sinks.text_table import Column, render
 from edgehema.cli._app import app, out, progress
+from edgehema.model.bundle import Bundle
 
 
 @app.command()
@@ -38,7 +39,6 @@ def evaluate(
         _stress(suite, scenarios, samples, events, seed, model, as_json, jobs)
         return
     from edgehema.evaluation import evaluate as ev
-    from edgehema.model.bundle import Bundle
     from edgehema.simulator import species_preset
 
     sp = tuple(s.strip() for s in species.split(",") if s.strip())

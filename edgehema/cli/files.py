@@ -13,6 +13,11 @@ import typer
 from edgehema.exceptions import EdgehemaError, SimulationError
 from edgehema.sinks.text_table import Column, render
 from edgehema.cli._app import app, out, error
+from edgehema.formats import describe_file
+from edgehema.formats import write_sample
+from edgehema.formats._table import format_rows
+from edgehema.model.classes import EVENT_CLASSES
+from edgehema.profiles import get_profile
 
 
 @app.command()
@@ -35,7 +40,6 @@ def simulate(
     """Generate synthetic blood samples with per-event ground truth."""
     from dataclasses import replace
 
-    from edgehema.formats import write_sample
     from edgehema.simulator import InstrumentSettings, SampleSimulator
 
     if fmt == "sysmex-xn" and profile is None:
@@ -106,8 +110,6 @@ def _check_simulation_target(out_path: Path, samples: int, fmt: str | None) -> N
 def _write_labels(sim_sample, path: Path) -> None:
     import numpy as np
 
-    from edgehema.model.classes import EVENT_CLASSES
-    from edgehema.formats._table import format_rows
 
     names = np.array(EVENT_CLASSES)[sim_sample.labels]
     rows = np.column_stack([sim_sample.labels, sim_sample.n_rbc, sim_sample.n_retic, sim_sample.n_plt])
@@ -160,8 +162,6 @@ def inspect(
 
     Exit status 1 if any file cannot be read; the others are still described.
     """
-    from edgehema.formats import describe_file
-    from edgehema.profiles import get_profile
 
     prof = get_profile(profile) if profile else None
     failed = 0

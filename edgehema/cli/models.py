@@ -12,6 +12,17 @@ import typer
 from edgehema.exceptions import EdgehemaError
 from edgehema.sinks.text_table import Column, render
 from edgehema.cli._app import app, out
+from edgehema.exceptions import BackendError
+from edgehema.exceptions import SignatureError
+from edgehema.formats._table import csv_reader_state
+from edgehema.model.backends import engine_order
+from edgehema.model.bundle import DEFAULT_BUNDLE, Bundle, bundled_models, bundled_root
+from edgehema.model.classifier import Classifier
+from edgehema.model.clustering import kernels_state
+from edgehema.model.selftest import check
+from edgehema.model.signing import TrustPolicy
+from edgehema.model.signing import read_signatures
+from edgehema.profiles import builtin_profiles
 
 
 @app.command()
@@ -85,7 +96,6 @@ def _export_smear(source: Path, target: str, calibration: List[Path], out_dir: P
 @app.command()
 def models() -> None:
     """List the model bundles shipped with edgehema (and in $EDGEHEMA_MODELS, if set)."""
-    from edgehema.model.bundle import DEFAULT_BUNDLE, Bundle, bundled_models, bundled_root
 
     places = [bundled_root() / n for n in bundled_models()]
     extra = os.environ.get("EDGEHEMA_MODELS")
@@ -118,7 +128,6 @@ def _smear_rows() -> list[list[str]]:
     import hashlib
 
     from edgehema.exceptions import EdgehemaError
-    from edgehema.model.signing import TrustPolicy
     from edgehema.smear.learned import DEFAULT_MODEL, MODELS, smear_manifest_digest
 
     rows = []
@@ -221,8 +230,6 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
 
 def _print_signatures(folder: Path, digest: str, trust):
     """The signatures a bundle carries and whether this device runs it; the refusal, if it would refuse it."""
-    from edgehema.exceptions import SignatureError
-    from edgehema.model.signing import read_signatures
 
     signatures = read_signatures(folder)
     out.print("  signatures: " + ("; ".join(f"key {s['key_id']}" + (f" ({s['signer']})" if s.get("signer") else "")
@@ -311,13 +318,7 @@ def selftest(
     """
     from firmware_bridge.codec import decode_speed
 
-    from edgehema.model.backends import engine_order
     from edgehema.model.bundle import Bundle
-    from edgehema.model.classifier import Classifier
-    from edgehema.exceptions import BackendError
-    from edgehema.model.clustering import kernels_state
-    from edgehema.formats._table import csv_reader_state
-    from edgehema.model.selftest import check
 
     b = Bundle.load(model)
     passed = failed = 0
@@ -355,7 +356,6 @@ def selftest(
 @app.command()
 def profiles() -> None:
     """List the instrument profiles shipped with edgehema and their features."""
-    from edgehema.profiles import builtin_profiles
 
     for prof in builtin_profiles().values():
         out.print(f"{prof.name}{' (default)' if prof.default else ''}: {prof.description}")

@@ -13,6 +13,12 @@ import typer
 
 from edgehema.exceptions import EdgehemaError
 from edgehema.cli._app import app, out
+from edgehema.model.bundle import MANIFEST, Bundle
+from edgehema.model.bundle import bundled_root
+from edgehema.model.bundle import resolve_bundle_path
+from edgehema.model.signing import ENV_PASSPHRASE, generate_key_pair, key_id, load_public_key
+from edgehema.model.signing import TrustPolicy
+from edgehema.model.signing import sign_bundle
 
 
 @app.command()
@@ -21,7 +27,6 @@ def keygen(
 ) -> None:
     """Make an Ed25519 key pair for signing model bundles. The private key is encrypted with
     $EDGEHEMA_KEY_PASSPHRASE when it is set; keep it off the devices."""
-    from edgehema.model.signing import ENV_PASSPHRASE, generate_key_pair, key_id, load_public_key
 
     private, public = generate_key_pair(prefix)
     enc = "encrypted with $" + ENV_PASSPHRASE if os.environ.get(ENV_PASSPHRASE) else "not encrypted: set $" + ENV_PASSPHRASE + " to encrypt"
@@ -37,8 +42,6 @@ def sign(
 ) -> None:
     """Sign a model bundle: an Ed25519 signature over its manifest digest, which covers every file's
     sha256. The bundle's hashes are checked first: a damaged bundle is never signed."""
-    from edgehema.model.bundle import bundled_root
-    from edgehema.model.signing import sign_bundle
 
     source = _resolve(bundle)
     if out_dir is not None:
@@ -58,7 +61,6 @@ def sign(
 
 
 def _resolve(name: str) -> Path:
-    from edgehema.model.bundle import resolve_bundle_path
     from edgehema.smear.learned import MODELS
 
     p = Path(name)
@@ -69,8 +71,6 @@ def _resolve(name: str) -> Path:
 
 def _digest(directory: Path) -> tuple[str, str]:
     """The digest a signature covers, after checking the hashes: (digest, what the bundle is)."""
-    from edgehema.model.bundle import MANIFEST, Bundle
-    from edgehema.model.signing import TrustPolicy
     from edgehema.smear.learned import smear_manifest_digest
 
     manifest = directory / MANIFEST

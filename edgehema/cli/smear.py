@@ -11,6 +11,7 @@ import typer
 
 from edgehema.exceptions import EdgehemaError
 from edgehema.cli._app import app, error, warn
+from edgehema.sinks.text_table import Column, render
 
 DEFAULT_BCCD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "bccd"
 
@@ -68,7 +69,6 @@ def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path
     import cv2
 
     from edgehema.smear import count_image, image_files, overlay
-    from edgehema.sinks.text_table import Column, render
 
     files = image_files([str(p) for p in images])
     if not files:

@@ -14,6 +14,7 @@ import typer
 from edgehema.exceptions import EdgehemaError
 from edgehema.sinks.text_table import Column, render
 from edgehema.cli._app import app, err, error, open_classifier, open_output, out, warn
+from edgehema.sinks import open_sink
 
 
 @app.command()
@@ -73,7 +74,6 @@ def stream(
     """
     import signal
 
-    from edgehema.sinks import open_sink
     from edgehema.stream.runner import StreamConfig, StreamRunner
     from edgehema.stream.settings import load_stream_settings
 

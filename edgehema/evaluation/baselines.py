@@ -23,6 +23,7 @@ from edgehema.model import classes as C
 from edgehema.model.classifier import EventInference
 from edgehema.model.clustering import DiagonalGMM
 from edgehema.profiles import Profile, get_profile
+from edgehema.simulator import SampleSimulator
 
 
 @dataclass
@@ -45,7 +46,6 @@ class FixedGateClassifier:
 
     def calibrate(self, seed: int) -> Gates:
         """Set the gates on a simulated healthy human control, as a factory calibration would."""
-        from edgehema.simulator import SampleSimulator
 
         s = SampleSimulator("human", seed=seed, profile=self.profile).generate(100_000)
         ev, lab = s.sample.events, s.labels

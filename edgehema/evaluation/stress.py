@@ -19,6 +19,14 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+from edgehema.counts.counting import count_sample
+from edgehema.counts.result import DEFAULT_AREA_FEATURES, elapsed_seconds, result_from_inference
+from edgehema.evaluation.baselines import FixedGateClassifier
+from edgehema.evaluation.evaluate import run_tasks
+from edgehema.model.bundle import DEFAULT_BUNDLE
+from edgehema.model.classifier import Classifier
+from edgehema.simulator import InstrumentSettings
+from edgehema.simulator import SampleSimulator
 
 #: Acceptance limits (CLIA 2024 style).
 RBC_LIMIT_PCT = 4.0
@@ -154,9 +162,6 @@ _state: dict = {}
 
 
 def _init(cfg: StressConfig) -> None:
-    from edgehema.evaluation.baselines import FixedGateClassifier
-    from edgehema.model.bundle import DEFAULT_BUNDLE
-    from edgehema.model.classifier import Classifier
 
     _state["cfg"] = cfg
     methods = {}
@@ -168,7 +173,6 @@ def _init(cfg: StressConfig) -> None:
 
 
 def instrument_for(sc: Scenario, rng: np.random.Generator):
-    from edgehema.simulator import InstrumentSettings
 
     ins = InstrumentSettings(**dict(sc.instrument))
     if sc.channel_gain_spread:
@@ -179,9 +183,6 @@ def instrument_for(sc: Scenario, rng: np.random.Generator):
 
 def _one(task: tuple[int, int]) -> list[StressSample]:
     from edgehema.evaluation.baselines import FixedGateClassifier
-    from edgehema.counts.counting import count_sample
-    from edgehema.counts.result import DEFAULT_AREA_FEATURES, elapsed_seconds, result_from_inference
-    from edgehema.simulator import SampleSimulator
 
     si, k = task
     cfg: StressConfig = _state["cfg"]
@@ -213,7 +214,6 @@ def _one(task: tuple[int, int]) -> list[StressSample]:
 
 
 def run(cfg: StressConfig, jobs: int = 0, progress=None) -> list[StressSample]:
-    from edgehema.evaluation.evaluate import run_tasks
 
     tasks = [(i, k) for i in range(len(cfg.scenarios)) for k in range(cfg.samples)]
     return run_tasks(tasks, _init, cfg, _one, jobs, progress)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass, field
+from edgehema.exceptions import EdgehemaError
 
 #: Analytes compared: (column, label, unit of the difference, relative difference?)
 ANALYTES = (("rbc_per_ul", "RBC", "%", True), ("plt_per_ul", "PLT", "%", True), ("retic_percent", "RET", "pt", False))
@@ -99,7 +100,6 @@ def build(rows: list[dict], limits: dict | None = None, thresholds: dict | None 
             by_sample.setdefault((r["input_key"], r["sample_index"]), {})[r["role"]] = r
     roles = {r["role"] for r in rows}
     if rows and "baseline" not in roles and "model" in roles:
-        from edgehema.exceptions import EdgehemaError
 
         raise EdgehemaError("these results hold one model only: run edgehema reanalyze with --baseline OLD to compare")
     models = {}

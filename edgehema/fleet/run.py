@@ -28,6 +28,8 @@ from typing import Callable
 
 from edgehema.exceptions import EdgehemaError
 from edgehema.fleet.work import FleetJob, InputFile, analyse_batch
+from edgehema.formats import csv_format, fcs_format
+from edgehema.model.bundle import Bundle
 
 RUN_FILE = "_run.json"
 DONE_DIR = "_done"
@@ -98,7 +100,6 @@ def _expand_local(pattern: str) -> list[InputFile]:
 def _is_input(name: str) -> bool:
     """In a folder, the files that are samples: event files and stream archives (not the sidecars,
     truth files and notes kept beside them)."""
-    from edgehema.formats import csv_format, fcs_format
     from edgehema.fleet.work import ARCHIVE_SUFFIX
 
     suffix = Path(name).suffix.lower()
@@ -224,7 +225,6 @@ def _atomic_write(path: Path, text: str) -> None:
 def identity_of(job: FleetJob) -> dict:
     """What the results depend on: each model's manifest digest (its identity, covering every file) and
     the settings; paths do not matter."""
-    from edgehema.model.bundle import Bundle
 
     out = {"model": Bundle.load(job.model).sha256, "baseline": Bundle.load(job.baseline).sha256 if job.baseline else None,
            "backend": job.backend, "adapt": job.adapt}

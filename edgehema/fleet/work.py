@@ -20,6 +20,13 @@ from pathlib import Path
 from typing import Iterator
 
 from edgehema.exceptions import EdgehemaError
+from edgehema.counts.result import classify_sample
+from edgehema.formats import read_sample
+from edgehema.formats._table import load_fast_parser
+from edgehema.formats.csv_format import sidecar_path
+from edgehema.model.classifier import Classifier
+from edgehema.sample import SampleInfo
+from edgehema.stream.runner import replay_bytes
 
 #: Stream archives (edgehema stream's per-sample frame files); every other input is an event file.
 ARCHIVE_SUFFIX = ".ehw"
@@ -60,13 +67,11 @@ _classifiers: dict = {}
 
 def classifier(model: str, backend: str, adapt: bool):
     """This process's classifier for a bundle, loaded (hashes, signature, known answer) once."""
-    from edgehema.model.classifier import Classifier
 
     key = (model, backend, adapt)
     if key not in _classifiers:
         if not _classifiers:
             # A worker reads many files: the fast CSV parser's import (0.3 s) pays off (as in batch).
-            from edgehema.formats._table import load_fast_parser
 
             load_fast_parser(1)
         # One thread per worker: the workers themselves use the cores.
@@ -117,8 +122,6 @@ def load(path: Path, source: str | None = None):
     ``source``: the URL a fetched copy came from (the result names it, not the temporary copy)."""
     if path.suffix.lower() == ARCHIVE_SUFFIX:
         return path.read_bytes()
-    from edgehema.formats import read_sample
-    from edgehema.sample import SampleInfo
 
     return read_sample(path, info=SampleInfo(source=source) if source else None)
 
@@ -126,12 +129,10 @@ def load(path: Path, source: str | None = None):
 def results_of(loaded, clf) -> list[tuple[dict, object]]:
     """(result dict, SampleInfo) of every sample, exactly as ``classify`` or ``replay`` make them."""
     if isinstance(loaded, bytes):
-        from edgehema.stream.runner import replay_bytes
 
         origins: list = []
         results = replay_bytes(loaded, clf, origins=origins)
         return list(zip(results, origins))
-    from edgehema.counts.result import classify_sample
 
     return [(classify_sample(loaded, clf).to_dict(), loaded.info)]
 
@@ -146,7 +147,6 @@ def local_copy(item: InputFile) -> Iterator[Path]:
         return
     import fsspec
 
-    from edgehema.formats.csv_format import sidecar_path
 
     name = Path(item.url.split("?")[0]).name
     with tempfile.TemporaryDirectory(prefix="edgehema-fleet-") as tmp:

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from edgehema.exceptions import EdgehemaError
 from edgehema.lis.hl7_message import observations as result_observations
+from edgehema import __version__
 
 SCHEMES = ("astm+tcp", "astm+serial")
 
@@ -73,7 +74,6 @@ def build_records(result: dict, control_id: str, *, receiver: str = "", now: dat
     (a correction of results sent before: the order's report type, O-26, and each result's status, R-9)."""
     if status not in ("F", "C"):
         raise ValueError(f"result status {status!r}: F or C")
-    from edgehema import __version__
 
     now = now or datetime.now(timezone.utc)
     when = _ts(now)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from edgehema.model import classes as C
+from edgehema.simulator import SampleSimulator
 
 if TYPE_CHECKING:
     from edgehema.model.bundle import Bundle
@@ -90,7 +91,6 @@ class SelfTest:
 
 def known_answer_events(profile=None, seed: int = 20_261_124) -> np.ndarray:
     """The events of a known answer: simulated, from three species, in the profile's order."""
-    from edgehema.simulator import SampleSimulator
 
     parts = [SampleSimulator(s, profile=profile, seed=seed + k).generate(KNOWN_ANSWER_EVENTS).sample.events
              for k, s in enumerate(KNOWN_ANSWER_SPECIES)]

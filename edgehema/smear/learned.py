@@ -15,6 +15,7 @@ import numpy as np
 
 from edgehema.exceptions import BundleError
 from edgehema.smear.detections import SMEAR_CLASSES, Detection, iou
+from edgehema.model.signing import TrustPolicy
 
 INPUT = (320, 240)  # width, height
 STRIDE = 4
@@ -96,7 +97,6 @@ def session(model: str = DEFAULT_MODEL):
 
     import onnxruntime as ort
 
-    from edgehema.model.signing import TrustPolicy
 
     path = Path(model)
     tflite = path.suffix == ".tflite"

@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from edgehema.exceptions import BundleError
+from edgehema.exceptions import BackendError
+from edgehema.model.backends.held_back import held_back
+from edgehema.model.backends.tflite_backend import load_interpreter_class
 
 #: The ONNX model's outputs, in the order ``detect`` reads them.
 OUTPUTS = ("heatmap", "size", "offset")
@@ -21,9 +24,6 @@ class SmearInterpreter:
     """One LiteRT interpreter on one core; ``run`` takes and gives NCHW arrays like onnxruntime."""
 
     def __init__(self, path: Path, outputs: dict[str, str] | None):
-        from edgehema.model.backends.held_back import held_back
-        from edgehema.model.backends.tflite_backend import load_interpreter_class
-        from edgehema.exceptions import BackendError
 
         try:
             Interpreter, self.engine = load_interpreter_class()

@@ -34,7 +34,10 @@ from edgehema.counts.result import result_from_inference
 from edgehema.sample import Sample, SampleInfo
 from edgehema.stream.journal import Journal
 from edgehema.stream.log_limit import RateLimitedLog
-from edgehema.stream.session import EventBatch, Notice, OpenSample, SampleClosed, SampleOpened, SampleResumed, WireSession
+from edgehema.stream.session import Notice, OpenSample, SampleClosed, SessionHandler, WireSession, dispatch
+from edgehema.counts import scattergram
+from edgehema.counts.counting import count_sample
+from edgehema.counts.result import DEFAULT_AREA_FEATURES
 
 BLOCK = 4096
 #: The journal note of a sample whose result went out unstored (flagged not_stored) at a stop.
@@ -118,7 +121,6 @@ class SampleAssembler:
         out_dict["sample_id_source"] = s.id_source
         out_dict["complete"] = closed.complete and not flags
         if plots is not None and len(events):
-            from edgehema.counts import scattergram
 
             try:
                 out_dict["scattergram"] = str(scattergram.write(plots, out_dict, events, inf.labels, profile))
@@ -127,47 +129,49 @@ class SampleAssembler:
         return out_dict
 
 
+class _Assembly(SessionHandler):
+    """Samples assembled from a byte stream alone (an archive, a capture): replay and restore."""
+
+    def __init__(self, classifier: Classifier, plots: Path | None = None, origins: list[SampleInfo] | None = None):
+        self.classifier, self.plots, self.origins = classifier, plots, origins
+        self.assemblers: dict[int, SampleAssembler] = {}
+        self.results: list[dict] = []
+
+    def opened(self, sample: OpenSample) -> None:
+        self.assemblers[id(sample)] = SampleAssembler(sample, self.classifier)
+
+    def events(self, sample: OpenSample, events: np.ndarray) -> None:
+        self.assemblers[id(sample)].add(events)
+
+    def closed(self, item: SampleClosed) -> None:
+        a = self.assemblers.pop(id(item.sample))
+        self.results.append(a.finish(item, time.perf_counter(), self.plots))
+        if self.origins is not None:
+            self.origins.append(a.info)
+
+
 def replay_bytes(data: bytes, classifier: Classifier, plots: Path | None = None,
                  origins: list[SampleInfo] | None = None) -> list[dict]:
     """Results of every sample in an archive (or any captured byte stream), as the stream made them.
     ``origins``, if given, receives each result's SampleInfo (instrument, start time) in order."""
     session = WireSession()
-    results: list[dict] = []
-    assemblers: dict[int, SampleAssembler] = {}
-
-    def handle(item) -> None:
-        if isinstance(item, SampleOpened):
-            assemblers[id(item.sample)] = SampleAssembler(item.sample, classifier)
-        elif isinstance(item, EventBatch):
-            assemblers[id(item.sample)].add(item.events)
-        elif isinstance(item, SampleClosed):
-            a = assemblers.pop(id(item.sample))
-            results.append(a.finish(item, time.perf_counter(), plots))
-            if origins is not None:
-                origins.append(a.info)
-
-    for item in session.feed(data):
-        handle(item)
-    for item in session.disconnect():
-        handle(item)
-    return results
+    assembly = _Assembly(classifier, plots, origins)
+    dispatch(session.feed(data), assembly)
+    dispatch(session.disconnect(), assembly)
+    return assembly.results
 
 
 def restore_open(data: bytes, classifier: Classifier) -> SampleAssembler | None:
     """The sample an archive holds, as the host had it when it stopped: open (no SAMPLE_END), its
     metadata and every archived event. None if the archive holds no open sample."""
     session = WireSession()
-    assemblers: dict[int, SampleAssembler] = {}
-    for item in session.feed(data):
-        if isinstance(item, SampleOpened):
-            assemblers[id(item.sample)] = SampleAssembler(item.sample, classifier)
-        elif isinstance(item, EventBatch):
-            assemblers[id(item.sample)].add(item.events)
+    assembly = _Assembly(classifier)
+    dispatch(session.feed(data), assembly)
     s = session.open
-    if s is None or id(s) not in assemblers:
+    if s is None or id(s) not in assembly.assemblers:
         return None
     s.frames = []  # on disk already
-    return assemblers[id(s)]
+    return assembly.assemblers[id(s)]
 
 
 @dataclass
@@ -252,7 +256,7 @@ class _OpenArchive:
     fh: object | None  # None once the archive could not be written (storage full)
 
 
-class StreamRunner:
+class StreamRunner(SessionHandler):
     def __init__(self, cfg: StreamConfig, emit: Callable[[dict], None], log: Callable[[str], None] = lambda s: None,
                  classifier: Classifier | None = None):
         check_port_url(cfg.port)
@@ -313,8 +317,6 @@ class StreamRunner:
         inf = self.classifier.combine(rng.standard_normal((events, d1), dtype=np.float32),
                                       rng.standard_normal((events, d2), dtype=np.float32), None, self.classifier.adapt)
         profile = self.classifier.bundle.profile()
-        from edgehema.counts.counting import count_sample
-        from edgehema.counts.result import DEFAULT_AREA_FEATURES
 
         fake = np.abs(rng.standard_normal((events, profile.n_features), dtype=np.float32)) * 1000
         count_sample(fake, inf.probabilities, inf.labels, profile, SampleInfo(), DEFAULT_AREA_FEATURES)
@@ -564,22 +566,28 @@ class StreamRunner:
 
     # ------------------------------------------------------------- helpers
     def _handle_all(self, items) -> None:
-        for item in items:
-            if isinstance(item, SampleOpened):
-                if self._suspended:
-                    self._end_suspended(f"the instrument began sample {item.sample.sample_id}")
-                self._opened(item.sample)
-            elif isinstance(item, SampleResumed):
-                self.stats.current = item.sample.sample_id
-            elif isinstance(item, EventBatch):
-                self._open[id(item.sample)].assembler.add(item.events)
-                self.stats.events += len(item.events)
-            elif isinstance(item, SampleClosed):
-                self._close(item)
-            elif isinstance(item, Notice):
-                self.log(item.text, kind=item.kind if item.kind != "hello" else "")
-                if item.kind == "hello" and self._session.hello is not None:
-                    self._remember_hello(self._session)
+        dispatch(items, self)
+
+    # SessionHandler: what the stream does with each item of the session.
+    def events(self, sample: OpenSample, events: np.ndarray) -> None:
+        self._open[id(sample)].assembler.add(events)
+        self.stats.events += len(events)
+
+    def opened(self, sample: OpenSample) -> None:
+        if self._suspended:
+            self._end_suspended(f"the instrument began sample {sample.sample_id}")
+        self._opened(sample)
+
+    def resumed(self, sample: OpenSample) -> None:
+        self.stats.current = sample.sample_id
+
+    def closed(self, item: SampleClosed) -> None:
+        self._close(item)
+
+    def notice(self, item: Notice) -> None:
+        self.log(item.text, kind=item.kind if item.kind != "hello" else "")
+        if item.kind == "hello" and self._session.hello is not None:
+            self._remember_hello(self._session)
 
     def _remember_hello(self, session: WireSession) -> None:
         try:

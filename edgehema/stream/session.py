@@ -344,3 +344,33 @@ class WireSession:
 
 def _same_scaling(a: P.Hello, b: P.Hello) -> bool:
     return (a.instrument_id, a.profile, a.features) == (b.instrument_id, b.profile, b.features)
+
+
+class SessionHandler:
+    """What is done with each kind of item a session yields; :func:`dispatch` is the one place that
+    tells them apart (the stream, replay and the restore at start each override what they need)."""
+
+    def opened(self, sample: OpenSample) -> None: ...
+
+    def resumed(self, sample: OpenSample) -> None: ...
+
+    def events(self, sample: OpenSample, events: np.ndarray) -> None: ...
+
+    def closed(self, item: SampleClosed) -> None: ...
+
+    def notice(self, item: Notice) -> None: ...
+
+
+def dispatch(items, handler: SessionHandler) -> None:
+    """Hand each item of ``WireSession.feed`` / ``disconnect`` to ``handler``, in order."""
+    for item in items:
+        if isinstance(item, EventBatch):  # the most frequent first
+            handler.events(item.sample, item.events)
+        elif isinstance(item, SampleOpened):
+            handler.opened(item.sample)
+        elif isinstance(item, SampleResumed):
+            handler.resumed(item.sample)
+        elif isinstance(item, SampleClosed):
+            handler.closed(item)
+        elif isinstance(item, Notice):
+            handler.notice(item)
