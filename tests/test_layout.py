@@ -114,3 +114,38 @@ def test_firmware_bridge_imports_nothing_of_edgehema_and_the_runtime_never_impor
         if m.startswith("edgehema"):
             # (the workstation commands, export and train, load it inside the command, when run)
             assert not any(d.startswith("export") for d in deps), m
+
+
+def test_the_event_bundle_contract_is_read_in_the_bundle_module_only():
+    """Every field the runtime reads of an event bundle's manifest comes from Bundle.settings (typed,
+    checked at load); the smear detector's own manifest is read by edgehema/smear/learned.py."""
+    import re
+
+    offenders = []
+    for p in (ROOT / "edgehema").rglob("*.py"):
+        rel = p.relative_to(ROOT).as_posix()
+        if rel in ("edgehema/model/bundle.py", "edgehema/smear/learned.py"):
+            continue
+        for k, line in enumerate(p.read_text().splitlines(), 1):
+            if re.search(r"manifest\.get\(|manifest\[", line):
+                offenders.append(f"{rel}:{k}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_a_manifest_field_of_the_wrong_type_is_one_error_at_load(tmp_path):
+    import json
+    import shutil
+
+    import pytest
+
+    from edgehema.exceptions import BundleError
+    from edgehema.model.bundle import Bundle, bundled_root, seal
+
+    src = bundled_root() / "reference"
+    dst = tmp_path / "b"
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["thresholds"]["recon_err_p999"] = "high"
+    (dst / "manifest.json").write_text(json.dumps(seal(m, dst)))
+    with pytest.raises(BundleError, match=r"thresholds.recon_err_p999 must be a number, not 'high'"):
+        Bundle.load(dst)

@@ -112,9 +112,9 @@ def models() -> None:
         except EdgehemaError as exc:
             rows.append([str(path) + mark, "-", "-", "-", "-", "-", "-", f"REFUSED: {exc}"])
             continue
-        tfl = b.manifest["model"].get("tflite")
-        device_file = b.path / tfl["file"] if tfl else b.model_file
-        rows.append([path.name + mark, b.name, b.version, b.kind, b.manifest.get("target", "onnx-fp32"),
+        tfl = b.settings.tflite_file
+        device_file = b.path / tfl if tfl else b.model_file
+        rows.append([path.name + mark, b.name, b.version, b.kind, b.settings.target,
                      f"{device_file.stat().st_size:,}", b.sha256[:12],
                      "verified" + (f", signed by trusted key {b.signed_by.key_id}" if b.signed_by else "")])
     rows += _smear_rows()
@@ -164,18 +164,18 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
         return _smear_info(smear, trust)
     # Loaded without the signature check so that a refused bundle can still be described.
     b = Bundle.load(bundle, trust=TrustPolicy())
-    m = b.manifest
+    s = b.settings
     default = " (the default model)" if bundle in (None, DEFAULT_BUNDLE) else ""
-    out.print(f"{b.name}{default} {b.version} ({b.kind}, {m.get('target', 'onnx-fp32')}) at {b.path}")
-    out.print(f"  hashes: verified ({len(m['files'])} file(s)), manifest sha256 {b.sha256}")
+    out.print(f"{b.name}{default} {b.version} ({b.kind}, {s.target}) at {b.path}")
+    out.print(f"  hashes: verified ({len(s.files)} file(s)), manifest sha256 {b.sha256}")
     refused = _print_signatures(b.path, b.sha256, trust)
-    out.print(f"  profile {m['profile']}: {', '.join(m['features'])}")
-    out.print(f"  classes: {', '.join(m['classes'])}; supervision: {m.get('supervision', '-')}")
-    t = m.get("training", {})
+    out.print(f"  profile {b.profile_name}: {', '.join(b.feature_names)}")
+    out.print(f"  classes: {', '.join(b.classes)}; supervision: {s.supervision}")
+    t = s.training or {}
     if t:
         out.print(f"  trained on {t.get('samples')} samples x {t.get('events_per_sample')} events of "
                   f"{', '.join(t.get('species', []))} ({t.get('seconds')} s, torch {t.get('torch')})")
-    card = m.get("model_card")
+    card = s.model_card
     if card:
         d = card["data"]
         species = ", ".join(f"{k} {v}" for k, v in d["species"].items())
@@ -199,10 +199,10 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
             out.print(f"  final model, seed {kept['seed']}, on its training samples: score "
                       f"{kept['score_on_training_samples']:.2f}{limit}"
                       + (f"; rejected before it: seed {', '.join(failed)}" if failed else ""))
-    tfl = m["model"].get("tflite")
+    tfl = s.tflite
     if tfl:
         out.print(f"  TFLite model {tfl['file']} (batch {tfl['batch']}, {tfl['converter']}); float ONNX graph kept for --backend onnx")
-    q = m.get("quantization")
+    q = s.quantization
     if isinstance(q, dict):
         parts = [q.get("format") or q.get("tool", "")]
         parts += [f"{k.replace('_', ' ')} {q[k]}" for k in ("activations", "weights", "calibration", "calibration_events") if k in q]
@@ -212,11 +212,11 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
         out.print(f"  quantization: {', '.join(p for p in parts if p)}")
     elif isinstance(q, str):
         out.print(f"  quantization: {q}")
-    if "selftest.npz" in m["files"]:
+    if "selftest.npz" in s.files:
         out.print("  known answer: selftest.npz (checked on the engine at every start; edgehema selftest runs it)")
     else:
         out.print("  known answer: none (a bundle made before the self-test existed: its engine is not checked)")
-    p = m.get("parity_summary")
+    p = s.parity_summary
     if p:
         out.print(f"  parity vs float: label agreement {p['label_agreement']:.4%}, largest count delta "
                   f"{p['max_count_delta_pct']:.3f} %"

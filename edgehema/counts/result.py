@@ -83,20 +83,20 @@ def result_from_inference(
     extra_flags: dict[str, str] | None = None,
 ) -> SampleResult:
     """Count a classified sample; ``extra_flags`` come from the link (sequence gaps, CRC errors...)."""
-    manifest = classifier.bundle.manifest
+    settings = classifier.bundle.settings
     counts = count_sample(
         sample.events, inf.probabilities, inf.labels, sample.profile, sample.info,
-        manifest.get("counting", {}).get("area_features", DEFAULT_AREA_FEATURES),
+        list(settings.area_features or DEFAULT_AREA_FEATURES),
         recon_err=inf.recon_err,
-        recon_threshold=manifest.get("thresholds", {}).get("recon_err_p999"),
+        recon_threshold=settings.limits.recon_err_p999,
         coincidence_window_us=sample.profile.coincidence_window_us,
         elapsed_s=elapsed_seconds(sample),
         complete=complete,
         adaptation=inf.adaptation,
-        stage2_shift_limit=manifest.get("thresholds", {}).get("stage2_shift_max"),
-        stain_skew_limit=manifest.get("thresholds", {}).get("rbc_stain_skew_max"),
+        stage2_shift_limit=settings.limits.stage2_shift_max,
+        stain_skew_limit=settings.limits.rbc_stain_skew_max,
     )
-    trained = manifest.get("training", {}).get("species")
+    trained = settings.training_species
     species = (sample.info.species or "").strip().lower()
     if species and trained and species not in {str(t).lower() for t in trained}:
         # A veterinary analyzer counts only the species it was validated for; the data checks may miss

@@ -80,6 +80,100 @@ PRE_ROWS = 256
 
 
 @dataclass(frozen=True)
+class Limits:
+    """The sample checks' limits a bundle carries (None: the runtime's defaults)."""
+
+    recon_err_p999: float | None = None  # out-of-distribution score of the training events' 99.9th percentile
+    stage2_shift_max: float | None = None  # how far adaptation may move the stage-2 means
+    rbc_stain_skew_max: float | None = None  # red cells' stain asymmetry
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the runtime reads of a manifest, typed, parsed and checked once at load."""
+
+    target: str
+    graph_file: str
+    graph_input: str
+    graph_outputs: tuple[str, ...]
+    tflite_file: str | None
+    #: The graph's output name -> the TFLite tensor that holds it.
+    tflite_outputs: dict[str, str]
+    files: dict[str, str]
+    limits: Limits
+    #: Known-answer thresholds (agreement share, largest class shift in %): None where not stated.
+    selftest_agreement: float | None
+    selftest_class_shift_pct: float | None
+    area_features: tuple[str, ...] | None
+    training_species: tuple[str, ...] | None
+    stage1_alpha: float = 1.0
+    stage1_cluster_classes: tuple[str, ...] = ()
+    stage2_component_classes: tuple[str, ...] = ()
+    #: For people (``edgehema info``, ``models``): shown, never computed with.
+    supervision: str = "-"
+    training: dict[str, Any] | None = None
+    model_card: dict[str, Any] | None = None
+    tflite: dict[str, Any] | None = None  # batch, converter
+    quantization: dict[str, Any] | str | None = None
+    parity_summary: dict[str, Any] | None = None
+
+
+def _settings(mpath: Path, m: dict) -> Settings:
+    """The manifest's runtime settings, or one BundleError line naming the field."""
+    def number(v, where):
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise BundleError(f"{mpath}: {where} must be a number, not {v!r}")
+        return float(v)
+
+    def names(v, where):
+        if v is None:
+            return None
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise BundleError(f"{mpath}: {where} must be a list of names, not {v!r}")
+        return tuple(v)
+
+    def section(key):
+        v = m.get(key) or {}
+        if not isinstance(v, dict):
+            raise BundleError(f"{mpath}: {key} must be an object, not {v!r}")
+        return v
+
+    model = section("model")
+    if not isinstance(model.get("file"), str):
+        raise BundleError(f"{mpath}: model.file must name the graph file")
+    tflite = model.get("tflite")
+    if tflite is not None and not (isinstance(tflite, dict) and isinstance(tflite.get("file"), str)):
+        raise BundleError(f"{mpath}: model.tflite must be an object with its file")
+    files = section("files")
+    thresholds, selftest, counting, training = (section(k) for k in ("thresholds", "selftest_thresholds", "counting",
+                                                                     "training"))
+    stage1, stage2 = section("stage1"), section("stage2")
+    out = Settings(
+        target=str(m.get("target", "onnx-fp32")),
+        graph_file=model["file"], graph_input=str(model.get("input", "x")),
+        graph_outputs=names(model.get("outputs", []), "model.outputs") or (),
+        tflite_file=tflite["file"] if tflite else None,
+        tflite_outputs=dict(tflite.get("outputs") or {}) if tflite else {}, files=dict(files),
+        limits=Limits(*(number(thresholds.get(k), f"thresholds.{k}")
+                        for k in ("recon_err_p999", "stage2_shift_max", "rbc_stain_skew_max"))),
+        selftest_agreement=number(selftest.get("agreement"), "selftest_thresholds.agreement"),
+        selftest_class_shift_pct=number(selftest.get("class_shift_pct"), "selftest_thresholds.class_shift_pct"),
+        area_features=names(counting.get("area_features"), "counting.area_features"),
+        training_species=names(training.get("species"), "training.species"),
+        stage1_alpha=number(stage1.get("alpha", 1.0), "stage1.alpha"),
+        stage1_cluster_classes=names(stage1.get("cluster_classes", []), "stage1.cluster_classes") or (),
+        stage2_component_classes=names(stage2.get("component_classes", []), "stage2.component_classes") or (),
+        supervision=str(m.get("supervision", "-")), training=training or None,
+        model_card=m.get("model_card") if isinstance(m.get("model_card"), dict) else None,
+        tflite=tflite, quantization=m.get("quantization"),
+        parity_summary=m.get("parity_summary") if isinstance(m.get("parity_summary"), dict) else None,
+    )
+    return out
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A verified model bundle."""
 
@@ -126,6 +220,7 @@ class Bundle:
         if missing:
             raise BundleError(f"{mpath}: a {kind} manifest needs {', '.join(missing)}")
         bundle = cls(directory, manifest)
+        bundle.settings  # parsed and checked now: one clear error at load, not a KeyError later
         trust = TrustPolicy.from_environment() if trust is None else trust
         if verify or trust.enforced:
             bundle.verify()
@@ -148,6 +243,15 @@ class Bundle:
                 raise BundleError(f"{f}: sha256 mismatch (manifest {digest[:12]}..., file {got[:12]}...): bundle is corrupt or was modified")
 
     # -------------------------------------------------------- properties
+    @cached_property
+    def settings(self) -> Settings:
+        """What the runtime reads of the manifest, typed (:class:`Settings`)."""
+        return _settings(self.path / MANIFEST, self.manifest)
+
+    @property
+    def profile_name(self) -> str:
+        return str(self.manifest["profile"])
+
     @property
     def name(self) -> str:
         return str(self.manifest["name"])
@@ -198,7 +302,7 @@ class Bundle:
                         f"edgehema train FOLDER --reference REF.csv --out BUNDLE (docs/training.md), then give "
                         f"--model BUNDLE")
             raise ProfileMismatchError(
-                f"{where}: model {self.name} expects profile {self.manifest['profile']} features "
+                f"{where}: model {self.name} expects profile {self.profile_name} features "
                 f"({', '.join(self.feature_names[:4])}...), the data has profile {profile.name} "
                 f"({', '.join(profile.feature_names[:4])}...); {hint}"
             )

@@ -51,14 +51,14 @@ class Classifier:
         self.adapt = adapt
         self.batch_size = batch_size
         if self.bundle.kind == "two-stage-idec-vade":
-            m = self.bundle.manifest
+            s = self.bundle.settings
             # Latent-space work is float32 end to end: the latents are, and it halves the time.
             self.centroids = self.bundle.array("stage1", "centroids").astype(np.float32)
-            self.alpha = float(m["stage1"].get("alpha", 1.0))
-            self.stage1_classes = tuple(m["stage1"]["cluster_classes"])
+            self.alpha = s.stage1_alpha
+            self.stage1_classes = s.stage1_cluster_classes
             self.gmm = DiagonalGMM(*(self.bundle.array("stage2", k).astype(np.float32)
                                      for k in ("weights", "means", "variances")))
-            self.stage2_classes = tuple(m["stage2"]["component_classes"])
+            self.stage2_classes = s.stage2_component_classes
             if set(self.stage1_classes) != {"noise", "plt", "rbc_side"} or set(self.stage2_classes) != {"rbc", "retic", "coincidence"}:
                 raise BundleError(f"{self.bundle.path}: stage class maps must be noise/plt/rbc_side and rbc/retic/coincidence")
         if tuple(self.bundle.classes) != C.EVENT_CLASSES:
@@ -90,15 +90,14 @@ class Classifier:
     def ran(self) -> dict:
         """What computed the latents: the bundle's file this backend runs, its sha256 and precision.
         A TFLite bundle also carries its float ONNX graph, and ``--backend onnx`` runs that one."""
-        m = self.bundle.manifest
-        target = m.get("target", "onnx-fp32")
+        s = self.bundle.settings
         if self.backend.name == "tflite":
-            file = m["model"]["tflite"]["file"]
-            precision = "int8" if target.endswith("int8") else "float32"
+            file = s.tflite_file
+            precision = "int8" if s.target.endswith("int8") else "float32"
         else:
-            file = m["model"]["file"]
-            precision = "int8" if target == "onnx-int8" else "float32"
-        out = {"file": file, "file_sha256": m.get("files", {}).get(file, ""), "precision": precision}
+            file = s.graph_file
+            precision = "int8" if s.target == "onnx-int8" else "float32"
+        out = {"file": file, "file_sha256": s.files.get(file, ""), "precision": precision}
         if getattr(self.backend, "fused", True) is False:
             out["graph"] = "unfused"  # fused int8 kernels failed the known answer on this CPU
         return out

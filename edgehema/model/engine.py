@@ -62,7 +62,7 @@ def open_engine(counter: Counter, name: str, threads: int | None, verify: bool) 
 
 def can_run_unfused(counter: Counter) -> bool:
     """An int8 ONNX graph on onnxruntime, whose fused kernels can be turned off."""
-    return counter.backend.name == "onnx" and counter.bundle.manifest.get("target") == "onnx-int8" \
+    return counter.backend.name == "onnx" and counter.bundle.settings.target == "onnx-int8" \
         and getattr(counter.backend, "fused", False)
 
 

@@ -109,11 +109,11 @@ def spread_events(samples_events: list[np.ndarray], n: int = len(KNOWN_ANSWER_SP
     return np.ascontiguousarray(every[:: max(1, len(every) // n)][:n], dtype=np.float32)
 
 
-def attach_known_answer(manifest: dict, directory: str | Path, events: np.ndarray, labels: np.ndarray) -> dict:
+def attach_known_answer(draft: dict, directory: str | Path, events: np.ndarray, labels: np.ndarray) -> dict:
     """Write ``selftest.npz`` (events, and the float model's classes for them, without adaptation)
-    into ``directory`` and list it in the manifest's files (seal the manifest afterwards)."""
+    into ``directory`` and list it in the files of ``draft``, a manifest being made (seal it afterwards)."""
     write_known_answer(directory, events, labels)
-    return dict(manifest, files=dict(manifest.get("files", {}), **{KNOWN_ANSWER: ""}))
+    return dict(draft, files=dict(draft.get("files", {}), **{KNOWN_ANSWER: ""}))
 
 
 def write_known_answer(directory: str | Path, events: np.ndarray, labels: np.ndarray) -> Path:
@@ -125,15 +125,16 @@ def write_known_answer(directory: str | Path, events: np.ndarray, labels: np.nda
 
 
 def read_known_answer(bundle: "Bundle") -> tuple[np.ndarray, np.ndarray] | None:
-    if KNOWN_ANSWER not in bundle.manifest.get("files", {}):
+    if KNOWN_ANSWER not in bundle.settings.files:
         return None
     with np.load(bundle.path / KNOWN_ANSWER) as data:
         return data["events"].astype(np.float32), data["labels"].astype(np.int64)
 
 
 def thresholds(bundle: "Bundle") -> tuple[float, float]:
-    t = bundle.manifest.get("selftest_thresholds", {})
-    return float(t.get("agreement", DEFAULT_AGREEMENT)), float(t.get("class_shift_pct", DEFAULT_CLASS_SHIFT_PCT))
+    s = bundle.settings
+    return (DEFAULT_AGREEMENT if s.selftest_agreement is None else s.selftest_agreement,
+            DEFAULT_CLASS_SHIFT_PCT if s.selftest_class_shift_pct is None else s.selftest_class_shift_pct)
 
 
 def check(classifier: "Counter") -> SelfTest | None:
@@ -155,7 +156,7 @@ def compare(classifier: "Counter", events: np.ndarray, want: np.ndarray) -> Self
         inference = classifier.from_graph(graph, adapt=False)
         got = inference.labels.astype(np.int64)
         reason = ""
-        limit = classifier.bundle.manifest.get("thresholds", {}).get("recon_err_p999")
+        limit = classifier.bundle.settings.limits.recon_err_p999
         if inference.recon_err is not None and limit:
             # The out-of-distribution score is checked too: an engine can keep every class and still
             # miscompute the reconstruction (fused int8 kernels saturating on x86 without VNNI put

@@ -44,7 +44,7 @@ def engine_order(bundle: Bundle, name: str = "auto") -> list[str]:
         return [name]
     order = list(BACKENDS)
     # A TFLite bundle was made to run on TFLite: try that engine first for it.
-    if str(bundle.manifest.get("target", "")).startswith("tflite"):
+    if bundle.settings.target.startswith("tflite"):
         order.sort(key=lambda k: k != "tflite")
     return order
 
@@ -54,7 +54,7 @@ def create_backend(bundle: Bundle, name: str = "auto", threads: int | None = Non
         errors = []
         # A TFLite bundle was made to run on TFLite: try that engine first for it.
         order = list(BACKENDS)
-        if str(bundle.manifest.get("target", "")).startswith("tflite"):
+        if bundle.settings.target.startswith("tflite"):
             order.sort(key=lambda k: k != "tflite")
         for key in order:
             factory = BACKENDS[key]

@@ -34,7 +34,7 @@ class OnnxBackend:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BackendError(f"{bundle.model_file}: onnxruntime cannot load the model: {str(exc).splitlines()[0][:200]}") from None
         inputs = self.session.get_inputs()
-        want_in = bundle.manifest["model"].get("input", "x")
+        want_in = bundle.settings.graph_input
         if len(inputs) != 1 or inputs[0].name != want_in:
             raise BackendError(
                 f"{bundle.model_file}: model inputs {[i.name for i in inputs]} do not match the manifest's {want_in!r}"
@@ -45,7 +45,7 @@ class OnnxBackend:
                 f"{bundle.model_file}: model input shape {shape} does not take {len(bundle.feature_names)} features"
             )
         self.input = want_in
-        self.outputs = list(bundle.manifest["model"]["outputs"])
+        self.outputs = list(bundle.settings.graph_outputs)
         have = {o.name for o in self.session.get_outputs()}
         missing = [o for o in self.outputs if o not in have]
         if missing:

@@ -54,13 +54,12 @@ class TfliteBackend:
     name = "tflite"
 
     def __init__(self, bundle: Bundle, threads: int | None = None):
-        model = bundle.manifest["model"]
-        tfl = model.get("tflite")
+        tfl = bundle.settings.tflite_file
         if not tfl:
-            raise BackendError(f"{bundle.path}: bundle has no TFLite model (target {bundle.manifest.get('target', 'onnx-fp32')}); "
+            raise BackendError(f"{bundle.path}: bundle has no TFLite model (target {bundle.settings.target}); "
                                "use --backend onnx or a tflite bundle")
         Interpreter, self.engine = load_interpreter_class()
-        path = bundle.path / tfl["file"]
+        path = bundle.path / tfl
         try:
             self.interp = Interpreter(model_path=str(path), num_threads=threads or 1)
         except (ValueError, RuntimeError) as exc:
@@ -79,7 +78,7 @@ class TfliteBackend:
                 raise BackendError(f"{path}: the TFLite interpreter cannot prepare the model: {said[:200]}") from None
         by_name = {d["name"]: d["index"] for d in self.interp.get_output_details()}
         self.outputs = {}
-        for out_name, tensor_name in tfl["outputs"].items():
+        for out_name, tensor_name in bundle.settings.tflite_outputs.items():
             if tensor_name not in by_name:
                 raise BackendError(f"{path}: TFLite output {tensor_name!r} named in the manifest is missing")
             self.outputs[out_name] = by_name[tensor_name]
