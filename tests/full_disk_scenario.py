@@ -78,8 +78,8 @@ def main(root: str) -> None:
     def free_when_two_are_held():
         deadline = time.time() + 60
         while time.time() < deadline:
-            state["held_max"] = max(state["held_max"], len(runner._held))
-            if len(runner._held) >= 2:
+            state["held_max"] = max(state["held_max"], len(runner.store.held))
+            if len(runner.store.held) >= 2:
                 state["freed_at_emit"] = len(results)
                 os.remove(state["filler"])
                 return

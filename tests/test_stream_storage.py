@@ -84,25 +84,25 @@ def _result(tag):
 def test_storage_full_logic(tmp_path):
     """Held while full (not emitted, not acknowledged), in order; stored, emitted and ACKed once free;
     what can never be stored is emitted flagged not_stored and the run ends with StorageFullError."""
-    from edgehema.stream.runner import _Held
+    from edgehema.stream.storage import Held
 
     emitted = []
     runner = StreamRunner(StreamConfig(port="loop://", journal=tmp_path / "j.sqlite", archive_dir=tmp_path / "a"),
                           emitted.append, classifier=Classifier())
     runner.journal.__class__ = FlakyJournal
     port = runner._port = FakePort()
-    held = lambda t: _Held(None, _result(t), True, t, f"s{t}", "EMU", "a.ehw", ack=True)  # noqa: E731
-    assert runner._store(held(1)) is True and [r["tag"] for r in emitted] == [1] and len(port.written) == 1
+    held = lambda t: Held(None, _result(t), True, t, f"s{t}", "EMU", "a.ehw", ack=True)  # noqa: E731
+    assert runner.store.store(held(1)) is True and [r["tag"] for r in emitted] == [1] and len(port.written) == 1
     FlakyJournal.full = True
     try:
-        assert runner._store(held(2)) is False and runner._store(held(3)) is False
-        assert [r["tag"] for r in emitted] == [1] and len(port.written) == 1 and runner.storage_full
+        assert runner.store.store(held(2)) is False and runner.store.store(held(3)) is False
+        assert [r["tag"] for r in emitted] == [1] and len(port.written) == 1 and runner.store.full
         FlakyJournal.full = False
-        assert runner._store(held(4)) is True  # stores 2 and 3 first: order kept
+        assert runner.store.store(held(4)) is True  # stores 2 and 3 first: order kept
         assert [r["tag"] for r in emitted] == [1, 2, 3, 4] and len(port.written) == 4
-        assert runner.storage_full is None
+        assert runner.store.full is None
         FlakyJournal.full = True
-        runner._store(held(5))
+        runner.store.store(held(5))
         with pytest.raises(StorageFullError, match="1 result"):
             runner._finish()
         assert emitted[-1]["tag"] == 5 and "not_stored" in emitted[-1]["flags"] and emitted[-1]["complete"] is False

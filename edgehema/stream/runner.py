@@ -33,6 +33,7 @@ from edgehema.profiles import get_profile
 from edgehema.counts.result import result_from_inference
 from edgehema.sample import Sample, SampleInfo
 from edgehema.stream.journal import Journal
+from edgehema.stream.storage import NOT_STORED_NOTE, Held, ResultStore
 from edgehema.stream.log_limit import RateLimitedLog
 from edgehema.stream.session import Notice, OpenSample, SampleClosed, SessionHandler, WireSession, dispatch
 from edgehema.counts import scattergram
@@ -40,8 +41,6 @@ from edgehema.counts.counting import count_sample
 from edgehema.counts.result import DEFAULT_AREA_FEATURES
 
 BLOCK = 4096
-#: The journal note of a sample whose result went out unstored (flagged not_stored) at a stop.
-NOT_STORED_NOTE = "not_stored: emitted unstored at a stop on a full disk"
 
 
 class SampleAssembler:
@@ -231,24 +230,6 @@ class StreamStats:
 
 
 @dataclass
-class _Held:
-    """A result that could not be stored yet (storage full): kept in memory, not acknowledged."""
-
-    row: int | None
-    result: dict
-    complete: bool
-    tag: int
-    sample_id: str
-    instrument_id: str | None
-    archive: str
-    ack: bool  # acknowledge to the instrument once stored
-    #: Recomputed from its archive at a start (not received in this run): if it cannot be stored it
-    #: is not written out unstored, since the journal and archive still hold it for a later start,
-    #: and a restart loop on a full disk would emit it again at every start.
-    recovered: bool = False
-
-
-@dataclass
 class _OpenArchive:
     assembler: SampleAssembler
     row: int | None
@@ -298,11 +279,7 @@ class StreamRunner(SessionHandler):
         self._last_sync = time.monotonic()
         self._open: dict[int, _OpenArchive] = {}
         self._suspended: dict[tuple[str, int], _Suspended] = {}
-        self._held: list[_Held] = []  # results waiting for storage, in order
-        self._unmarked: list[int] = []  # rows emitted but not yet marked so in the journal
-        self._undelivered: list[tuple[int, dict]] = []  # stored, but the sink could not write them
-        self.storage_full: str | None = None  # why, while the storage cannot take writes
-        self._last_storage_try = 0.0
+        self.store = ResultStore(self.journal, self.emit, self._acknowledge, self.log, cfg.max_held, self._overflow)
         self._port = None
 
     # ------------------------------------------------------------ recovery
@@ -327,7 +304,7 @@ class StreamRunner(SessionHandler):
         on with it (joined, reported once) or is reported incomplete. Works on a full disk: what
         cannot be stored is held in memory and stored later."""
         for row, result in self.journal.unemitted():
-            self._deliver(row, result)
+            self.store.deliver(row, result)
             self.log(f"emitted stored result of sample {result.get('sample_id')} that was not delivered before")
         n = 0
         for row, tag, sample_id, archive, note in self.journal.interrupted():
@@ -357,7 +334,7 @@ class StreamRunner(SessionHandler):
                 empty.flag("incomplete", "the host stopped before any event of this sample was archived")
                 result = SampleAssembler(empty, self.classifier).finish(SampleClosed(empty, complete=False), time.perf_counter())
             _flag_interrupted(result, why)
-            self._store(_Held(row, result, False, tag, sample_id, None, archive, ack=False, recovered=True))
+            self.store.store(Held(row, result, False, tag, sample_id, None, archive, ack=False, recovered=True))
             n += 1
             self.log(f"recovered interrupted sample {sample_id} (tag {tag}) from {path}")
         return n
@@ -377,7 +354,7 @@ class StreamRunner(SessionHandler):
             self.journal.commit_result(row, result, False)
             self.journal.mark_emitted(row)
         except StorageFullError as exc:
-            self._storage_problem(str(exc))
+            self.store.problem(str(exc))
             return
         self.log(f"sample {sample_id} (tag {tag}) was written out unstored when the stream last stopped: "
                  f"not emitted again; its archive's result is kept in the journal")
@@ -395,7 +372,7 @@ class StreamRunner(SessionHandler):
         try:
             fh = open(waiting.path, "ab")
         except OSError as exc:
-            self._storage_problem(f"{waiting.path}: cannot append to the archive: {exc.strerror}")
+            self.store.problem(f"{waiting.path}: cannot append to the archive: {exc.strerror}")
             s.flag("archive_incomplete", f"the raw frames of this sample could not all be archived ({exc.strerror})")
         self._open[id(s)] = _OpenArchive(waiting.assembler, waiting.row, waiting.path, fh)
         self.log(f"sample {s.sample_id} (tag {tag}) goes on after the host's restart: joined")
@@ -414,7 +391,7 @@ class StreamRunner(SessionHandler):
             try:
                 self.journal.leave_open(entry.row, why)
             except StorageFullError as exc:
-                self._storage_problem(str(exc))
+                self.store.problem(str(exc))
         self._suspended[(s.instrument_id, s.tag)] = _Suspended(entry.assembler, entry.row, entry.path, why,
                                                                time.monotonic())
 
@@ -430,7 +407,7 @@ class StreamRunner(SessionHandler):
             s.flag("incomplete", f"SAMPLE_END never arrived ({why or 'the instrument did not carry on with it'})")
             result = waiting.assembler.finish(SampleClosed(s, complete=False), time.perf_counter(), self.cfg.plots)
             _flag_interrupted(result, waiting.why)
-            self._store(_Held(waiting.row, result, False, s.tag, s.sample_id, s.instrument_id, str(waiting.path),
+            self.store.store(Held(waiting.row, result, False, s.tag, s.sample_id, s.instrument_id, str(waiting.path),
                               ack=False, recovered=waiting.recovered and waiting.row is not None))
             self.stats.samples += not waiting.recovered
 
@@ -467,7 +444,7 @@ class StreamRunner(SessionHandler):
                 if self._suspended:
                     self._end_suspended(due_only=True)
                 time.sleep(self.cfg.reconnect_delay)
-                self._retry_storage()
+                self.store.retry()
                 continue
             session = WireSession(self.journal.last_hello(), resume=self._resume)
             self._port = port
@@ -492,8 +469,8 @@ class StreamRunner(SessionHandler):
                         self._stop = True
                     if self._suspended:
                         self._end_suspended(due_only=True)
-                    if (self._held or self._undelivered) and now - self._last_storage_try > 1.0:
-                        self._retry_storage()
+                    if self.store.waiting and now - self.store.last_try > 1.0:
+                        self.store.retry()
                     if self.cfg.max_samples and self.stats.samples >= self.cfg.max_samples:
                         self._stop = True
             except (serial.SerialException, OSError) as exc:
@@ -529,33 +506,12 @@ class StreamRunner(SessionHandler):
                          f"continuation, or reported incomplete, at the next start")
         else:
             self._end_suspended("the stream ended")
-        self._retry_storage(force=True)
-        if (self._held or self._undelivered or self._unmarked) and self.journal.release_reserve():
-            # The last resort: the reserve's space takes what is held, whole, and records it emitted.
-            self.log(f"storage full: the journal's reserve released for {len(self._held)} held result(s)")
-            self._retry_storage(force=True)
+        unstored = self.store.finish()
         self.log.flush()
-        held, self._held = self._held, []
-        kept = [h for h in held if h.recovered]
-        held = [h for h in held if not h.recovered]
-        for h in kept:
-            self.log(f"storage full: sample {h.sample_id} stays open in the journal, with its archive; it is "
-                     f"reported at a start that can store it")
-        for h in held:
-            h.result.setdefault("flags", []).append("not_stored")
-            h.result.setdefault("flag_details", {})["not_stored"] = (
-                f"storage full: this result could not be written to the journal ({self.storage_full})")
-            h.result["complete"] = False
-            self.emit(h.result)
-            if h.row is not None:
-                try:  # a few bytes, where the result did not fit: the next start must not emit it again
-                    self.journal.leave_open(h.row, NOT_STORED_NOTE)
-                except StorageFullError:
-                    pass
         self.journal.close()
-        if held:
-            raise StorageFullError(f"{self.cfg.journal}: storage full: {len(held)} result(s) could not be stored; "
-                                   f"they were written to the output flagged not_stored ({self.storage_full})")
+        if unstored:
+            raise StorageFullError(f"{self.cfg.journal}: storage full: {unstored} result(s) could not be stored; "
+                                   f"they were written to the output flagged not_stored ({self.store.full})")
 
     def _request_hello(self, session: WireSession) -> None:
         try:  # opening the port flushed anything waiting: ask the instrument to introduce itself
@@ -593,7 +549,7 @@ class StreamRunner(SessionHandler):
         try:
             self.journal.remember_hello(session.hello.instrument_id, session.hello_frame)
         except StorageFullError as exc:
-            self._storage_problem(str(exc))
+            self.store.problem(str(exc))
 
     def _opened(self, s: OpenSample) -> None:
         path = self.cfg.archive_dir / f"{_safe(s.sample_id)}-{s.tag}-{int(time.time() * 1000)}.ehw"
@@ -601,13 +557,13 @@ class StreamRunner(SessionHandler):
         try:
             fh = open(path, "ab")
         except OSError as exc:
-            self._storage_problem(f"{path}: cannot create the archive: {exc.strerror}")
+            self.store.problem(f"{path}: cannot create the archive: {exc.strerror}")
             s.flag("archive_incomplete", f"the raw frames of this sample could not be archived ({exc.strerror})")
         row = None
         try:
             row = self.journal.open_sample(s.tag, s.sample_id, s.instrument_id, str(path))
         except StorageFullError as exc:
-            self._storage_problem(str(exc))
+            self.store.problem(str(exc))
         self._open[id(s)] = _OpenArchive(SampleAssembler(s, self.classifier), row, path, fh)
         self.stats.current = s.sample_id
 
@@ -623,10 +579,10 @@ class StreamRunner(SessionHandler):
             t1 = time.perf_counter()
             self.stats.batch_latency_s += entry.assembler.latencies
             s = item.sample
-            held = _Held(entry.row, result, item.complete, s.tag, s.sample_id, s.instrument_id, str(entry.path),
+            held = Held(entry.row, result, item.complete, s.tag, s.sample_id, s.instrument_id, str(entry.path),
                          ack=item.complete)
             # The journal commit is the durable point (fsync); the result goes out only after it.
-            stored = self._store(held)
+            stored = self.store.store(held)
             t2 = time.perf_counter()
             if stored:
                 self.stats.result_breakdown_ms.append((1000 * (t1 - t0), 1000 * (t2 - t1)))
@@ -641,33 +597,14 @@ class StreamRunner(SessionHandler):
             try:
                 os.fsync(entry.fh.fileno())
             except OSError as exc:
-                self._storage_problem(f"{entry.path}: {exc.strerror}")
+                self.store.problem(f"{entry.path}: {exc.strerror}")
             finally:
                 try:
                     entry.fh.close()
                 except OSError:
                     pass
 
-    def _store(self, h: _Held) -> bool:
-        """Journal, then emit, then acknowledge. With the storage full, hold the result (in order)."""
-        if self._held and h is not self._held[0]:
-            self._retry_storage()
-            if self._held:  # still full: keep the order of results
-                return self._hold(h)
-        try:
-            h.row = self.journal.commit_result(h.row, h.result, h.complete, h.tag, h.sample_id, h.instrument_id,
-                                               h.archive)
-        except StorageFullError as exc:
-            self._storage_problem(str(exc))
-            return self._hold(h)
-        if self.storage_full:
-            self.log(f"storage available again: results are stored and acknowledged ({len(self._held)} still held)")
-            self.storage_full = None
-        self._deliver(h.row, h.result)
-        self._acknowledge(h)
-        return True
-
-    def _acknowledge(self, h: _Held) -> None:
+    def _acknowledge(self, h: Held) -> None:
         """ACK a stored result to the instrument (late, for one that was held)."""
         if h.ack and self.cfg.ack and self._port is not None:
             ack = P.Ack(h.tag, P.ACK_CLEAN if h.result.get("complete") else P.ACK_FLAGGED)
@@ -676,63 +613,10 @@ class StreamRunner(SessionHandler):
             except Exception as exc:  # noqa: BLE001 - the result is safe; the ACK is a courtesy
                 self.log(f"could not send ACK: {exc}", kind="ack")
 
-    def _hold(self, h: _Held) -> bool:
-        if not any(x is h for x in self._held):
-            self._held.append(h)
-        self.log(f"storage full: {len(self._held)} result(s) held in memory and not acknowledged until stored "
-                 f"({self.storage_full})", kind="storage_full")
-        if len(self._held) > self.cfg.max_held:
-            self._stop = True  # cannot go on: _finish writes them out flagged and ends with an error
-            self._stop_reason = (f"the stream stopped during this sample: more than {self.cfg.max_held} results "
-                                 f"held on a full disk")
-        return False
-
-    def _retry_storage(self, force: bool = False) -> None:
-        self._last_storage_try = time.monotonic()
-        while self._held:
-            h = self._held[0]
-            try:
-                h.row = self.journal.commit_result(h.row, h.result, h.complete, h.tag, h.sample_id, h.instrument_id,
-                                                   h.archive)
-            except StorageFullError as exc:
-                self.storage_full = str(exc)
-                break
-            self._held.pop(0)
-            self._deliver(h.row, h.result)
-            self._acknowledge(h)
-        undelivered, self._undelivered = self._undelivered, []
-        for row, result in undelivered:
-            self._deliver(row, result)
-        for row in list(self._unmarked):
-            try:
-                self.journal.mark_emitted(row)
-                self._unmarked.remove(row)
-            except StorageFullError:
-                break
-        if not self._held and not self._undelivered and self.storage_full:
-            self.log("storage available again: every held result is stored")
-            self.storage_full = None
-
-    def _deliver(self, row: int, result: dict) -> None:
-        """Write a stored result to the sinks, then record that it went out (re-emitted after a restart
-        if that record cannot be written). A sink that cannot write (an output file on a full disk)
-        leaves the result stored and undelivered: it is retried, and emitted at the next start."""
-        try:
-            self.emit(result)
-        except OSError as exc:
-            self._storage_problem(f"cannot write the result to the output: {exc.strerror or exc}")
-            self._undelivered.append((row, result))
-            return
-        try:
-            self.journal.mark_emitted(row)
-        except StorageFullError as exc:
-            self._storage_problem(str(exc))
-            self._unmarked.append(row)
-
-    def _storage_problem(self, why: str) -> None:
-        if not self.storage_full:
-            self.log(f"storage full or failing: {why}; results are kept in memory and not acknowledged until stored")
-        self.storage_full = why
+    def _overflow(self) -> None:
+        self._stop = True
+        self._stop_reason = (f"the stream stopped during this sample: more than {self.cfg.max_held} results "
+                             f"held on a full disk")
 
     def _flush_archives(self) -> None:
         now = time.monotonic()
@@ -756,7 +640,7 @@ class StreamRunner(SessionHandler):
             if sync:
                 os.fsync(entry.fh.fileno())
         except OSError as exc:
-            self._storage_problem(f"{entry.path}: {exc.strerror}")
+            self.store.problem(f"{entry.path}: {exc.strerror}")
             entry.assembler.sample.flag("archive_incomplete",
                                         f"the raw frames of this sample could not all be archived ({exc.strerror})")
             try:
