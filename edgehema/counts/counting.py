@@ -157,60 +157,103 @@ def count_sample(
     stage2_shift_limit: float | None = None,
     stain_skew_limit: float | None = None,
 ) -> Counts:
-    n = len(labels)
+    """A sample's counts in four steps: coincidences decomposed and unstained platelet-sized events
+    excluded, cells counted, quality figures, flags."""
     assigned = labels
     # Coincidences are read against the populations as the model assigned them.
     n_rbc_c, n_plt_c = coincidence_cells(events, assigned, profile, area_features)
+    reading = _exclude_unstained(events, assigned, profile, n_plt_c)
+    ev = C.event_counts(reading.labels)
+    cells, hidden_plt, debris_stained = _cells(events, assigned, profile, ev, n_rbc_c, reading, coincidence_window_us,
+                                               elapsed_s)
+    retic_percent = 100.0 * cells["retic"] / cells["rbc"] if cells["rbc"] else None
+    conc: dict[str, float | None] = {"rbc_per_uL": None, "plt_per_uL": None, "retic_per_uL": None}
+    if info.dilution and info.volume_ul:
+        k = info.dilution / info.volume_ul
+        conc = {"rbc_per_uL": cells["rbc"] * k, "plt_per_uL": cells["plt"] * k, "retic_per_uL": cells["retic"] * k}
+    qc = _quality(probabilities, assigned, ev, cells, reading, hidden_plt, debris_stained, recon_err, recon_threshold)
+    flags = _flags(events, assigned, probabilities, profile, qc, adaptation, elapsed_s, reading, stage2_shift_limit,
+                   stain_skew_limit, complete)
+    return Counts(ev, cells, retic_percent, conc, list(flags), flags, qc,
+                  concentration_note(info.dilution, info.volume_ul))
+
+
+@dataclass
+class _Reading:
+    """The classes counted: the model's, with platelet-sized events that took no platelet stain
+    (debris, lipid) taken out of the platelets and out of the coincidences read as platelet clumps."""
+
+    labels: np.ndarray
+    n_plt_c: np.ndarray  # platelets in each coincidence event
+    platelet_read: np.ndarray  # events the model read as platelets (the class, or clumps)
+    unstained: np.ndarray | None
+    unstained_clumps: int
+
+
+def _exclude_unstained(events: np.ndarray, assigned: np.ndarray, profile: Profile, n_plt_c: np.ndarray) -> _Reading:
     coinc_idx = np.flatnonzero(assigned == C.COINCIDENCE)
     platelet_read = assigned == C.PLT
     platelet_read[coinc_idx[n_plt_c > 0]] = True
     # Events read as platelets (the platelet class, coincidences read as platelet clumps) without
     # platelet stain are debris or lipid, not platelets (plausibility).
-    unstained = plausibility.unstained_platelet_events(events, labels, profile, platelet_read)
-    unstained_clumps = 0
+    unstained = plausibility.unstained_platelet_events(events, assigned, profile, platelet_read)
+    labels, unstained_clumps = assigned, 0
     if unstained is not None and unstained.any():
-        labels = labels.copy()
+        labels = assigned.copy()
         labels[unstained & (assigned == C.PLT)] = C.NOISE
         in_coinc = unstained[coinc_idx]
         unstained_clumps = int(in_coinc.sum())
         if unstained_clumps:
             n_plt_c = n_plt_c.copy()
             n_plt_c[in_coinc] = 0  # neither platelets nor red cells: counted as nothing
-    ev = C.event_counts(labels)
+    return _Reading(labels, n_plt_c, platelet_read, unstained, unstained_clumps)
+
+
+def _cells(events, assigned, profile, ev, n_rbc_c, reading: _Reading, coincidence_window_us, elapsed_s):
+    """Cells (coincidences contribute theirs; platelets hidden in red-cell passages by Poisson
+    occupancy; stained debris subtracted): (cells, hidden platelets, stained debris)."""
+    n_plt_c = reading.n_plt_c
     single_red = ev["rbc"] + ev["retic"]
     retic_share = ev["retic"] / single_red if single_red else 0.0
-    debris_stained = plausibility.stained_debris(events, assigned, profile, unstained)
+    debris_stained = plausibility.stained_debris(events, assigned, profile, reading.unstained)
     plt_visible = max(ev["plt"] - debris_stained, 0.0) + float(n_plt_c.sum())
     hidden_plt = 0.0
     if coincidence_window_us and elapsed_s and elapsed_s > 0:
         rate_plt_per_us = plt_visible / (elapsed_s * 1e6)
-        red_events = single_red + ev["coincidence"] - int((n_plt_c > 0).sum()) - unstained_clumps
+        red_events = single_red + ev["coincidence"] - int((n_plt_c > 0).sum()) - reading.unstained_clumps
         hidden_plt = red_events * (1.0 - np.exp(-2.0 * rate_plt_per_us * coincidence_window_us))
     cells = {
         "rbc": float(single_red + n_rbc_c.sum()),
         "retic": float(ev["retic"] + retic_share * n_rbc_c.sum()),
         "plt": float(plt_visible + hidden_plt),
     }
-    retic_percent = 100.0 * cells["retic"] / cells["rbc"] if cells["rbc"] else None
-    conc: dict[str, float | None] = {"rbc_per_uL": None, "plt_per_uL": None, "retic_per_uL": None}
-    if info.dilution and info.volume_ul:
-        k = info.dilution / info.volume_ul
-        conc = {"rbc_per_uL": cells["rbc"] * k, "plt_per_uL": cells["plt"] * k, "retic_per_uL": cells["retic"] * k}
-    # Quality control.
+    return cells, hidden_plt, debris_stained
+
+
+def _quality(probabilities, assigned, ev, cells, reading: _Reading, hidden_plt, debris_stained, recon_err,
+             recon_threshold) -> dict:
+    n = len(assigned)
+    n_plt_c, unstained = reading.n_plt_c, reading.unstained
     qc = {
         "coincidence_fraction": ev["coincidence"] / n if n else 0.0,
         # The top probability is the one of the assigned class (a gather, not a row-wise max).
         "ambiguous_fraction": float(np.mean(probabilities[np.arange(n), assigned] < AMBIGUOUS_PROBABILITY)) if n else 0.0,
         "hidden_platelets": round(hidden_plt, 1),
         "platelets_in_coincidences": int(n_plt_c.sum()),
-        "plt_unstained_excluded": int(unstained.sum()) - unstained_clumps if unstained is not None else 0,
-        "plt_unstained_clumps_excluded": unstained_clumps,
+        "plt_unstained_excluded": int(unstained.sum()) - reading.unstained_clumps if unstained is not None else 0,
+        "plt_unstained_clumps_excluded": reading.unstained_clumps,
         "plt_stained_debris_subtracted": round(debris_stained, 1),
     }
     clumped = float(n_plt_c[n_plt_c >= 2].sum())
     qc["platelet_clump_share"] = clumped / cells["plt"] if cells["plt"] else 0.0
     if recon_err is not None and recon_threshold:
         qc["ood_fraction"] = float(np.mean(recon_err > recon_threshold)) if n else 0.0
+    return qc
+
+
+def _flags(events, assigned, probabilities, profile, qc, adaptation, elapsed_s, reading: _Reading,
+           stage2_shift_limit, stain_skew_limit, complete) -> dict[str, str]:
+    n = len(assigned)
     flags: dict[str, str] = {}
 
     def flag(code: str, value: float, limit: float) -> None:
@@ -219,8 +262,8 @@ def count_sample(
     if n < MIN_EVENTS:
         flag("too_few_events", n, MIN_EVENTS)
     # The checks see the classes as the model assigned them, before the exclusion.
-    checks = plausibility.check(events, assigned, probabilities, profile, qc, adaptation, elapsed_s, unstained,
-                                stage2_shift_limit, platelet_read, stain_skew_limit)
+    checks = plausibility.check(events, assigned, probabilities, profile, qc, adaptation, elapsed_s, reading.unstained,
+                                stage2_shift_limit, reading.platelet_read, stain_skew_limit)
     # Diluting helps only when the coincidences are what the concentration predicts.
     if qc["coincidence_fraction"] > MAX_COINCIDENCE_FRACTION and "coincidence_implausible" not in checks:
         flag("high_coincidence", qc["coincidence_fraction"], MAX_COINCIDENCE_FRACTION)
@@ -233,5 +276,4 @@ def count_sample(
     flags.update(checks)
     if not complete:
         flags["incomplete"] = FLAG_TEXT["incomplete"]
-    return Counts(ev, cells, retic_percent, conc, list(flags), flags, qc,
-                  concentration_note(info.dilution, info.volume_ul))
+    return flags
