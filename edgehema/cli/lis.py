@@ -58,29 +58,9 @@ def outbox(
     box = Outbox(db)
     try:
         if release is not None:
-            from edgehema.lis import open_destination
-
-            dest = next((h["destination"] for h in box.held() if h["id"] == release), None)
-            if dest is None:
-                raise EdgehemaError(f"{db}: no held result {release} (edgehema outbox --held lists them)")
-            done = box.release(release, sample_id, open_destination(dest).render)
-            if done.action == "held":
-                raise EdgehemaError(f"{db}: sample {sample_id} was given to {dest} before (message "
-                                    f"{done.control_id}): held result {release} not queued")
-            typer.echo(f"held result {release} queued for {dest} as sample {sample_id} (message {done.row}, "
-                       f"control id {done.control_id}); edgehema outbox --send {dest} sends it now")
-            return
+            return _release(box, db, release, sample_id)
         if held:
-            rows = box.held()
-            for h in rows:
-                if as_json:
-                    typer.echo(json.dumps(h))
-                else:
-                    typer.echo(f"{h['id']:>6}  {h['sample_id']:<24}  {h['destination']}  held {h['held_at']}  "
-                               + (f"released as message {h['released_as']}" if h["released_as"] else h["reason"]))
-            if not as_json:
-                typer.echo(f"{len(rows)} result(s) held for review")
-            return
+            return _list_held(box, as_json)
         if resend or resend_failed:
             n = box.resend(None if resend_failed else list(resend or []))
             typer.echo(f"{n} message(s) queued again")
@@ -113,6 +93,33 @@ def outbox(
             typer.echo(f"{len(rows)} message(s): " + ", ".join(f"{box.count(s)} {s}" for s in STATUSES))
     finally:
         box.close()
+
+
+def _release(box, db: Path, release: int, sample_id: str) -> None:
+    """Queue a held result, after review, under the sample id a person gave it."""
+    from edgehema.lis import open_destination
+
+    dest = next((h["destination"] for h in box.held() if h["id"] == release), None)
+    if dest is None:
+        raise EdgehemaError(f"{db}: no held result {release} (edgehema outbox --held lists them)")
+    done = box.release(release, sample_id, open_destination(dest).render)
+    if done.action == "held":
+        raise EdgehemaError(f"{db}: sample {sample_id} was given to {dest} before (message "
+                            f"{done.control_id}): held result {release} not queued")
+    typer.echo(f"held result {release} queued for {dest} as sample {sample_id} (message {done.row}, "
+               f"control id {done.control_id}); edgehema outbox --send {dest} sends it now")
+
+
+def _list_held(box, as_json: bool) -> None:
+    rows = box.held()
+    for h in rows:
+        if as_json:
+            typer.echo(json.dumps(h))
+        else:
+            typer.echo(f"{h['id']:>6}  {h['sample_id']:<24}  {h['destination']}  held {h['held_at']}  "
+                       + (f"released as message {h['released_as']}" if h["released_as"] else h["reason"]))
+    if not as_json:
+        typer.echo(f"{len(rows)} result(s) held for review")
 
 
 @app.command("lis-listen")

@@ -69,38 +69,20 @@ def stream(
 ) -> None:
     """Sit on the instrument's link: classify events as they arrive and emit one JSON result per sample.
 
-    Every frame is archived and every result committed to the journal before it is reported; after a
-    crash, samples that were interrupted are reported (flagged incomplete) at the next start.
+    Every frame is archived and every result committed to the journal before it is reported; a
+    sample open when the host stopped is joined to the instrument's continuation at the next start,
+    or reported once, flagged incomplete.
     """
     import signal
 
-    from edgehema.stream.runner import StreamConfig, StreamRunner
+    from edgehema.stream.runner import StreamRunner
     from edgehema.stream.settings import load_stream_settings
 
     settings = load_stream_settings(config) if config else {}
-    cpu = cpu if cpu is not None else settings.get("cpu")
-    if cpu is not None:
-        try:
-            os.sched_setaffinity(0, {int(cpu)})
-        except (OSError, AttributeError, ValueError) as exc:
-            raise EdgehemaError(f"cannot pin the stream to CPU {cpu}: {exc}") from None
-    port = port or settings.get("port")
-    if not port:
-        raise typer.BadParameter("a port is needed: --port URL or port = ... in --config")
-    cfg = StreamConfig(
-        port=port,
-        baud=baud or int(settings.get("baud", 3_000_000)),
-        journal=journal or Path(settings.get("journal", "edgehema-journal.sqlite")),
-        archive_dir=archive or Path(settings.get("archive", "edgehema-archive")),
-        model=model or settings.get("model"),
-        backend=backend if backend != "auto" else settings.get("backend", "auto"),
-        adapt=adapt and bool(settings.get("adapt", True)),
-        reconnect=not no_reconnect and bool(settings.get("reconnect", True)),
-        max_samples=max_samples or settings.get("max_samples"),
-        idle_exit=idle_exit or settings.get("idle_exit"),
-        plots=plots or (Path(settings["plots"]) if "plots" in settings else None),
-        **_trusted_keys(settings, config),
-    )
+    _pin_cpu(cpu if cpu is not None else settings.get("cpu"))
+    cfg = _stream_config(settings, config, port=port, baud=baud, journal=journal, archive=archive, model=model,
+                         backend=backend, adapt=adapt, no_reconnect=no_reconnect, max_samples=max_samples,
+                         idle_exit=idle_exit, plots=plots)
     output = output or (Path(settings["output"]) if "output" in settings else None)
     from edgehema.cli.lis import lis_sinks
 
@@ -132,6 +114,38 @@ def stream(
             stream_out.close()
         for sender in senders:
             sender.close()
+
+
+def _pin_cpu(cpu) -> None:
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {int(cpu)})
+        except (OSError, AttributeError, ValueError) as exc:
+            raise EdgehemaError(f"cannot pin the stream to CPU {cpu}: {exc}") from None
+
+
+def _stream_config(settings: dict, config: Optional[Path], *, port, baud, journal, archive, model, backend, adapt,
+                   no_reconnect, max_samples, idle_exit, plots):
+    """The stream's settings: the options, else the --config file's, else the defaults."""
+    from edgehema.stream.runner import StreamConfig
+
+    port = port or settings.get("port")
+    if not port:
+        raise typer.BadParameter("a port is needed: --port URL or port = ... in --config")
+    return StreamConfig(
+        port=port,
+        baud=baud or int(settings.get("baud", 3_000_000)),
+        journal=journal or Path(settings.get("journal", "edgehema-journal.sqlite")),
+        archive_dir=archive or Path(settings.get("archive", "edgehema-archive")),
+        model=model or settings.get("model"),
+        backend=backend if backend != "auto" else settings.get("backend", "auto"),
+        adapt=adapt and bool(settings.get("adapt", True)),
+        reconnect=not no_reconnect and bool(settings.get("reconnect", True)),
+        max_samples=max_samples or settings.get("max_samples"),
+        idle_exit=idle_exit or settings.get("idle_exit"),
+        plots=plots or (Path(settings["plots"]) if "plots" in settings else None),
+        **_trusted_keys(settings, config),
+    )
 
 
 def _trusted_keys(settings: dict, config: Optional[Path]) -> dict:
@@ -229,14 +243,7 @@ def _demo(samples: int, events: int, rate: float, species: str, seed: int, workd
     from edgehema.stream.runner import StreamConfig, StreamRunner
 
     keep = workdir is not None
-    if keep:
-        if workdir.exists() and not workdir.is_dir():
-            raise EdgehemaError(f"{workdir}: is a file; --workdir names a folder")
-        if not workdir.parent.is_dir():
-            raise EdgehemaError(f"{workdir}: the folder {workdir.parent} does not exist")
-        workdir.mkdir(exist_ok=True)
-    else:
-        workdir = tmp
+    workdir = _demo_folder(workdir) if keep else tmp
     emu = InstrumentEmulator(species, samples, events, seed)
     # The instrument runs in a process of its own, as a real one would. (Pinning the two to separate
     # cores, as the TCP benchmark does, made pty latencies worse here: the kernel's tty work then
@@ -284,12 +291,37 @@ def _demo(samples: int, events: int, rate: float, species: str, seed: int, workd
     for line in logs:
         if not line.startswith(routine):
             sys.stderr.write(f"edgehema: stream: {line}\n")
+    _demo_table(results, runner.stats.result_latency_ms, truths)
+    for sender in senders:
+        pending = sender.pending()
+        sender.close()  # waits for the LIS (30 s at most); what is left stays queued in the journal
+        out.print(f"LIS {sender.destination.url}: each result sent as HL7 v2.5.1 ORU^R01"
+                  + (f" ({pending} were still waiting when the table was drawn)" if pending else ""))
+    if keep:
+        out.print(f"journal {cfg.journal}, archives in {cfg.archive_dir}; replay one with: edgehema replay {cfg.archive_dir}/<file>.ehw")
+    else:
+        out.print("(the journal and archives were in a temporary folder, now removed: --workdir DIR keeps them)")
+    if len(results) < samples:
+        raise EdgehemaError(f"only {len(results)} of {samples} samples came through: {'; '.join(logs[-3:])}")
+
+
+def _demo_folder(workdir: Path) -> Path:
+    if workdir.exists() and not workdir.is_dir():
+        raise EdgehemaError(f"{workdir}: is a file; --workdir names a folder")
+    if not workdir.parent.is_dir():
+        raise EdgehemaError(f"{workdir}: the folder {workdir.parent} does not exist")
+    workdir.mkdir(exist_ok=True)
+    return workdir
+
+
+def _demo_table(results: list[dict], latencies_ms: list[float], truths: list[dict]) -> None:
+    """Each sample's counts next to the simulator's truth, and how long its result took."""
     columns = [Column("sample", "left", keep=9), Column("events", keep=3), Column("RBC cells", keep=7),
                Column("truth", keep=7), Column("PLT cells", keep=7), Column("truth", keep=7), Column("retic %", keep=6),
                Column("truth", keep=6), Column("RBC x10^6/uL", keep=2), Column("PLT x10^3/uL", keep=2),
                Column("flags", "left", keep=8, wrap=True), Column("latency ms", keep=1)]
     rows = []
-    for r, lat in zip(results, runner.stats.result_latency_ms):
+    for r, lat in zip(results, latencies_ms):
         truth = next((t for t in truths if t["sample_id"] == r["sample_id"]), None)
         if truth is None:
             continue
@@ -302,14 +334,3 @@ def _demo(samples: int, events: int, rate: float, species: str, seed: int, workd
                      ", ".join(r["flags"]) or "ok", f"{lat:.0f}"])
     render("edgehema stream vs simulator truth (cells counted per sample; concentrations in blood)", columns, rows,
            sys.stdout)
-    for sender in senders:
-        pending = sender.pending()
-        sender.close()  # waits for the LIS (30 s at most); what is left stays queued in the journal
-        out.print(f"LIS {sender.destination.url}: each result sent as HL7 v2.5.1 ORU^R01"
-                  + (f" ({pending} were still waiting when the table was drawn)" if pending else ""))
-    if keep:
-        out.print(f"journal {cfg.journal}, archives in {cfg.archive_dir}; replay one with: edgehema replay {cfg.archive_dir}/<file>.ehw")
-    else:
-        out.print("(the journal and archives were in a temporary folder, now removed: --workdir DIR keeps them)")
-    if len(results) < samples:
-        raise EdgehemaError(f"only {len(results)} of {samples} samples came through: {'; '.join(logs[-3:])}")
