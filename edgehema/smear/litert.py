@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgehema.exceptions import BundleError
-from edgehema.exceptions import BackendError
+from edgehema.exceptions import BackendError, BundleError
 from edgehema.model.backends.held_back import held_back
-from edgehema.model.backends.tflite_backend import load_interpreter_class
+from edgehema.model.backends import tflite_backend
 
 #: The ONNX model's outputs, in the order ``detect`` reads them.
 OUTPUTS = ("heatmap", "size", "offset")
@@ -26,7 +25,7 @@ class SmearInterpreter:
     def __init__(self, path: Path, outputs: dict[str, str] | None):
 
         try:
-            Interpreter, self.engine = load_interpreter_class()
+            Interpreter, self.engine = tflite_backend.load_interpreter_class()  # looked up at call: replaceable in tests
         except BackendError as exc:
             raise BundleError(f"{path}: a TFLite smear model needs LiteRT: {exc}") from None
         with held_back() as last_line:  # LiteRT announces its XNNPACK delegate on every start
