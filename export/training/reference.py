@@ -135,6 +135,29 @@ def _header(name: str) -> tuple[str, str]:
 def read_reference(path: str | Path) -> ReferenceTable:
     """Parse and check the reference CSV; raises ReferenceProblems listing every problem."""
     path = Path(path)
+    text, encoding = _read_text(path)
+    first = text.splitlines()[0]
+    delimiter = max((",", ";", "\t"), key=first.count)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    fields, columns = _columns(path, next(reader))
+    key_field = "sample_id" if "sample_id" in columns else "file"
+    rows: list[ReferenceRow] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for line, cells in enumerate(reader, start=2):
+        if not any(c.strip() for c in cells):
+            continue
+        row = _row(path, line, cells, fields, columns, delimiter != ",", key_field, seen, problems)
+        if row is not None:
+            rows.append(row)
+    if problems:
+        raise ReferenceProblems(problems)
+    if not rows:
+        raise ReferenceProblems([f"{path}: has a header but no rows"])
+    return ReferenceTable(path, rows, columns, encoding)
+
+
+def _read_text(path: Path) -> tuple[str, str]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -144,11 +167,11 @@ def read_reference(path: str | Path) -> ReferenceTable:
     text, encoding = _decode(raw, path)
     if not text.strip():
         raise ReferenceProblems([f"{path}: is empty; expected a header line with sample_id or file, and rbc, plt, retic_percent"])
-    first = text.splitlines()[0]
-    delimiter = max((",", ";", "\t"), key=first.count)
-    decimal_comma = delimiter != ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader)
+    return text, encoding
+
+
+def _columns(path: Path, header: list[str]) -> tuple[dict[int, tuple[str, float]], dict[str, str]]:
+    """The columns edgehema reads: {index: (meaning, unit scale)} and {meaning: header text}."""
     problems: list[str] = []
     fields: dict[int, tuple[str, float]] = {}
     columns: dict[str, str] = {}
@@ -179,70 +202,64 @@ def read_reference(path: str | Path) -> ReferenceTable:
                         f"missing {', '.join(c for c in EVENT_COUNT_COLUMNS if c not in columns)}")
     if problems:
         raise ReferenceProblems(problems)
-    key_field = "sample_id" if "sample_id" in columns else "file"
-    rows: list[ReferenceRow] = []
-    seen: dict[str, int] = {}
-    for line, cells in enumerate(reader, start=2):
-        if not any(c.strip() for c in cells):
+    return fields, columns
+
+
+def _row(path: Path, line: int, cells: list[str], fields: dict[int, tuple[str, float]], columns: dict[str, str],
+         decimal_comma: bool, key_field: str, seen: dict[str, int], problems: list[str]) -> ReferenceRow | None:
+    """One row checked: the row, or None with its problems added to ``problems``."""
+    values: dict[str, object] = {}
+    for i, (what, scale) in fields.items():
+        cell = cells[i].strip() if i < len(cells) else ""
+        if what in ("sample_id", "file"):
+            values[what] = cell
             continue
-        values: dict[str, object] = {}
-        for i, (what, scale) in fields.items():
-            cell = cells[i].strip() if i < len(cells) else ""
-            if what in ("sample_id", "file"):
-                values[what] = cell
-                continue
-            if cell == "":
-                continue
-            number = cell.replace(",", ".") if decimal_comma else cell
-            try:
-                v = float(number)
-            except ValueError:
-                problems.append(f"{path}: line {line}: {columns[what]} {cell!r} is not a number")
-                continue
-            if not math.isfinite(v) or v < 0:
-                problems.append(f"{path}: line {line}: {columns[what]} {cell} is negative or not finite")
-                continue
-            values[what] = v * scale
-        key = str(values.get(key_field) or "")
-        if not key:
-            problems.append(f"{path}: line {line}: empty {key_field}")
+        if cell == "":
             continue
-        if key in seen:
-            problems.append(f"{path}: line {line}: {key_field} {key!r} again (first on line {seen[key]})")
+        number = cell.replace(",", ".") if decimal_comma else cell
+        try:
+            v = float(number)
+        except ValueError:
+            problems.append(f"{path}: line {line}: {columns[what]} {cell!r} is not a number")
             continue
-        seen[key] = line
-        rbc, plt, ret = values.get("rbc"), values.get("plt"), values.get("retic_percent")
-        if rbc is not None and rbc < IMPLAUSIBLE_RBC_PER_UL:
-            problems.append(f"{path}: line {line}: {columns['rbc']} {rbc:g} cells/uL is implausible: "
-                            f"give the unit in the header, e.g. 'rbc (10^12/L)'")
+        if not math.isfinite(v) or v < 0:
+            problems.append(f"{path}: line {line}: {columns[what]} {cell} is negative or not finite")
             continue
-        if rbc is not None and rbc == 0:
-            problems.append(f"{path}: line {line}: rbc is 0")
-            continue
-        if ret is not None and ret > 100:
-            problems.append(f"{path}: line {line}: {columns['retic_percent']} {ret:g} is over 100 %")
-            continue
-        for k in ("dilution", "volume_ul"):
-            if values.get(k) == 0:
-                problems.append(f"{path}: line {line}: {k} is 0")
-        counts = None
-        given = [c for c in EVENT_COUNT_COLUMNS if c in values]
-        if given and len(given) < len(EVENT_COUNT_COLUMNS):
-            problems.append(f"{path}: line {line}: event counts per class are all five or none; empty: "
-                            f"{', '.join(columns[c] for c in EVENT_COUNT_COLUMNS if c not in values)}")
-            continue
-        if given:
-            counts = tuple(float(values[c]) for c in EVENT_COUNT_COLUMNS)
-            if sum(counts) <= 0:
-                problems.append(f"{path}: line {line}: the event counts per class add up to 0")
-                continue
-        rows.append(ReferenceRow(key, key_field, line, rbc, plt, ret, values.get("dilution"), values.get("volume_ul"),
-                                 counts))
-    if problems:
-        raise ReferenceProblems(problems)
-    if not rows:
-        raise ReferenceProblems([f"{path}: has a header but no rows"])
-    return ReferenceTable(path, rows, columns, encoding)
+        values[what] = v * scale
+    key = str(values.get(key_field) or "")
+    if not key:
+        problems.append(f"{path}: line {line}: empty {key_field}")
+        return None
+    if key in seen:
+        problems.append(f"{path}: line {line}: {key_field} {key!r} again (first on line {seen[key]})")
+        return None
+    seen[key] = line
+    rbc, plt, ret = values.get("rbc"), values.get("plt"), values.get("retic_percent")
+    if rbc is not None and rbc < IMPLAUSIBLE_RBC_PER_UL:
+        problems.append(f"{path}: line {line}: {columns['rbc']} {rbc:g} cells/uL is implausible: "
+                        f"give the unit in the header, e.g. 'rbc (10^12/L)'")
+        return None
+    if rbc is not None and rbc == 0:
+        problems.append(f"{path}: line {line}: rbc is 0")
+        return None
+    if ret is not None and ret > 100:
+        problems.append(f"{path}: line {line}: {columns['retic_percent']} {ret:g} is over 100 %")
+        return None
+    for k in ("dilution", "volume_ul"):
+        if values.get(k) == 0:
+            problems.append(f"{path}: line {line}: {k} is 0")
+    counts = None
+    given = [c for c in EVENT_COUNT_COLUMNS if c in values]
+    if given and len(given) < len(EVENT_COUNT_COLUMNS):
+        problems.append(f"{path}: line {line}: event counts per class are all five or none; empty: "
+                        f"{', '.join(columns[c] for c in EVENT_COUNT_COLUMNS if c not in values)}")
+        return None
+    if given:
+        counts = tuple(float(values[c]) for c in EVENT_COUNT_COLUMNS)
+        if sum(counts) <= 0:
+            problems.append(f"{path}: line {line}: the event counts per class add up to 0")
+            return None
+    return ReferenceRow(key, key_field, line, rbc, plt, ret, values.get("dilution"), values.get("volume_ul"), counts)
 
 
 def write_reference(path: str | Path, rows: list[dict]) -> Path:
