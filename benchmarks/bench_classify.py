@@ -67,7 +67,7 @@ class TorchBackend:
         import torch
         from onnx import numpy_helper
 
-        from export.models import IDEC, InferenceGraph, VaDE
+        from export.event_model.network import IDEC, InferenceGraph, VaDE
 
         torch.set_num_threads(threads)
         settings = bundle.manifest["training"]["recipe_settings"]

@@ -16,6 +16,7 @@ images -> counts           :mod:`edgehema.smear`
 accuracy                   :mod:`edgehema.evaluation`
 many devices               :mod:`edgehema.fleet` (``fleet`` extra)
 commands                   :mod:`edgehema.cli`
+shared helpers             :mod:`edgehema._utils` (arrays, SQLite, TOML, rate-limited log lines)
 =========================  ==================================================================
 
 The public API is re-exported here; every error a user can cause is an :class:`EdgehemaError`.

@@ -16,7 +16,7 @@ from edgehema.model.bundle import MANIFEST, Bundle, seal  # noqa: E402
 from edgehema.model.classifier import Classifier  # noqa: E402
 from edgehema.counts.result import classify_sample  # noqa: E402
 from edgehema.simulator import SampleSimulator  # noqa: E402
-from export.quantize import ExportError, export_bundle  # noqa: E402
+from export.event_model.quantize import ExportError, export_bundle  # noqa: E402
 
 
 def run(*args):
@@ -169,7 +169,7 @@ def test_pytorch_model_to_device_bundle(tmp_path, calib):
     import onnx
     from onnx import numpy_helper
 
-    from export.models import IDEC, InferenceGraph, VaDE
+    from export.event_model.network import IDEC, InferenceGraph, VaDE
 
     ref = Bundle.load("reference")
     settings = ref.manifest["model_card"]["settings"]  # edgehema train's model card
@@ -246,7 +246,7 @@ def test_reference_model_to_every_target_within_the_parity_thresholds(tmp_path, 
 def test_tflite_converter_failure_is_one_line(tmp_path, calib, monkeypatch, capfd):
     """TensorFlow's logging is held back; a failure is one line with its reason, the folder removed."""
     pytest.importorskip("onnx2tf", reason="the TFLite targets need the export extra (pip install -e '.[export]')")
-    import export.tflite as tfl
+    import export.event_model.tflite as tfl
 
     def broken(*args, **kwargs):
         os.write(2, b"W0000 some converter chatter\nE0000 'tfl.fully_connected' op quantization failed\n")

@@ -253,7 +253,7 @@ def test_sysmex_files_say_plainly_that_no_shipped_model_reads_them(tmp_path):
 # 8 ---------------------------------------------------------------------------------------------
 def test_shipped_int8_model_passes_the_default_export_gates():
     pytest.importorskip("onnx", reason="the export extra is not installed")
-    from export.quantize import default_gates
+    from export.event_model.quantize import default_gates
 
     parity = json.loads((ROOT / "edgehema" / "model" / "shipped" / "reference-int8" / "parity.json").read_text())
     gates = default_gates("onnx-int8")

@@ -143,7 +143,7 @@ def test_training_recipe_is_deterministic_for_a_seed_and_exports_a_runnable_mode
 
     data = require_bccd()
     for run in ("a", "b"):
-        proc = subprocess.run([sys.executable, "-m", "export.smear_train", "--data", str(data), "--epochs", "1",
+        proc = subprocess.run([sys.executable, "-m", "export.training.smear_detector", "--data", str(data), "--epochs", "1",
                                "--seed", "3", "--limit", "16", "--out", str(tmp_path / run)],
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -259,13 +259,13 @@ def test_the_stain_reference_travels_with_the_model(tmp_path):
 
 
 def test_compact_names_keeps_the_arithmetic_and_the_int8_file_is_a_third_of_float(tmp_path):
-    """export.smear_quantize.compact_names shortens the quantizer's long tensor names: outputs bit
+    """export.smear_detector.quantize.compact_names shortens the quantizer's long tensor names: outputs bit
     for bit the same, the graph's inputs and outputs keep their names. The shipped int8 file is at
     most a third of its float source (issue 13's size target)."""
     onnx = pytest.importorskip("onnx", reason="the export extra installs onnx")
     import onnxruntime as ort
 
-    from export.smear_quantize import compact_names
+    from export.smear_detector.quantize import compact_names
 
     folder = learned.MODELS / learned.DEFAULT_MODEL
     assert (folder / "model.onnx").stat().st_size <= (folder / "model-float.onnx").stat().st_size / 3

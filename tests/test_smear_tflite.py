@@ -1,6 +1,6 @@
 """The smear detector as int8 TFLite on LiteRT: the shipped model's figures on BCCD val, its refusals
 (damaged file, wrong known answer, a file its manifest does not describe), and the conversion
-(export.smear_tflite) with its release gates."""
+(export.smear_detector.tflite) with its release gates."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_export_converts_the_float_detector_to_tflite_int8_within_its_gates(tmp_
     manifest = json.loads((folder / "manifest.json").read_text())
     del manifest["tflite"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    proc = subprocess.run([sys.executable, "-m", "export.smear_tflite", str(folder), "--data", str(data)],
+    proc = subprocess.run([sys.executable, "-m", "export.smear_detector.tflite", str(folder), "--data", str(data)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     member = json.loads((folder / "manifest.json").read_text())["tflite"]

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from edgehema.simulator.emulator import InstrumentEmulator
-from edgehema.stream.log_limit import RateLimitedLog
+from edgehema._utils.log_limit import RateLimitedLog
 from edgehema.stream.session import SampleClosed, SampleOpened, WireSession
 from firmware_bridge import codec
 from firmware_bridge import protocol as P

@@ -14,7 +14,7 @@ from edgehema.model.bundle import Bundle  # noqa: E402
 from edgehema.model.classifier import Classifier  # noqa: E402
 from edgehema.counts.result import classify_sample  # noqa: E402
 from edgehema.simulator import SampleSimulator  # noqa: E402
-from export.train_reference import Recipe, run  # noqa: E402
+from export.training.shipped_models import Recipe, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +69,12 @@ def test_recipe_is_deterministic(tiny, tmp_path):
 def test_shipped_model_passes_the_final_model_check_on_its_own_training_samples(monkeypatch):
     """Model 2.0.0 predates edgehema train's final-model check: its first training samples, simulated
     again from its manifest, are counted within the limit its cross-validated score sets (the full
-    200: `python -m export.train_reference --check-shipped`, docs/training.md); and the check fails
+    200: `python -m export.training.shipped_models --check-shipped`, docs/training.md); and the check fails
     a bundle held to a limit it cannot meet."""
     from pathlib import Path
 
     import export.training.run as R
-    from export.train_reference import check_shipped
+    from export.training.shipped_models import check_shipped
 
     models = Path(__file__).resolve().parents[1] / "edgehema" / "model" / "shipped"
     lines: list[str] = []

@@ -16,7 +16,7 @@ from edgehema.exceptions import BackendError
 from edgehema.exceptions import SignatureError
 from edgehema.formats._table import csv_reader_state
 from edgehema.model.backends import engine_order
-from edgehema.model.bundle import DEFAULT_BUNDLE, Bundle, bundled_models, bundled_root
+from edgehema.model.bundle import DEFAULT_BUNDLE, Bundle, SmearFolder, bundled_models, bundled_root, folder_kind
 from edgehema.model.classifier import Classifier
 from edgehema.model.clustering import kernels_state
 from edgehema.model.selftest import check
@@ -47,7 +47,7 @@ def export(
         _export_smear(Path(_smear_folder(source) or source), target, calibration, out_dir, heldout, fail_under)
         return
     try:
-        from export.quantize import export_bundle
+        from export.event_model.quantize import export_bundle
     except ImportError as exc:
         raise EdgehemaError(f"edgehema export needs the workstation extra: pip install 'edgehema[export]' ({exc})") from None
     gates = None
@@ -76,7 +76,7 @@ def export(
 def _export_smear(source: Path, target: str, calibration: List[Path], out_dir: Path, heldout: List[Path],
                   fail_under: Optional[str]) -> None:
     try:
-        from export.smear_export import export_smear
+        from export.smear_detector.export import export_smear
     except ImportError as exc:
         raise EdgehemaError(f"edgehema export needs the workstation extra: pip install 'edgehema[export]' ({exc})") from None
     if len(calibration) != 1 or heldout:
@@ -123,10 +123,6 @@ def models() -> None:
 
 def _smear_rows() -> list[list[str]]:
     """The shipped smear detectors (their own folder and manifest, kind smear), hashes checked."""
-    import json
-
-    import hashlib
-
     from edgehema.exceptions import EdgehemaError
     from edgehema.smear.learned import DEFAULT_MODEL, MODELS, smear_manifest_digest
 
@@ -140,14 +136,17 @@ def _smear_rows() -> list[list[str]]:
         except EdgehemaError as exc:
             rows.append([folder.name + mark, "-", "-", "smear", "-", "-", "-", f"REFUSED: {exc}"])
             continue
-        m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        rows.append([folder.name + mark, m.get("name", "-"), m.get("version", "-"), "smear", "onnx-int8",
+        f = SmearFolder.load(folder)
+        rows.append([folder.name + mark, f.name, f.version, "smear", "onnx-int8",
                      f"{(folder / 'model.onnx').stat().st_size:,}", digest[:12], "verified" + signed])
-        if m.get("tflite"):  # its sha256 is in the manifest, which the digest (and a signature) covers
-            t = folder / m["tflite"]["file"]
-            state = ("verified" + signed if t.is_file() and hashlib.sha256(t.read_bytes()).hexdigest() == m["tflite"]["sha256"]
-                     else "REFUSED: sha256 differs from its manifest")
-            rows.append([f"{folder.name}/{t.name}", m.get("name", "-"), m.get("version", "-"), "smear", "tflite-int8",
+        if f.tflite:  # its sha256 is in the manifest, which the digest (and a signature) covers
+            t = folder / f.tflite.file
+            try:
+                f.tflite_for(t)
+                state = "verified" + signed
+            except EdgehemaError:
+                state = "REFUSED: sha256 differs from its manifest"
+            rows.append([f"{folder.name}/{t.name}", f.name, f.version, "smear", "tflite-int8",
                          f"{t.stat().st_size:,}" if t.is_file() else "-", digest[:12], state])
     return rows
 
@@ -249,59 +248,46 @@ def _print_signatures(folder: Path, digest: str, trust):
 def _smear_folder(name: Optional[str]) -> Optional[Path]:
     """The smear model folder ``name`` names (a shipped name or a folder whose manifest says kind
     smear), or None for an event bundle."""
-    import json
-
     from edgehema.smear.learned import MODELS
 
     if name is None:
         return None
     for folder in (Path(name), MODELS / name):
-        mpath = folder / "manifest.json"
-        if folder.is_dir() and mpath.is_file() and (folder / "model.onnx").is_file():
-            try:
-                if json.loads(mpath.read_text(encoding="utf-8")).get("kind") == "smear":
-                    return folder
-            except (OSError, ValueError):
-                return None
+        if folder.is_dir() and (folder / "model.onnx").is_file() and folder_kind(folder) == "smear":
+            return folder
     return None
 
 
 def _smear_info(folder: Path, trust) -> None:
-    import json
-
-    from edgehema.smear.learned import smear_manifest_digest
-
-    digest = smear_manifest_digest(folder)
-    m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    out.print(f"{m.get('name')} {m.get('version')} (smear detector) at {folder}")
-    out.print(f"  hashes: verified (model.onnx sha256 {m['sha256'][:12]}...), manifest sha256 {digest}")
-    refused = _print_signatures(folder, digest, trust)
-    inp = m.get("input", {})
-    out.print(f"  classes: {', '.join(m.get('classes', []))}; input {inp.get('width')} x {inp.get('height')} "
-              f"{inp.get('layout', '')}, stride {m.get('stride')}")
-    q = m.get("quantization")
+    f = SmearFolder.load(folder)
+    out.print(f"{f.name} {f.version} (smear detector) at {folder}")
+    out.print(f"  hashes: verified (model.onnx sha256 {f.sha256[:12]}...), manifest sha256 {f.digest}")
+    refused = _print_signatures(folder, f.digest, trust)
+    w, h = f.input_size or (None, None)
+    out.print(f"  classes: {', '.join(f.classes)}; input {w} x {h} {f.layout}, stride {f.stride}")
+    q = f.quantization
     if q:
         out.print(f"  quantization: {q.get('format')}, activations {q.get('activations')}, weights {q.get('weights')}; "
                   f"float: {'; '.join(q.get('float', []))}")
-    ka = m.get("known_answer")
+    ka = f.known_answer
     out.print("  known answer: " + (f"heat-map peaks {ka['heatmap_max']} on {ka['input']} (checked at load)" if ka
                                     else "none (a model made before the known answer existed)"))
-    ev = m.get("evaluation_bccd_val", {}).get("int8")
+    ev = f.evaluation.get("int8")
     if ev:
         out.print(f"  BCCD val: mAP@0.5 {ev['map50']:.3f} ("
                   + ", ".join(f"{k.upper()} {v['ap50']:.3f}" for k, v in ev["classes"].items()) + ")")
-    sr = m.get("stain_reference")
+    sr = f.stain_reference
     out.print("  stain reference: " + (f"{sr.get('source')}: CIELAB means {sr['mean']}, a*/b* tolerance {sr.get('tolerance')}, "
                                        f"colour spread at least {sr.get('spread_min')}" if sr
                                        else "none in the manifest: BCCD train's (the images are compared with, and normalised to, it)"))
-    t = m.get("tflite")
+    t = f.tflite
     if t:
-        ev, p = t.get("evaluation_bccd_val", {}), t.get("parity_bccd_val", {})
-        out.print(f"  {t['file']} (LiteRT; the default engine where LiteRT runs it, else model.onnx): {t.get('bytes', 0):,} bytes, "
-                  f"activations {t['quantization']['activations']}, weights {t['quantization']['weights']}; BCCD val "
+        ev, p, tq, gates = t.evaluation or {}, t.parity or {}, t.quantization or {}, t.gates or {}
+        out.print(f"  {t.file} (LiteRT; the default engine where LiteRT runs it, else model.onnx): {t.size_bytes or 0:,} bytes, "
+                  f"activations {tq['activations']}, weights {tq['weights']}; BCCD val "
                   f"mAP@0.5 {ev.get('map50', float('nan')):.3f}; counts vs float "
                   + ", ".join(f"{k.upper()} {v:+.2f} %" for k, v in p.get("count_delta_pct", {}).items())
-                  + f"; gates {'passed' if not t.get('gates', {}).get('failed') else 'FAILED'}")
+                  + f"; gates {'passed' if not gates.get('failed') else 'FAILED'}")
     if refused is not None:
         raise refused
 

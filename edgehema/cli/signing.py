@@ -3,7 +3,6 @@ when it is configured with trusted public keys (docs/signing.md)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -13,7 +12,7 @@ import typer
 
 from edgehema.exceptions import EdgehemaError
 from edgehema.cli._app import app, out
-from edgehema.model.bundle import MANIFEST, Bundle
+from edgehema.model.bundle import Bundle, folder_kind
 from edgehema.model.bundle import bundled_root
 from edgehema.model.bundle import resolve_bundle_path
 from edgehema.model.signing import ENV_PASSPHRASE, generate_key_pair, key_id, load_public_key
@@ -73,12 +72,7 @@ def _digest(directory: Path) -> tuple[str, str]:
     """The digest a signature covers, after checking the hashes: (digest, what the bundle is)."""
     from edgehema.smear.learned import smear_manifest_digest
 
-    manifest = directory / MANIFEST
-    try:
-        kind = json.loads(manifest.read_text(encoding="utf-8")).get("kind")
-    except (OSError, ValueError):
-        kind = None
-    if kind == "smear":
+    if folder_kind(directory) == "smear":
         return smear_manifest_digest(directory), "smear model"
     b = Bundle.load(directory, verify=True, trust=TrustPolicy())
     return b.sha256, f"{b.name} {b.version}"

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+from contextlib import contextmanager
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,9 +260,19 @@ def reanalyze(patterns: list[str], job: FleetJob, out: Path, cluster: str | None
     store = ResultStore(out, identity)
     todo = [i for i in inputs if i.key not in store.done_keys]
     summary = Summary(inputs=len(inputs), skipped=len(inputs) - len(todo))
-    if not todo:
-        summary.seconds = time.perf_counter() - t0
-        return summary
+    if todo:
+        with _dask_client(cluster, workers, Client, LocalCluster) as client:
+            summary.dashboard = client.dashboard_link
+            log(f"Dask dashboard: {summary.dashboard}")
+            _run_batches(client, as_completed(), todo, job, store, summary, batch_size, workers, progress, log)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+@contextmanager
+def _dask_client(cluster: str | None, workers: int, Client, LocalCluster):
+    """A client of the scheduler at ``cluster``, or of a local cluster of ``workers`` processes
+    started for this run (and closed after it, the environment as it was)."""
     local = None
     saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     try:
@@ -288,44 +299,7 @@ def reanalyze(patterns: list[str], job: FleetJob, out: Path, cluster: str | None
                                         f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from None
             client = Client(local)
         with client:
-            summary.dashboard = client.dashboard_link
-            log(f"Dask dashboard: {summary.dashboard}")
-            n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
-            summary.workers = n_workers
-            size = batch_size or max(1, min(16, -(-len(todo) // (n_workers * 4))))
-            pending = batches_of(todo, size)
-            summary.batches = len(pending)
-            names = {}
-            futures = as_completed()
-
-            def submit_next() -> None:
-                name, chunk = pending.pop(0)
-                # pure=False: a batch is run again if its worker is lost, never served from a cache.
-                fut = client.submit(analyse_batch, chunk, job, key=f"edgehema-batch-{name}", pure=False, retries=0)
-                names[fut.key] = (name, chunk)
-                futures.add(fut)
-
-            for _ in range(min(len(pending), n_workers * IN_FLIGHT_PER_WORKER)):
-                submit_next()
-            finished = 0
-            for fut in futures:
-                name, chunk = names.pop(fut.key)
-                try:
-                    rows = fut.result()
-                except Exception as exc:  # noqa: BLE001 - a batch lost to the cluster (KilledWorker...): retried next run
-                    summary.lost_batches.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
-                    log(f"batch {name} ({len(chunk)} inputs) lost: {type(exc).__name__}; a re-run analyses it again")
-                else:
-                    store.write(name, [i.key for i in chunk], rows)
-                    summary.rows += len(rows)
-                    summary.analysed += len(chunk)
-                    summary.failed_inputs += len({r["input_key"] for r in rows if r["error"]})
-                finished += len(chunk)
-                if progress:
-                    progress(finished, len(todo))
-                fut.release()
-                if pending:
-                    submit_next()
+            yield client
     finally:
         if local is not None:
             local.close()
@@ -334,8 +308,47 @@ def reanalyze(patterns: list[str], job: FleetJob, out: Path, cluster: str | None
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    summary.seconds = time.perf_counter() - t0
-    return summary
+
+
+def _run_batches(client, futures, todo: list, job: FleetJob, store: ResultStore, summary: Summary,
+                 batch_size: int | None, workers: int, progress, log) -> None:
+    """Submit the inputs in batches, a few in flight per worker; write each batch's rows as it
+    comes back. A batch lost to the cluster is counted and analysed again by the next run."""
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
+    summary.workers = n_workers
+    size = batch_size or max(1, min(16, -(-len(todo) // (n_workers * 4))))
+    pending = batches_of(todo, size)
+    summary.batches = len(pending)
+    names = {}
+
+    def submit_next() -> None:
+        name, chunk = pending.pop(0)
+        # pure=False: a batch is run again if its worker is lost, never served from a cache.
+        fut = client.submit(analyse_batch, chunk, job, key=f"edgehema-batch-{name}", pure=False, retries=0)
+        names[fut.key] = (name, chunk)
+        futures.add(fut)
+
+    for _ in range(min(len(pending), n_workers * IN_FLIGHT_PER_WORKER)):
+        submit_next()
+    finished = 0
+    for fut in futures:
+        name, chunk = names.pop(fut.key)
+        try:
+            rows = fut.result()
+        except Exception as exc:  # noqa: BLE001 - a batch lost to the cluster (KilledWorker...): retried next run
+            summary.lost_batches.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+            log(f"batch {name} ({len(chunk)} inputs) lost: {type(exc).__name__}; a re-run analyses it again")
+        else:
+            store.write(name, [i.key for i in chunk], rows)
+            summary.rows += len(rows)
+            summary.analysed += len(chunk)
+            summary.failed_inputs += len({r["input_key"] for r in rows if r["error"]})
+        finished += len(chunk)
+        if progress:
+            progress(finished, len(todo))
+        fut.release()
+        if pending:
+            submit_next()
 
 
 def read_results(out: Path):

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgehema._arrays import row_blocks
+from edgehema._utils.arrays import row_blocks
 from edgehema.exceptions import InputFileError
 from edgehema.profiles import Profile
 

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable
 
-from edgehema.stream.log_limit import RateLimitedLog
+from edgehema._utils.log_limit import RateLimitedLog
 from edgehema.exceptions import LisRejected
 from edgehema.lis.outbox import Outbox
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgehema._arrays import row_blocks
+from edgehema._utils.arrays import row_blocks
 from edgehema.exceptions import BundleError, ProfileMismatchError
 from edgehema.profiles import Profile, get_profile
 from edgehema.model.signing import TrustedKey, TrustPolicy
@@ -62,6 +62,53 @@ def seal(manifest: dict, directory: Path) -> dict:
     manifest["files"] = {name: sha256_file(directory / name) for name in sorted(manifest.get("files", {}))}
     manifest.pop("integrity", None)
     manifest["integrity"] = {"manifest_sha256": manifest_digest(manifest)}
+    return manifest
+
+
+#: The top-level members of an event bundle's manifest (docs/bundle.md) and of a smear model
+#: folder's: what a writer (export, training) may set through :func:`amend`.
+EVENT_MEMBERS = frozenset({
+    "format", "name", "version", "description", "profile", "profile_file", "features", "preprocessing", "model",
+    "classes", "files", "integrity", "stage1", "stage2", "thresholds", "selftest_thresholds", "counting", "training",
+    "model_card", "supervision", "target", "source", "quantization", "parity_summary", "known_answer", "kind"})
+SMEAR_MEMBERS = frozenset({
+    "kind", "name", "version", "description", "classes", "input", "stride", "threshold", "sha256", "float_sha256",
+    "training", "quantization", "known_answer", "evaluation_bccd_val", "bytes", "stain_reference", "tflite",
+    "parity_bccd_val", "gates"})
+#: ``amend(manifest, member=DROP)`` removes a member.
+DROP = object()
+
+
+def amend(manifest: dict, *, model: dict | None = None, update: dict[str, dict] | None = None,
+          **members: Any) -> dict:
+    """A new manifest: ``manifest`` with ``members`` set (``DROP`` removes one), the object members
+    in ``update`` (and ``model``) updated key by key; ``integrity`` left out (seal writes it). Every
+    member must be one the contract knows for the manifest's kind, so a writer's misspelt field
+    fails where it is written, not on a device that then reads a default."""
+    update = {**(update or {}), **({"model": model} if model else {})}
+    known = SMEAR_MEMBERS if manifest.get("kind", members.get("kind")) == "smear" else EVENT_MEMBERS
+    unknown = sorted((set(members) | set(update)) - known)
+    if unknown:
+        raise BundleError(f"manifest members {', '.join(unknown)} are not in the bundle contract (docs/bundle.md)")
+    out = {k: v for k, v in manifest.items() if k != "integrity"}
+    for k, v in members.items():
+        if v is DROP:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    for k, v in update.items():
+        out[k] = {**(out.get(k) or {}), **v}
+    return out
+
+
+def read_manifest(path: Path) -> dict:
+    """A manifest file's JSON object, or one BundleError line naming the file."""
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: manifest is not readable JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: manifest is not a JSON object")
     return manifest
 
 
@@ -106,6 +153,8 @@ class Settings:
     selftest_class_shift_pct: float | None
     area_features: tuple[str, ...] | None
     training_species: tuple[str, ...] | None
+    #: A user's own instrument profile in the bundle (``profile.toml``), or None for a shipped one.
+    profile_file: str | None = None
     stage1_alpha: float = 1.0
     stage1_cluster_classes: tuple[str, ...] = ()
     stage2_component_classes: tuple[str, ...] = ()
@@ -118,8 +167,9 @@ class Settings:
     parity_summary: dict[str, Any] | None = None
 
 
-def _settings(mpath: Path, m: dict) -> Settings:
-    """The manifest's runtime settings, or one BundleError line naming the field."""
+def parse_settings(mpath: Path, m: dict) -> Settings:
+    """The manifest's runtime settings, or one BundleError line naming the field (also for a
+    manifest template that has no files yet: export.event_model.from_torch)."""
     def number(v, where):
         if v is None:
             return None
@@ -161,6 +211,7 @@ def _settings(mpath: Path, m: dict) -> Settings:
         selftest_agreement=number(selftest.get("agreement"), "selftest_thresholds.agreement"),
         selftest_class_shift_pct=number(selftest.get("class_shift_pct"), "selftest_thresholds.class_shift_pct"),
         area_features=names(counting.get("area_features"), "counting.area_features"),
+        profile_file=str(m["profile_file"]) if m.get("profile_file") else None,
         training_species=names(training.get("species"), "training.species"),
         stage1_alpha=number(stage1.get("alpha", 1.0), "stage1.alpha"),
         stage1_cluster_classes=names(stage1.get("cluster_classes", []), "stage1.cluster_classes") or (),
@@ -246,7 +297,7 @@ class Bundle:
     @cached_property
     def settings(self) -> Settings:
         """What the runtime reads of the manifest, typed (:class:`Settings`)."""
-        return _settings(self.path / MANIFEST, self.manifest)
+        return parse_settings(self.path / MANIFEST, self.manifest)
 
     @property
     def profile_name(self) -> str:
@@ -284,7 +335,7 @@ class Bundle:
     def profile(self) -> Profile:
         """The instrument profile: shipped by name, or the bundle's own ``profile_file`` (a model
         trained on a user's profile carries it)."""
-        own = self.manifest.get("profile_file")
+        own = self.settings.profile_file
         if own:
             return get_profile(str(self.path / own))
         return get_profile(self.manifest["profile"])
@@ -387,3 +438,125 @@ def shipped_for(profile: Profile) -> list[str]:
     want = tuple(n.lower() for n in profile.feature_names)
     return [name for name, m in _shipped_manifests().items()
             if tuple(n.lower() for n in m.get("features", ())) == want]
+
+
+# ------------------------------------------------------------------ smear model folders
+#: A smear model folder: model.onnx (its sha256 in the manifest), manifest.json, optionally
+#: model.tflite (its own member) and model-float.onnx. Its identity is the manifest file's sha256.
+SMEAR_GRAPH = "model.onnx"
+
+
+@dataclass(frozen=True)
+class SmearTflite:
+    """A smear folder's TFLite member: the LiteRT form of the same detector."""
+
+    file: str
+    sha256: str
+    #: The graph's output name (heatmap, size, offset) -> the TFLite tensor that holds it.
+    outputs: dict[str, str]
+    known_answer: dict[str, Any] | None
+    size_bytes: int | None
+    evaluation: dict[str, Any] | None  # on the export's val list (for people)
+    parity: dict[str, Any] | None
+    quantization: dict[str, Any] | None = None
+    gates: dict[str, Any] | None = None  # limits, and the ones it failed
+
+
+@dataclass(frozen=True)
+class SmearFolder:
+    """A smear detector's folder, its manifest typed, the model file's sha256 checked at load."""
+
+    path: Path
+    #: sha256 of manifest.json: what a signature covers.
+    digest: str
+    manifest: dict[str, Any]
+    name: str
+    version: str
+    classes: tuple[str, ...]
+    input_size: tuple[int, int] | None  # width, height
+    layout: str
+    stride: int | None
+    sha256: str
+    known_answer: dict[str, Any] | None
+    quantization: dict[str, Any] | None
+    evaluation: dict[str, dict[str, Any]]  # "float" / "int8" -> report on the export's val list
+    stain_reference: dict[str, Any] | None
+    training: dict[str, Any]
+    tflite: SmearTflite | None
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "SmearFolder":
+        directory = Path(directory)
+        path, mpath = directory / SMEAR_GRAPH, directory / MANIFEST
+        if not path.is_file() or not mpath.is_file():
+            raise BundleError(f"{directory}: a smear model folder holds {SMEAR_GRAPH} and {MANIFEST}")
+        raw = mpath.read_bytes()
+        m = read_manifest(mpath)
+        if m.get("kind", "smear") != "smear":
+            raise BundleError(f"{mpath}: kind {m.get('kind')!r}, not a smear model folder")
+        if sha256_file(path) != m.get("sha256"):
+            raise BundleError(f"{path}: sha256 differs from its manifest: the model file is damaged or replaced")
+
+        def obj(v, where):
+            if v is not None and not isinstance(v, dict):
+                raise BundleError(f"{mpath}: {where} must be an object, not {v!r}")
+            return v or None
+
+        inp = obj(m.get("input"), "input") or {}
+        t = obj(m.get("tflite"), "tflite")
+        if t is not None and not (isinstance(t.get("file"), str) and isinstance(t.get("sha256"), str)):
+            raise BundleError(f"{mpath}: tflite must name its file and sha256")
+        try:
+            size = (int(inp["width"]), int(inp["height"])) if inp else None
+            stride = int(m["stride"]) if m.get("stride") is not None else None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{mpath}: input needs width and height, stride a whole number ({exc})") from None
+        return cls(
+            path=directory, digest=hashlib.sha256(raw).hexdigest(), manifest=m, name=str(m.get("name", directory.name)),
+            version=str(m.get("version", "-")), classes=tuple(m.get("classes") or ()), input_size=size,
+            layout=str(inp.get("layout", "")), stride=stride, sha256=str(m["sha256"]),
+            known_answer=obj(m.get("known_answer"), "known_answer"), quantization=obj(m.get("quantization"), "quantization"),
+            evaluation=obj(m.get("evaluation_bccd_val"), "evaluation_bccd_val") or {},
+            stain_reference=obj(m.get("stain_reference"), "stain_reference"), training=obj(m.get("training"), "training") or {},
+            tflite=None if t is None else SmearTflite(
+                file=t["file"], sha256=t["sha256"], outputs=dict(obj(t.get("outputs"), "tflite.outputs") or {}),
+                known_answer=obj(t.get("known_answer"), "tflite.known_answer"), size_bytes=t.get("bytes"),
+                evaluation=obj(t.get("evaluation_bccd_val"), "tflite.evaluation_bccd_val"),
+                parity=obj(t.get("parity_bccd_val"), "tflite.parity_bccd_val"),
+                quantization=obj(t.get("quantization"), "tflite.quantization"), gates=obj(t.get("gates"), "tflite.gates")))
+
+    def tflite_for(self, path: Path) -> SmearTflite:
+        """The member describing ``path`` (a file of this folder), its sha256 checked."""
+        t = self.tflite
+        if t is None or t.file != path.name:
+            raise BundleError(f"{path}: not described by its folder's manifest (no tflite member for it)")
+        if sha256_file(path) != t.sha256:
+            raise BundleError(f"{path}: sha256 differs from its manifest: the model file is damaged or replaced")
+        return t
+
+
+def folder_kind(directory: Path) -> str | None:
+    """What a model folder's manifest says it is (``events``, the default, or ``smear``); None where
+    the folder holds no readable manifest."""
+    mpath = Path(directory) / MANIFEST
+    try:
+        return str(read_manifest(mpath).get("kind", "events")) if mpath.is_file() else None
+    except BundleError:
+        return None
+
+
+def smear_stain_reference(directory: Path) -> dict[str, Any] | None:
+    """The ``stain_reference`` of a smear folder's manifest, or None. Read without the model checks:
+    an export writes it first, and evaluates the float model against it before model.onnx exists."""
+    mpath = Path(directory) / MANIFEST
+    if not mpath.is_file():
+        return None
+    found = read_manifest(mpath).get("stain_reference")
+    if found is not None and not isinstance(found, dict):
+        raise BundleError(f"{mpath}: stain_reference must be an object, not {found!r}")
+    return found
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    """Write a smear folder's manifest (its identity is the file's own sha256, so no seal)."""
+    (Path(directory) / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")

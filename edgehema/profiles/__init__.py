@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from edgehema._toml import tomllib, read_toml
+from edgehema._utils.toml import tomllib, read_toml
 from edgehema.exceptions import ProfileError
 
 #: Optical channels the simulator's forward model produces; a feature's ``channel`` names one.

@@ -324,18 +324,28 @@ class SampleSimulator:
 
     # -------------------------------------------------------------- events
     def _events(self, parts: dict, p: SampleParameters) -> dict:
-        """Cluster particles into events, build pulses, add noise, apply the trigger."""
-        ins = self.instrument
+        """Cluster particles into events, build pulses, add noise, apply the trigger. The steps
+        draw from one generator in a fixed order, so a seed gives the same file."""
         rng = np.random.default_rng(self._rng.integers(2**63))
         t = parts["t"]
-        n = len(t)
-        new_event = np.ones(n, dtype=bool)
-        new_event[1:] = np.diff(t) >= ins.coincidence_window_us
+        new_event = np.ones(len(t), dtype=bool)
+        new_event[1:] = np.diff(t) >= self.instrument.coincidence_window_us
         event_of = np.cumsum(new_event) - 1
-        n_ev = int(event_of[-1]) + 1 if n else 0
+        n_ev = int(event_of[-1]) + 1 if len(t) else 0
         size = np.bincount(event_of, minlength=n_ev)
+        amp, sigma = self._particle_pulses(parts, p, rng)
+        pulses = _event_pulses(event_of, size, t, amp, sigma, n_ev)
+        ev = {**pulses, **_composition(parts, event_of, new_event, n_ev), "size": size}
+        spurious = self._spurious(rng, parts["horizon"])
+        if spurious is not None:
+            ev = _with_spurious(ev, *spurious)
+        peak, area, width = self._measure(rng, ev["peak"], ev["area"], ev["width"], ev["t_start"])
+        return self._trigger(ev, peak, area, width, n_ev)
 
-        # Per-particle pulse amplitudes and widths.
+    def _particle_pulses(self, parts: dict, p: SampleParameters, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Per particle: the pulse amplitude on each channel (n, 5) and the pulse's sigma in us."""
+        ins = self.instrument
+        n = len(parts["t"])
         kind = parts["kind"]
         d = diameter_um(parts["volume"])
         m = relative_index_from_hc(parts["hc"])
@@ -362,41 +372,13 @@ class SampleSimulator:
         amp *= np.exp(rng.standard_normal(n) * ins.illumination_cv)[:, None]
         velocity = ins.velocity_um_per_us * np.exp(rng.normal(0.0, ins.velocity_cv, n))
         sigma = (ins.beam_height_um + length) / velocity / 2.3548  # FWHM = transit time
+        return amp, sigma
 
-        peak = np.zeros((n_ev, 5))
-        area = np.zeros((n_ev, 5))
-        width = np.zeros((n_ev, 5))
-        single_ev = size == 1
-        single_part = single_ev[event_of]
-        ev_s = event_of[single_part]
-        peak[ev_s] = amp[single_part]
-        area[ev_s] = amp[single_part] * (sigma[single_part] * math.sqrt(2 * math.pi))[:, None]
-        width[ev_s] = (2.3548 * sigma[single_part])[:, None]
-        multi_part = ~single_part
-        if multi_part.any():
-            pk, ar, wd, ev_m = _merged_pulses(event_of[multi_part], t[multi_part], amp[multi_part], sigma[multi_part])
-            peak[ev_m], area[ev_m], width[ev_m] = pk, ar, wd
-
-        # Composition and timing of each event.
-        red = (kind == MATURE) | (kind == RETIC) | (kind == FRAGMENT)
-        n_rbc = np.bincount(event_of, weights=red, minlength=n_ev).astype(np.int32)
-        n_retic = np.bincount(event_of, weights=kind == RETIC, minlength=n_ev).astype(np.int32)
-        n_plt = np.bincount(event_of, weights=is_plt, minlength=n_ev).astype(np.int32)
-        cell = red | is_plt
-        vol = np.bincount(event_of, weights=np.where(cell, parts["volume"], 0.0), minlength=n_ev)
-        unit_change = np.ones(n, dtype=bool)
-        unit_change[1:] = (parts["unit"][1:] != parts["unit"][:-1]) | new_event[1:]
-        n_units = np.bincount(event_of, weights=unit_change, minlength=n_ev).astype(np.int32)
-        first_idx = np.flatnonzero(new_event)
-        t_start = np.minimum.reduceat(t, first_idx) if n else t[:0]
-        t_end = np.maximum.reduceat(t, first_idx) if n else t[:0]
-        ev_maturity = np.full(n_ev, np.nan)
-        single_retic = single_part & (kind == RETIC)
-        ev_maturity[event_of[single_retic]] = parts["maturity"][single_retic] if "maturity" in parts else np.nan
-
-        # Spurious triggers from electronic noise: no particle, just above threshold.
-        horizon = parts["horizon"]
-        spurious: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (peaks, pulse sigma, time)
+    def _spurious(self, rng: np.random.Generator, horizon: float):
+        """Spurious triggers from electronic noise (no particle, just above threshold) and bursts:
+        (peaks, pulse sigma, time), or None."""
+        ins = self.instrument
+        spurious: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         n_noise = int(rng.poisson(ins.electronic_noise_per_s * 1e-6 * horizon))
         if n_noise:
             tn = np.sort(rng.random(n_noise) * horizon)
@@ -411,24 +393,16 @@ class SampleSimulator:
             tb = np.sort(np.repeat(rng.random(n_bursts) * horizon, per) + rng.random(int(per.sum())) * 200.0)
             spurious.append((ins.trigger_threshold_adc * np.exp(rng.normal(1.5, 1.2, (len(tb), 5))),
                              rng.uniform(0.3, 3.0, len(tb)), tb))
-        if spurious:
-            spk = np.vstack([x[0] for x in spurious])
-            ssig = np.concatenate([x[1] for x in spurious])
-            st = np.concatenate([x[2] for x in spurious])
-            ns = len(st)
-            peak = np.vstack([peak, spk])
-            area = np.vstack([area, spk * (ssig * math.sqrt(2 * math.pi))[:, None]])
-            width = np.vstack([width, np.repeat((2.3548 * ssig)[:, None], 5, axis=1)])
-            t_start = np.r_[t_start, st]
-            t_end = np.r_[t_end, st]
-            z = np.zeros(ns, np.int32)
-            n_rbc, n_retic, n_plt, n_units = np.r_[n_rbc, z], np.r_[n_retic, z], np.r_[n_plt, z], np.r_[n_units, z]
-            vol = np.r_[vol, np.zeros(ns)]
-            size = np.r_[size, z]
-            ev_maturity = np.r_[ev_maturity, np.full(ns, np.nan)]
+        if not spurious:
+            return None
+        return (np.vstack([x[0] for x in spurious]), np.concatenate([x[1] for x in spurious]),
+                np.concatenate([x[2] for x in spurious]))
 
-        # Detector noise, gain, ADC, only for the measures the profile reads (plus the trigger):
-        # float32, as this is the hot path for a million events.
+    def _measure(self, rng: np.random.Generator, peak: np.ndarray, area: np.ndarray, width: np.ndarray,
+                 t_start: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Detector noise, gain, ADC, only for the measures the profile reads (plus the trigger):
+        float32, as this is the hot path for a million events."""
+        ins = self.instrument
         m_ev = len(t_start)
         g = (ins.gain * (1.0 + ins.gain_drift * t_start / self._drift_span_us)).astype(np.float32)
 
@@ -450,23 +424,26 @@ class SampleSimulator:
             if (ch, "width") in self._needed:
                 v = w * (1.0 + normal(0.5 * ins.detector_cv)) + normal(0.03)
                 measured["width"][:, ch] = np.clip(np.round(v, 2), 0.0, None)
-        peak, area, width = measured["peak"], measured["area"], measured["width"]
+        return measured["peak"], measured["area"], measured["width"]
 
-        detected = peak[:, _FSC_LO] >= ins.trigger_threshold_adc
-        order = np.argsort(t_start[detected], kind="stable")
+    def _trigger(self, ev: dict, peak: np.ndarray, area: np.ndarray, width: np.ndarray, n_ev: int) -> dict:
+        """The events above the trigger threshold, in time order, each with its true class."""
+        detected = peak[:, _FSC_LO] >= self.instrument.trigger_threshold_adc
+        order = np.argsort(ev["t_start"][detected], kind="stable")
         sel = np.flatnonzero(detected)[order]
-        cells = n_rbc[sel] + n_plt[sel]
+        n_rbc, n_retic, n_plt = ev["n_rbc"][sel], ev["n_retic"][sel], ev["n_plt"][sel]
+        cells = n_rbc + n_plt
         label = np.full(len(sel), classes.NOISE, dtype=np.uint8)
-        label[(cells == 1) & (n_rbc[sel] == 1)] = classes.RBC
-        label[(cells == 1) & (n_retic[sel] == 1)] = classes.RETIC
-        label[(cells == 1) & (n_plt[sel] == 1)] = classes.PLT
+        label[(cells == 1) & (n_rbc == 1)] = classes.RBC
+        label[(cells == 1) & (n_retic == 1)] = classes.RETIC
+        label[(cells == 1) & (n_plt == 1)] = classes.PLT
         label[cells >= 2] = classes.COINCIDENCE
         return {
             "peak": peak[sel], "area": area[sel], "width": width[sel], "label": label,
-            "n_rbc": n_rbc[sel], "n_retic": n_retic[sel], "n_plt": n_plt[sel], "n_units": n_units[sel],
-            "volume": vol[sel],
-            "t_start": t_start[sel], "t_end": t_end[sel], "maturity": ev_maturity[sel],
-            "clusters_total": n_ev, "clusters_single": int(np.sum(size == 1)),
+            "n_rbc": n_rbc, "n_retic": n_retic, "n_plt": n_plt, "n_units": ev["n_units"][sel],
+            "volume": ev["volume"][sel],
+            "t_start": ev["t_start"][sel], "t_end": ev["t_end"][sel], "maturity": ev["maturity"][sel],
+            "clusters_total": n_ev, "clusters_single": int(np.sum(ev["size"] == 1)),
         }
 
     # -------------------------------------------------------------- output
@@ -590,3 +567,61 @@ def _merged_pulses(event_of: np.ndarray, t: np.ndarray, amp: np.ndarray, sigma: 
     above = signal >= 0.5 * peak[:, None, :]
     width = above.sum(axis=1) * step[:, None]
     return peak, area, width, ev_ids
+
+
+def _event_pulses(event_of: np.ndarray, size: np.ndarray, t: np.ndarray, amp: np.ndarray, sigma: np.ndarray,
+                  n_ev: int) -> dict:
+    """Each event's peak, area and width per channel: a lone particle's Gaussian pulse, or the sum
+    of the pulses of the particles in the beam together."""
+    peak = np.zeros((n_ev, 5))
+    area = np.zeros((n_ev, 5))
+    width = np.zeros((n_ev, 5))
+    single_part = (size == 1)[event_of]
+    ev_s = event_of[single_part]
+    peak[ev_s] = amp[single_part]
+    area[ev_s] = amp[single_part] * (sigma[single_part] * math.sqrt(2 * math.pi))[:, None]
+    width[ev_s] = (2.3548 * sigma[single_part])[:, None]
+    multi_part = ~single_part
+    if multi_part.any():
+        pk, ar, wd, ev_m = _merged_pulses(event_of[multi_part], t[multi_part], amp[multi_part], sigma[multi_part])
+        peak[ev_m], area[ev_m], width[ev_m] = pk, ar, wd
+    return {"peak": peak, "area": area, "width": width}
+
+
+def _composition(parts: dict, event_of: np.ndarray, new_event: np.ndarray, n_ev: int) -> dict:
+    """What each event holds (red cells, reticulocytes, platelets, units, cell volume) and when."""
+    t, kind = parts["t"], parts["kind"]
+    is_plt = kind == PLATELET
+    red = (kind == MATURE) | (kind == RETIC) | (kind == FRAGMENT)
+    cell = red | is_plt
+    unit_change = np.ones(len(t), dtype=bool)
+    unit_change[1:] = (parts["unit"][1:] != parts["unit"][:-1]) | new_event[1:]
+    first_idx = np.flatnonzero(new_event)
+    maturity = np.full(n_ev, np.nan)
+    single_retic = (np.bincount(event_of, minlength=n_ev) == 1)[event_of] & (kind == RETIC)
+    maturity[event_of[single_retic]] = parts["maturity"][single_retic] if "maturity" in parts else np.nan
+    return {
+        "n_rbc": np.bincount(event_of, weights=red, minlength=n_ev).astype(np.int32),
+        "n_retic": np.bincount(event_of, weights=kind == RETIC, minlength=n_ev).astype(np.int32),
+        "n_plt": np.bincount(event_of, weights=is_plt, minlength=n_ev).astype(np.int32),
+        "volume": np.bincount(event_of, weights=np.where(cell, parts["volume"], 0.0), minlength=n_ev),
+        "n_units": np.bincount(event_of, weights=unit_change, minlength=n_ev).astype(np.int32),
+        "t_start": np.minimum.reduceat(t, first_idx) if len(t) else t[:0],
+        "t_end": np.maximum.reduceat(t, first_idx) if len(t) else t[:0],
+        "maturity": maturity,
+    }
+
+
+def _with_spurious(ev: dict, spk: np.ndarray, ssig: np.ndarray, st: np.ndarray) -> dict:
+    """The events with the spurious triggers appended (pulses of their own, no cell in them)."""
+    ns = len(st)
+    z = np.zeros(ns, np.int32)
+    return {
+        "peak": np.vstack([ev["peak"], spk]),
+        "area": np.vstack([ev["area"], spk * (ssig * math.sqrt(2 * math.pi))[:, None]]),
+        "width": np.vstack([ev["width"], np.repeat((2.3548 * ssig)[:, None], 5, axis=1)]),
+        "t_start": np.r_[ev["t_start"], st], "t_end": np.r_[ev["t_end"], st],
+        "n_rbc": np.r_[ev["n_rbc"], z], "n_retic": np.r_[ev["n_retic"], z], "n_plt": np.r_[ev["n_plt"], z],
+        "n_units": np.r_[ev["n_units"], z], "volume": np.r_[ev["volume"], np.zeros(ns)],
+        "size": np.r_[ev["size"], z], "maturity": np.r_[ev["maturity"], np.full(ns, np.nan)],
+    }

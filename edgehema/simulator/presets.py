@@ -206,7 +206,7 @@ SPECIES: dict[str, SpeciesPreset] = {
     )
 }
 
-#: Species the shipped models were trained on (export/train_reference.py); the others are unseen.
+#: Species the shipped models were trained on (export/training/shipped_models.py); the others are unseen.
 TRAINED_SPECIES = ("human", "dog", "cat", "horse", "cattle")
 
 

@@ -1,4 +1,4 @@
-"""The learned smear detector on the device: a small CenterNet-style network (``export/smear_train.py``)
+"""The learned smear detector on the device: a small CenterNet-style network (``export/training/smear_detector.py``)
 run by onnxruntime, int8 by default.
 
 The network sees the field at 320 x 240 (BCCD's 640 x 480 halved) and gives, at stride 4, a heat
@@ -15,6 +15,7 @@ import numpy as np
 
 from edgehema.exceptions import BundleError
 from edgehema.smear.detections import SMEAR_CLASSES, Detection, iou
+from edgehema.model.bundle import MANIFEST, SMEAR_GRAPH, SmearFolder, smear_stain_reference
 from edgehema.model.signing import TrustPolicy
 
 INPUT = (320, 240)  # width, height
@@ -69,21 +70,7 @@ def decode(hm: np.ndarray, wh: np.ndarray, off: np.ndarray, scale_x: float, scal
 def smear_manifest_digest(directory: Path) -> str:
     """A smear model folder's identity (what a signature covers): the sha256 of its manifest file,
     after checking that the model file has the sha256 the manifest gives."""
-    import hashlib
-    import json
-
-    directory = Path(directory)
-    path, mpath = directory / "model.onnx", directory / "manifest.json"
-    if not path.is_file() or not mpath.is_file():
-        raise BundleError(f"{directory}: a smear model folder holds model.onnx and manifest.json")
-    raw = mpath.read_bytes()
-    try:
-        manifest = json.loads(raw)
-    except ValueError as exc:
-        raise BundleError(f"{mpath}: manifest is not valid JSON: {exc}") from None
-    if hashlib.sha256(path.read_bytes()).hexdigest() != manifest.get("sha256"):
-        raise BundleError(f"{path}: sha256 differs from its manifest: the model file is damaged or replaced")
-    return hashlib.sha256(raw).hexdigest()
+    return SmearFolder.load(directory).digest
 
 
 @lru_cache(maxsize=4)
@@ -93,34 +80,31 @@ def session(model: str = DEFAULT_MODEL):
     path, or ``NAME/model.tflite`` for a shipped one). A folder's model file must have the sha256
     its manifest gives; on a device with trusted keys the folder must be signed and a bare file is
     refused (edgehema.model.signing). Every engine answers ``run`` like an onnxruntime session."""
-    import json
-
     import onnxruntime as ort
-
 
     path = Path(model)
     tflite = path.suffix == ".tflite"
     if tflite and not path.is_file() and (MODELS / path).is_file():
         path = MODELS / path
     trust = TrustPolicy.from_environment()
+    answer = None
     if path.is_file() and not tflite:
         if trust.enforced:
             raise BundleError(f"{path}: a bare smear model file is refused: this device runs only signed model folders "
                               f"({trust.describe()})")
+        if path.name == SMEAR_GRAPH and (path.parent / MANIFEST).is_file():
+            answer = SmearFolder.load(path.parent).known_answer
     else:
-        folder = path.parent if tflite else path if path.is_dir() else MODELS / model
-        if not (folder / "model.onnx").is_file():
+        folder_path = path.parent if tflite else path if path.is_dir() else MODELS / model
+        if not (folder_path / SMEAR_GRAPH).is_file():
             shipped = ", ".join(sorted(p.name for p in MODELS.iterdir() if p.is_dir())) if MODELS.is_dir() else "none"
             raise BundleError(f"{model}: no smear model of that name, folder or file (shipped: {shipped})")
-        digest = smear_manifest_digest(folder)
+        folder = SmearFolder.load(folder_path)
         if trust.enforced:
-            trust.check(folder, digest)
+            trust.check(folder.path, folder.digest)
         if tflite:
-            return _tflite_session(path, json.loads((folder / "manifest.json").read_text()))
-        path = folder / "model.onnx"
-    answer = None
-    if path.parent.joinpath("manifest.json").is_file() and path.name == "model.onnx":
-        answer = json.loads(path.parent.joinpath("manifest.json").read_text()).get("known_answer")
+            return _tflite_session(path, folder)
+        path, answer = folder.path / SMEAR_GRAPH, folder.known_answer
     sess = _open(ort, path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     if answer is not None:
         problem = check_known_answer(sess, answer)
@@ -137,20 +121,14 @@ def session(model: str = DEFAULT_MODEL):
     return sess
 
 
-def _tflite_session(path: Path, manifest: dict):
+def _tflite_session(path: Path, folder: SmearFolder):
     """LiteRT on a folder's TFLite model, which its manifest must describe (sha256, outputs, known answer)."""
-    import hashlib
-
     from edgehema.smear.litert import SmearInterpreter
 
-    member = manifest.get("tflite") or {}
-    if member.get("file") != path.name:
-        raise BundleError(f"{path}: not described by its folder's manifest (no tflite member for it)")
-    if hashlib.sha256(path.read_bytes()).hexdigest() != member.get("sha256"):
-        raise BundleError(f"{path}: sha256 differs from its manifest: the model file is damaged or replaced")
-    interpreter = SmearInterpreter(path, member.get("outputs") or {})
-    if member.get("known_answer"):
-        problem = check_known_answer(interpreter, member["known_answer"])
+    member = folder.tflite_for(path)
+    interpreter = SmearInterpreter(path, member.outputs)
+    if member.known_answer:
+        problem = check_known_answer(interpreter, member.known_answer)
         if problem:
             raise BundleError(f"{path}: the model fails its known answer on this machine ({problem})")
     return interpreter
@@ -159,22 +137,17 @@ def _tflite_session(path: Path, manifest: dict):
 def stain_reference(model: str = DEFAULT_MODEL):
     """The stain a smear model was trained on (its manifest's ``stain_reference``), or None where
     the model names no folder or its manifest has none."""
-    import json
-
     from edgehema.smear.stain import StainReference
 
     path = Path(model)
     if path.suffix == ".tflite" and not path.is_file():
         path = MODELS / path
     folder = path.parent if path.is_file() else path if path.is_dir() else MODELS / model
-    mpath = folder / "manifest.json"
-    if not mpath.is_file():
-        return None
+    found = smear_stain_reference(folder)
     try:
-        found = json.loads(mpath.read_text()).get("stain_reference")
         return StainReference.from_dict(found) if found else None
     except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{mpath}: stain_reference is not a stain reference ({exc})") from None
+        raise BundleError(f"{folder / MANIFEST}: stain_reference is not a stain reference ({exc})") from None
 
 
 #: Why a smear model runs other than fully optimised on this machine (model -> one line).

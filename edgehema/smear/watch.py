@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from edgehema._sqlite import connect, execute
+from edgehema._utils.sqlite import connect, execute
 from edgehema.exceptions import EdgehemaError
 from edgehema.smear.image_io import EXTENSIONS
 from edgehema.smear.pipeline import count_image

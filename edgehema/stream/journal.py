@@ -27,7 +27,7 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edgehema._sqlite import connect, execute
+from edgehema._utils.sqlite import connect, execute
 from edgehema.exceptions import EdgehemaError
 
 SCHEMA = """

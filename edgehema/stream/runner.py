@@ -34,7 +34,7 @@ from edgehema.counts.result import result_from_inference
 from edgehema.sample import Sample, SampleInfo
 from edgehema.stream.journal import Journal
 from edgehema.stream.storage import NOT_STORED_NOTE, Held, ResultStore
-from edgehema.stream.log_limit import RateLimitedLog
+from edgehema._utils.log_limit import RateLimitedLog
 from edgehema.stream.session import Notice, OpenSample, SampleClosed, SessionHandler, WireSession, dispatch
 from edgehema.counts import scattergram
 from edgehema.counts.counting import count_sample

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from edgehema._toml import read_toml
+from edgehema._utils.toml import read_toml
 from edgehema.exceptions import EdgehemaError
 
 #: setting -> (accepted Python types, what it is)

@@ -20,14 +20,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from edgehema.model.bundle import FORMAT, MANIFEST, Bundle, seal
+from edgehema.model.bundle import FORMAT, MANIFEST, Bundle, amend, seal
 from edgehema.model.classes import EVENT_CLASSES
 from edgehema.model.classifier import Classifier
 from edgehema.profiles import Profile
 from edgehema.counts.result import DEFAULT_AREA_FEATURES
 from edgehema.model.selftest import attach_known_answer, known_answer_events, spread_events
 
-from ..models import IDEC, InferenceGraph, VaDE
+from export.event_model.network import IDEC, InferenceGraph, VaDE
 from .dataset import EventStore
 from .errors import TrainingError
 from .supervision import STAGE1_CLASSES, STAGE2_CLASSES, Share, Targets
@@ -544,8 +544,7 @@ def write_bundle(directory: Path, manifest: dict, known_answer: np.ndarray | Non
     (directory / MANIFEST).write_text(json.dumps(sealed, indent=1) + "\n", encoding="utf-8")
     float_model = Classifier(Bundle.load(directory), backend="onnx", adapt=False, selftest=False)
     if training_events:
-        manifest = dict(manifest, thresholds={**manifest.get("thresholds", {}),
-                                              **sample_check_limits(float_model.bundle, training_events)})
+        manifest = amend(manifest, update={"thresholds": sample_check_limits(float_model.bundle, training_events)})
     events = known_answer
     if events is None:
         events = known_answer_events(float_model.bundle.profile())
@@ -604,14 +603,13 @@ def save_bundle(fitted: Fitted, profile: Profile, out: Path, name: str, descript
     }
     if profile_file is not None:  # a user's own profile travels with the model
         (out / "profile.toml").write_bytes(Path(profile_file).read_bytes())
-        manifest["profile_file"] = "profile.toml"
+        extra = {**(extra or {}), "profile_file": "profile.toml"}
         files["profile.toml"] = ""
     for member, src in (extra_files or {}).items():
         if Path(src).resolve() != (out / member).resolve():
             (out / member).write_bytes(Path(src).read_bytes())
         files[member] = ""
-    manifest.update(extra or {})
-    manifest["files"] = files
+    manifest = amend(manifest, files=files, **(extra or {}))
     known = None
     if not _simulable(profile):
         known = spread_events(sample_events)

@@ -92,6 +92,37 @@ def train(
     t0 = time.perf_counter()
     out = Path(out)
     _check_out(out)
+    _check_arguments(folds, tune, restarts)
+    cfg = replace(settings or FitSettings(), seed=seed, device=_device(device))
+    run = _prepare(data, reference, profile, init, cfg, settings is None, folds, seed, cache_mb, log, progress,
+                   scan_progress)
+    estimate = _plan(run.cfg, folds, tune, restarts, len(run.files), run.store, run.targets, run.pre, log, progress)
+    report: dict = {"folds": folds, "seed": seed}
+    if tune:
+        report["tuning"] = run.tune(tune, seed)
+    runs = run.restarts(restarts, report) if folds else [(math.nan, 0, run.cfg, None, [])]
+    fitted, summary, preds, report["final_model_checks"] = run.final_model(runs, verify_final, out)
+    if restarts > 1:
+        report["restart_chosen_seed"] = run.cfg.seed
+    if summary is not None:
+        for line in crossval.format_summary(summary, f"{folds}-fold cross-validation"):
+            log(line)
+        report["summary"] = summary
+    card, training = run.model_card(report, summary, reference, seed), run.training_card(training_notes)
+    with tempfile.TemporaryDirectory() as tmp:
+        extra_files = _crossval_files(Path(tmp), report, summary, preds)
+        training["seconds"] = card["seconds"] = round(time.perf_counter() - t0, 1)
+        manifest = save_bundle(
+            fitted, run.prof, out, name or out.name, description or "Two-stage deep clustering (AE + IDEC, then VaDE) "
+            "trained with edgehema train on an instrument's own event files and sample-level reference counts", training,
+            [run.store.events(i) for i in range(min(len(run.files), 40))], extra={"model_card": card},
+            extra_files=extra_files, profile_file=_profile_file(run.prof), version=version)
+    log(f"wrote {out} in {time.perf_counter() - t0:.1f} s (estimated {estimate:.0f} s before training; files read "
+        f"from disk again: {run.store.reads})")
+    return TrainResult(out, summary, run.notices, time.perf_counter() - t0, manifest, fitted.history)
+
+
+def _check_arguments(folds: int, tune: int, restarts: int) -> None:
     if folds == 1 or folds < 0:
         raise TrainingError(f"--folds {folds}: give 0 (no cross-validation) or 2 or more")
     if tune and not folds:
@@ -102,7 +133,12 @@ def train(
         raise TrainingError(f"--restarts {restarts}: give 1 or more")
     if restarts > 1 and not folds:
         raise TrainingError("--restarts needs cross-validation to choose between them: give --folds 2 or more")
-    cfg = replace(settings or FitSettings(), seed=seed, device=_device(device))
+
+
+def _prepare(data, reference, profile, init, cfg: FitSettings, default_settings: bool, folds: int, seed: int,
+             cache_mb: float, log, progress, scan_progress) -> "_Run":
+    """Read the reference and every event file, the --init bundle: every problem of them together,
+    as one TrainingDataProblems. Then the shares each sample is trained on."""
     problems: list[str] = []
     try:
         table = read_reference(reference)
@@ -128,39 +164,61 @@ def train(
         raise TrainingDataProblems(problems)
     for line in found.notices:
         log(f"note: {line}")
-    files = found.files
-    prof = found.profile
+    files, prof = found.files, found.profile
     if init_bundle is not None:
         idec0, vade0, pre, arch = load_init(init_bundle, prof)
-        cfg = replace(cfg.fine_tune() if settings is None else cfg, **arch)
+        cfg = replace(cfg.fine_tune() if default_settings else cfg, **arch)
         init_pair = (idec0, vade0)
     else:
-        pre = Preprocessing(found.log_mean, found.log_std)
-        init_pair = None
-    tau = prof.coincidence_window_us
-    targets = [targets_for(f, tau) for f in files]
+        pre, init_pair = Preprocessing(found.log_mean, found.log_std), None
+    targets = [targets_for(f, prof.coincidence_window_us) for f in files]
     how = {t.coincidence for t in targets if t.supervised}
     log(f"training data: {len(files)} files of profile {prof.name}, {n_sup} with reference values "
         f"({', '.join(table.columns.get(k, '') for k in ('rbc', 'plt', 'retic_percent') if k in table.columns)}); "
         f"coincidences {_how(how)}")
+    return _Run(files=files, store=store, targets=targets, pre=pre, init_pair=init_pair, init_bundle=init_bundle,
+                prof=prof, cfg=cfg, table=table, how=how, notices=found.notices, folds=folds,
+                fold_of=crossval.folds_for(files, folds, seed) if folds else [-1] * len(files), log=log,
+                progress=progress)
 
-    report: dict = {"folds": folds, "seed": seed}
-    fold_of = crossval.folds_for(files, folds, seed) if folds else [-1] * len(files)
-    estimate = _plan(cfg, folds, tune, restarts, len(files), store, targets, pre, log, progress)
 
-    def cross_validate(c: FitSettings, label: str) -> tuple[dict, list]:
+@dataclass
+class _Run:
+    """One training run: its data, as read and checked, and the settings its steps refine (tuning,
+    restarts, the final model's seed)."""
+
+    files: list
+    store: object
+    targets: list
+    pre: Preprocessing
+    init_pair: tuple | None
+    init_bundle: Bundle | None
+    prof: object
+    cfg: FitSettings
+    table: object
+    how: set
+    notices: list
+    folds: int
+    fold_of: list
+    log: Callable[[str], None]
+    progress: object
+
+    def cross_validate(self, c: FitSettings, label: str) -> tuple[dict, list]:
         preds = []
-        for k in range(folds):
-            train_idx = [i for i, f in enumerate(fold_of) if f != k]
-            held = [files[i] for i, f in enumerate(fold_of) if f == k]
-            fitted = fit(c, store, train_idx, targets, pre, init_pair, _tagged(progress, f"{label} fold {k + 1}/{folds}"))
-            preds += _count_with(fitted, prof, store, train_idx, held, k, f"fold-{k + 1}", "cross-validation fold")
+        for k in range(self.folds):
+            train_idx = [i for i, f in enumerate(self.fold_of) if f != k]
+            held = [self.files[i] for i, f in enumerate(self.fold_of) if f == k]
+            fitted = fit(c, self.store, train_idx, self.targets, self.pre, self.init_pair,
+                         _tagged(self.progress, f"{label} fold {k + 1}/{self.folds}"))
+            preds += _count_with(fitted, self.prof, self.store, train_idx, held, k, f"fold-{k + 1}", "cross-validation fold")
         return crossval.summarize(preds), preds
 
-    if tune:
+    def tune(self, trials: int, seed: int) -> dict:
+        """Optuna's TPE over the fit settings, each trial cross-validated; the best becomes ``cfg``."""
         optuna = _need_optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+        cfg = self.cfg
 
         def objective(trial) -> float:
             c = replace(
@@ -172,138 +230,135 @@ def train(
                 entropy_weight=trial.suggest_float("entropy_weight", 0.2, 3.0, log=True),
                 lr=trial.suggest_float("lr", 5e-4, 5e-3, log=True),
             )
-            if init_pair is not None:  # a fine-tuned model keeps its architecture
+            if self.init_pair is not None:  # a fine-tuned model keeps its architecture
                 c = replace(c, latent1=cfg.latent1, latent2=cfg.latent2, hidden=cfg.hidden)
-            s, _ = cross_validate(c, f"tune {trial.number + 1}/{tune}")
+            s, _ = self.cross_validate(c, f"tune {trial.number + 1}/{trials}")
             value = crossval.score(s)
-            log(f"tune trial {trial.number + 1}/{tune}: score {value:.3f} ({trial.params})")
+            self.log(f"tune trial {trial.number + 1}/{trials}: score {value:.3f} ({trial.params})")
             return value if math.isfinite(value) else 1e9
 
-        study.optimize(objective, n_trials=tune)
+        study.optimize(objective, n_trials=trials)
         best = study.best_trial.params
         cfg = replace(cfg, lr=best["lr"], llp_weight=best["llp_weight"], entropy_weight=best["entropy_weight"],
                       fine_clusters=best["fine_clusters"])
-        if init_pair is None:
+        if self.init_pair is None:
             cfg = replace(cfg, latent1=best["latent1"], latent2=best["latent2"], hidden=(best["width"], best["width2"]))
-        report["tuning"] = {"trials": tune, "sampler": f"optuna TPESampler(seed={seed})", "best_score": study.best_value,
-                            "best": best, "scores": [t.value for t in study.trials]}
-        log(f"tuning: best score {study.best_value:.3f} with {best}")
+        self.cfg = cfg
+        self.log(f"tuning: best score {study.best_value:.3f} with {best}")
+        return {"trials": trials, "sampler": f"optuna TPESampler(seed={seed})", "best_score": study.best_value,
+                "best": best, "scores": [t.value for t in study.trials]}
 
-    summary = None
-    preds: list = []
-    runs: list = []
-    if folds:
-        # Restarts: the same settings from other seeds, each cross-validated on the same folds; the
-        # final model takes the seed with the best held-out sample-count error (a recipe whose
-        # result depends on luck is measured, and the luck chosen on held-out data).
+    def restarts(self, restarts: int, report: dict) -> list:
+        """The same settings from other seeds, each cross-validated on the same folds; the final
+        model takes the seed with the best held-out sample-count error (a recipe whose result
+        depends on luck is measured, and the luck chosen on held-out data). The runs, best first."""
+        runs = []
         for r in range(restarts):
-            c = replace(cfg, seed=seed + RESTART_SEED_STEP * r)
+            c = replace(self.cfg, seed=self.cfg.seed + RESTART_SEED_STEP * r)
             label = "cross-validation" if restarts == 1 else f"restart {r + 1}/{restarts} cross-validation"
-            s_r, p_r = cross_validate(c, label)
+            s_r, p_r = self.cross_validate(c, label)
             runs.append((crossval.score(s_r), r, c, s_r, p_r))
             if restarts > 1:
-                log(f"restart {r + 1}/{restarts} (seed {c.seed}): score {runs[-1][0]:.3f}, "
-                    + restart_line(s_r))
+                self.log(f"restart {r + 1}/{restarts} (seed {c.seed}): score {runs[-1][0]:.3f}, " + restart_line(s_r))
         runs.sort(key=lambda t: (t[0] if math.isfinite(t[0]) else math.inf, t[1]))
         if restarts > 1:
             scores = [t[0] for t in runs]
             report["restarts"] = [{"seed": t[2].seed, "score": t[0], **restart_figures(t[3])}
                                   for t in sorted(runs, key=lambda t: t[1])]
-            log(f"restarts: scores {min(scores):.3f}-{max(scores):.3f}; the final model uses seed {runs[0][2].seed}")
-    else:
-        runs = [(math.nan, 0, cfg, None, [])]
+            self.log(f"restarts: scores {min(scores):.3f}-{max(scores):.3f}; the final model uses seed {runs[0][2].seed}")
+        return runs
 
-    # The final model is one more fit, on every sample: the same seed and settings can still land
-    # elsewhere than on the folds (a collapsed platelet cluster, measured: PLT -38 % on its own
-    # training samples where cross-validation said -2 %). It must count its own training samples
-    # about as well as cross-validation promised; if not, the next seed by cross-validated error is
-    # tried, and where none passes nothing is written.
-    supervised = [f for f in files if f.supervised]
-    final_checks = []
-    for attempt, (cv_score, _, c, s_c, p_c) in enumerate(runs):
-        fitted = fit(c, store, list(range(len(files))), targets, pre, init_pair, _tagged(progress, "final model"))
-        in_summary = _in_sample(fitted, prof, supervised, store, len(files))
-        in_score = crossval.score(in_summary)
-        limit = FINAL_SCORE_FACTOR * cv_score + FINAL_SCORE_MARGIN if math.isfinite(cv_score) else math.inf
-        passed = not verify_final or in_score <= limit
-        final_checks.append({"seed": c.seed, "score_on_training_samples": in_score,
-                             "crossval_score": cv_score if math.isfinite(cv_score) else None,
-                             "limit": limit if math.isfinite(limit) else None, "passed": passed,
-                             **restart_figures(in_summary)})
-        log(f"final model (seed {c.seed}) on its {len(supervised)} training samples: score {in_score:.3f}"
-            + (f" (cross-validated {cv_score:.3f}, limit {limit:.3f})" if math.isfinite(limit) else "")
-            + (", " + restart_line(in_summary) if in_summary.get("samples") else ""))
-        if passed:
-            if verify_final and not math.isfinite(limit) and in_score > NO_CROSSVAL_WARN_SCORE:
-                # Nothing to hold it to, but a model that cannot count its own training samples
-                # (the collapse measured with --folds 0: PLT -37.6 %) must not go out unremarked.
-                log(f"warning: the final model counts its own training samples with p95 errors {in_score:.1f}x the "
-                    f"targets on average; without cross-validation nothing else checks it: train with --folds 3 "
-                    f"--restarts 3")
-            cfg, summary, preds = c, s_c, p_c
-            break
-        more = attempt + 1 < len(runs)
-        log(f"final model with seed {c.seed} does not reproduce its cross-validated accuracy"
-            + (f": trying seed {runs[attempt + 1][2].seed}, the next by cross-validated error" if more else ""))
-    else:
+    def final_model(self, runs: list, verify_final: bool, out: Path) -> tuple:
+        """One more fit, on every sample: the same seed and settings can still land elsewhere than on
+        the folds (a collapsed platelet cluster, measured: PLT -38 % on its own training samples where
+        cross-validation said -2 %). It must count its own training samples about as well as
+        cross-validation promised; if not, the next seed by cross-validated error is tried, and where
+        none passes nothing is written. (fitted, cross-validation summary, predictions, checks)."""
+        supervised = [f for f in self.files if f.supervised]
+        final_checks = []
+        for attempt, (cv_score, _, c, s_c, p_c) in enumerate(runs):
+            fitted = fit(c, self.store, list(range(len(self.files))), self.targets, self.pre, self.init_pair,
+                         _tagged(self.progress, "final model"))
+            in_summary = _in_sample(fitted, self.prof, supervised, self.store, len(self.files))
+            in_score = crossval.score(in_summary)
+            limit = FINAL_SCORE_FACTOR * cv_score + FINAL_SCORE_MARGIN if math.isfinite(cv_score) else math.inf
+            passed = not verify_final or in_score <= limit
+            final_checks.append({"seed": c.seed, "score_on_training_samples": in_score,
+                                 "crossval_score": cv_score if math.isfinite(cv_score) else None,
+                                 "limit": limit if math.isfinite(limit) else None, "passed": passed,
+                                 **restart_figures(in_summary)})
+            self.log(f"final model (seed {c.seed}) on its {len(supervised)} training samples: score {in_score:.3f}"
+                     + (f" (cross-validated {cv_score:.3f}, limit {limit:.3f})" if math.isfinite(limit) else "")
+                     + (", " + restart_line(in_summary) if in_summary.get("samples") else ""))
+            if passed:
+                if verify_final and not math.isfinite(limit) and in_score > NO_CROSSVAL_WARN_SCORE:
+                    # Nothing to hold it to, but a model that cannot count its own training samples
+                    # (the collapse measured with --folds 0: PLT -37.6 %) must not go out unremarked.
+                    self.log(f"warning: the final model counts its own training samples with p95 errors {in_score:.1f}x "
+                             f"the targets on average; without cross-validation nothing else checks it: train with "
+                             f"--folds 3 --restarts 3")
+                self.cfg = c
+                return fitted, s_c, p_c, final_checks
+            more = attempt + 1 < len(runs)
+            self.log(f"final model with seed {c.seed} does not reproduce its cross-validated accuracy"
+                     + (f": trying seed {runs[attempt + 1][2].seed}, the next by cross-validated error" if more else ""))
         raise TrainingError(
             f"no final model reproduced its cross-validated accuracy on its own training samples (seeds "
             f"{', '.join(str(t['seed']) for t in final_checks)}: scores "
             f"{', '.join(format(t['score_on_training_samples'], '.2f') for t in final_checks)} against limits "
             f"{', '.join(format(t['limit'], '.2f') for t in final_checks)}); nothing written to {out}: "
             f"train with more --restarts or another --seed")
-    report["final_model_checks"] = final_checks
-    if restarts > 1:
-        report["restart_chosen_seed"] = cfg.seed
-    if summary is not None:
-        for line in crossval.format_summary(summary, f"{folds}-fold cross-validation"):
-            log(line)
-        report["summary"] = summary
 
-    species: dict[str, int] = {}
-    for f in files:
-        species[f.species or "not given"] = species.get(f.species or "not given", 0) + 1
-    card = {
-        "data": {"files": len(files), "with_reference": n_sup, "unsupervised": len(files) - n_sup, "profile": prof.name,
-                 "species": species, "events_per_file_median": int(np.median([f.n_events for f in files])),
-                 "events_kept_per_sample": cfg.events_per_sample,
-                 "files_with_acquisition_time": sum(f.elapsed_s is not None for f in files)},
-        "reference": {"file": Path(reference).name, "columns": table.columns, "encoding": table.encoding},
-        "supervision": {"coincidences": sorted(how), "noise": "counted per class in the reference" if how == {"counted"}
-                        else f"unsupervised (share held under {cfg.noise_cap:.0%} by a prior)"
-                        + (" where the reference gives no events per class" if "counted" in how else ""), "shares": sorted({s.name for t in targets for s in t.stage1 + t.stage2})},
-        "crossval": None if summary is None else {"folds": folds, **summary},
-        "tuning": report.get("tuning"),
-        "restarts": report.get("restarts"),
-        "final_model_checks": final_checks,
-        "init": None if init_bundle is None else {"name": init_bundle.name, "version": init_bundle.version,
-                                                  "sha256": init_bundle.sha256},
-        "settings": settings_dict(cfg),
-        "edgehema": __version__,
-        "seed": seed,
-        "machine": f"{platform.machine()}, torch device {cfg.device}",
-    }
-    # Only named species: a model from files without one is validated for no species in particular.
-    training = {"species": sorted(k for k in species if k != "not given"), "samples": len(files), "events_per_sample": cfg.events_per_sample,
-                "recipe": "edgehema train (export/training)", "recipe_settings": settings_dict(cfg),
-                "torch": _torch_version(), "seconds": None, **(training_notes or {})}
-    extra_files = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        if summary is not None:
-            rp = Path(tmp) / "crossval.json"
-            rp.write_text(json.dumps({**report, "predictions": [{**p.__dict__, **p.errors()} for p in preds]}, indent=1) + "\n",
-                          encoding="utf-8")
-            extra_files = {"crossval.json": rp, "crossval.csv": crossval.write_predictions(Path(tmp) / "crossval.csv", preds)}
-        training["seconds"] = round(time.perf_counter() - t0, 1)
-        card["seconds"] = training["seconds"]
-        manifest = save_bundle(
-            fitted, prof, out, name or out.name, description or "Two-stage deep clustering (AE + IDEC, then VaDE) "
-            "trained with edgehema train on an instrument's own event files and sample-level reference counts", training,
-            [store.events(i) for i in range(min(len(files), 40))], extra={"model_card": card}, extra_files=extra_files,
-            profile_file=_profile_file(prof), version=version)
-    log(f"wrote {out} in {time.perf_counter() - t0:.1f} s (estimated {estimate:.0f} s before training; files read "
-        f"from disk again: {store.reads})")
-    return TrainResult(out, summary, found.notices, time.perf_counter() - t0, manifest, fitted.history)
+    def species(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.files:
+            out[f.species or "not given"] = out.get(f.species or "not given", 0) + 1
+        return out
+
+    def model_card(self, report: dict, summary: dict | None, reference, seed: int) -> dict:
+        """The manifest's ``model_card``: the data, the supervision, cross-validation, the checks."""
+        files, cfg, how = self.files, self.cfg, self.how
+        n_sup = sum(f.supervised for f in files)
+        return {
+            "data": {"files": len(files), "with_reference": n_sup, "unsupervised": len(files) - n_sup,
+                     "profile": self.prof.name, "species": self.species(),
+                     "events_per_file_median": int(np.median([f.n_events for f in files])),
+                     "events_kept_per_sample": cfg.events_per_sample,
+                     "files_with_acquisition_time": sum(f.elapsed_s is not None for f in files)},
+            "reference": {"file": Path(reference).name, "columns": self.table.columns, "encoding": self.table.encoding},
+            "supervision": {"coincidences": sorted(how), "noise": "counted per class in the reference" if how == {"counted"}
+                            else f"unsupervised (share held under {cfg.noise_cap:.0%} by a prior)"
+                            + (" where the reference gives no events per class" if "counted" in how else ""),
+                            "shares": sorted({s.name for t in self.targets for s in t.stage1 + t.stage2})},
+            "crossval": None if summary is None else {"folds": self.folds, **summary},
+            "tuning": report.get("tuning"),
+            "restarts": report.get("restarts"),
+            "final_model_checks": report["final_model_checks"],
+            "init": None if self.init_bundle is None else {"name": self.init_bundle.name, "version": self.init_bundle.version,
+                                                           "sha256": self.init_bundle.sha256},
+            "settings": settings_dict(cfg),
+            "edgehema": __version__,
+            "seed": seed,
+            "machine": f"{platform.machine()}, torch device {cfg.device}",
+        }
+
+    def training_card(self, training_notes: dict | None) -> dict:
+        """The manifest's ``training``. Only named species: a model from files without one is
+        validated for no species in particular."""
+        return {"species": sorted(k for k in self.species() if k != "not given"), "samples": len(self.files),
+                "events_per_sample": self.cfg.events_per_sample, "recipe": "edgehema train (export/training)",
+                "recipe_settings": settings_dict(self.cfg), "torch": _torch_version(), "seconds": None,
+                **(training_notes or {})}
+
+
+def _crossval_files(tmp: Path, report: dict, summary: dict | None, preds: list) -> dict[str, Path]:
+    """crossval.json (the report and every prediction) and crossval.csv, for the bundle."""
+    if summary is None:
+        return {}
+    rp = tmp / "crossval.json"
+    rp.write_text(json.dumps({**report, "predictions": [{**p.__dict__, **p.errors()} for p in preds]}, indent=1) + "\n",
+                  encoding="utf-8")
+    return {"crossval.json": rp, "crossval.csv": crossval.write_predictions(tmp / "crossval.csv", preds)}
 
 
 #: Seeds of restarts (the folds stay those of --seed, so restarts are compared on the same held-out samples).

@@ -4,7 +4,7 @@ device folder of kind ``smear`` with int8 ONNX (onnxruntime) and, for ``tflite-i
 (LiteRT) beside it; calibrated on a VOC set's train list, measured on its val list, gated.
 
 Gates (as the event bundles' export has its own): mAP@0.5 within 0.01 of the float model and each
-class's total count on val within 1 % (``export.smear_tflite.GATES``). The folder is written either
+class's total count on val within 1 % (``export.smear_detector.tflite.GATES``). The folder is written either
 way, with the failures in its manifest; the command then exits 1.
 """
 
@@ -15,7 +15,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import ExportError
+from edgehema.model.bundle import SMEAR_GRAPH, SmearFolder, amend, write_manifest
+
+from export.common import ExportError
 
 TARGETS = ("onnx-int8", "tflite-int8")
 
@@ -54,8 +56,8 @@ def export_smear(source: Path, target: str, data: Path, out_dir: Path) -> SmearE
     from edgehema.smear.evaluate import evaluate
     from edgehema.smear.learned import session
 
-    from . import smear_tflite
-    from .smear_quantize import quantize, ship
+    from export.smear_detector import tflite as smear_tflite
+    from export.smear_detector.quantize import quantize, ship
 
     if target not in TARGETS:
         raise ExportError(f"--target {target}: a smear detector exports to {' or '.join(TARGETS)}")
@@ -67,15 +69,14 @@ def export_smear(source: Path, target: str, data: Path, out_dir: Path) -> SmearE
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(float_model, out_dir / "model-float.onnx")
     # A folder's training card and history come along (ship() reads training.json beside the float model).
-    card = Path(source) / "manifest.json" if Path(source).is_dir() else None
-    if card is not None:
-        training = json.loads(card.read_text()).get("training")
+    if Path(source).is_dir() and (Path(source) / SMEAR_GRAPH).is_file():
+        training = SmearFolder.load(source).training
         if training:
             (out_dir / "training.json").write_text(json.dumps(training))
     # The stain normalisation and the stain_unlike_training check compare with the training stain:
     # that of the set's train list (the images such a detector is trained on). Written first, so
     # that the evaluations below use it; ship() keeps it.
-    (out_dir / "manifest.json").write_text(json.dumps({"stain_reference": training_stain(data).to_dict()}))
+    write_manifest(out_dir, amend({"kind": "smear"}, stain_reference=training_stain(data).to_dict()))
     int8 = quantize(out_dir / "model-float.onnx", data, out_dir / "int8.onnx")
     reports = [evaluate(data, "val", f"model:{m}") for m in (out_dir / "model-float.onnx", int8)]
     sizes = [(out_dir / "model-float.onnx").stat().st_size, int8.stat().st_size]
@@ -84,17 +85,14 @@ def export_smear(source: Path, target: str, data: Path, out_dir: Path) -> SmearE
     int8.unlink()
     (out_dir / "training.json").unlink(missing_ok=True)
     session.cache_clear()
-    manifest_path = out_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["name"] = f"edgehema-smear-{out_dir.name}"
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-    manifest["parity_bccd_val"] = smear_tflite.parity(data, f"model:{out_dir / 'model-float.onnx'}", f"model:{out_dir}")
+    manifest = amend(SmearFolder.load(out_dir).manifest, name=f"edgehema-smear-{out_dir.name}")
+    write_manifest(out_dir, manifest)
+    parity = smear_tflite.parity(data, f"model:{out_dir / 'model-float.onnx'}", f"model:{out_dir}")
     result = SmearExport(out_dir)
-    result.failures += smear_tflite.gate_evaluation(manifest["evaluation_bccd_val"]["float"], reports[1],
-                                                    manifest["parity_bccd_val"], "int8 ONNX")
-    manifest["gates"] = {"limits": smear_tflite.GATES, "failed": list(result.failures)}
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-    result.lines.append(_line("int8 ONNX", reports[1], manifest["parity_bccd_val"], sizes[1], sizes[0]))
+    result.failures += smear_tflite.gate_evaluation(reports[0], reports[1], parity, "int8 ONNX")
+    write_manifest(out_dir, amend(manifest, parity_bccd_val=parity,
+                                  gates={"limits": smear_tflite.GATES, "failed": list(result.failures)}))
+    result.lines.append(_line("int8 ONNX", reports[1], parity, sizes[1], sizes[0]))
     if target == "tflite-int8":
         member, failures = smear_tflite.add_tflite(out_dir, data)
         result.failures += failures

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgehema.model import classes as C
-from edgehema.model.bundle import MANIFEST, REFERENCE_BUNDLE, Bundle, seal
+from edgehema.model.bundle import MANIFEST, REFERENCE_BUNDLE, Bundle, amend, seal
 from edgehema.model.classifier import Classifier
 from edgehema.exceptions import BundleError, EdgehemaError, ProfileMismatchError
 from edgehema.formats import read_sample
@@ -28,8 +28,8 @@ from edgehema.counts.result import classify_sample
 from edgehema.sample import Sample
 from edgehema.model.selftest import attach_known_answer, compare, spread_events
 
-from .common import CALIBRATION_BATCH, ExportError
-from .graph import float_graph_outputs, compact_names, head_outputs, name_nodes_and_find_heads  # noqa: F401 - re-exported
+from export.common import CALIBRATION_BATCH, ExportError
+from export.graph import float_graph_outputs, compact_names, head_outputs, name_nodes_and_find_heads  # noqa: F401 - re-exported
 
 TARGETS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
 METHODS = ("minmax", "entropy", "percentile")
@@ -102,7 +102,7 @@ class _Reader:
         for s in samples:
             x = bundle.preprocess(s.events)
             for i in range(0, len(x) - CALIBRATION_BATCH + 1, CALIBRATION_BATCH):
-                self.batches.append({bundle.manifest["model"].get("input", "x"): x[i : i + CALIBRATION_BATCH]})
+                self.batches.append({bundle.settings.graph_input: x[i : i + CALIBRATION_BATCH]})
         if not self.batches:
             raise ExportError(f"calibration needs at least {CALIBRATION_BATCH} events in one file")
         self._it = iter(self.batches)
@@ -217,7 +217,7 @@ def parity(float_bundle: Bundle, new_bundle: Bundle, calibration: list, heldout:
     # Size and speed of the graph alone, float and new, on the same events (medians of 5).
     x = float_bundle.preprocess(np.concatenate([s.events for s in heldout or calibration])[:150_000])
     report["float_size_bytes"] = float_bundle.model_file.stat().st_size
-    device_file = (new_bundle.path / new_bundle.manifest["model"]["tflite"]["file"]
+    device_file = (new_bundle.path / new_bundle.settings.tflite_file
                    if backend == "tflite" else new_bundle.model_file)
     report["size_bytes"] = device_file.stat().st_size
     report["size_ratio"] = report["size_bytes"] / report["float_size_bytes"]
@@ -273,7 +273,7 @@ def export_bundle(source: str | Path | None, target: str, calibration_files: lis
     require_converters(target)
     if source is not None and Path(str(source)).suffix in (".pt", ".pth", ".ts", ".torchscript"):
         require_converters("pytorch")
-        from .from_torch import float_source
+        from export.event_model.from_torch import float_source
 
         with tempfile.TemporaryDirectory() as tmp:
             made = float_source(str(source), manifest_template, Path(tmp))
@@ -287,45 +287,42 @@ def _export(source, target, calibration_files, out, method, heldout_files, gates
     if method not in METHODS:
         raise ExportError(f"unknown calibration method {method!r} (known: {', '.join(METHODS)})")
     src = Bundle.load(REFERENCE_BUNDLE if source is None else source)
-    if src.manifest.get("target", "onnx-fp32") != "onnx-fp32":
-        raise ExportError(f"{src.path}: export starts from a float bundle, this one is {src.manifest['target']}")
+    if src.settings.target != "onnx-fp32":
+        raise ExportError(f"{src.path}: export starts from a float bundle, this one is {src.settings.target}")
     calibration = load_calibration(src, calibration_files)
     heldout = load_calibration(src, heldout_files) if heldout_files else []
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out}: output folder exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
     try:
-        manifest = json.loads(json.dumps(src.manifest))
-        manifest.pop("integrity", None)
-        manifest["name"] = f"{src.name}-{target}"
-        manifest["target"] = target
-        manifest["source"] = {"name": src.name, "version": src.version, "sha256": src.sha256}
+        manifest = amend(json.loads(json.dumps(src.manifest)), name=f"{src.name}-{target}", target=target,
+                         source={"name": src.name, "version": src.version, "sha256": src.sha256})
         files = {"model.onnx": ""}
         if target == "onnx-fp32":
             shutil.copy2(src.model_file, out / "model.onnx")
-            manifest["quantization"] = None
+            manifest = amend(manifest, quantization=None)
         elif target.startswith("tflite"):
-            from .tflite import convert
+            from export.event_model.tflite import convert
 
             # The float ONNX graph stays in the bundle: `--backend onnx` runs it, `--backend tflite`
             # the converted model, and the parity report says how far apart they are.
             shutil.copy2(src.model_file, out / "model.onnx")
-            manifest["model"] = dict(manifest["model"], tflite=convert(src, calibration, target, out))
-            manifest["quantization"] = manifest["model"]["tflite"]["quantization"]
+            member = convert(src, calibration, target, out)
+            manifest = amend(manifest, model={"tflite": member}, quantization=member["quantization"])
             files["model.tflite"] = ""
         else:
             try:
-                manifest["quantization"] = quantize_int8(src, calibration, out / "model.onnx", method)
+                manifest = amend(manifest, quantization=quantize_int8(src, calibration, out / "model.onnx", method))
             except ExportError:
                 raise
             except Exception as exc:  # onnxruntime's quantizer raises many kinds; one line for the user
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 raise ExportError(f"{src.model_file}: int8 quantization failed: {first}") from None
-        manifest["model"] = dict(manifest["model"], file="model.onnx")
-        if manifest.get("profile_file"):  # a user's own profile travels with the model
-            shutil.copy2(src.path / manifest["profile_file"], out / manifest["profile_file"])
-            files[manifest["profile_file"]] = ""
-        manifest["files"] = dict(files)
+        own_profile = src.settings.profile_file
+        if own_profile:  # a user's own profile travels with the model
+            shutil.copy2(src.path / own_profile, out / own_profile)
+            files[own_profile] = ""
+        manifest = amend(manifest, model={"file": "model.onnx"}, files=dict(files))
         (out / MANIFEST).write_text(json.dumps(seal(manifest, out), indent=1) + "\n", encoding="utf-8")
         new = Bundle.load(out)
         report = parity(src, new, calibration, heldout, "tflite" if target.startswith("tflite") else "onnx")
@@ -350,15 +347,14 @@ def _export(source, target, calibration_files, out, method, heldout_files, gates
         report["gates"] = {"thresholds": gates, "failures": failures}
         (out / "parity.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         files["parity.json"] = ""
-        manifest["files"] = dict(files)
-        manifest = attach_known_answer(manifest, out, events, answer)
-        manifest["parity_summary"] = {
+        manifest = attach_known_answer(amend(manifest, files=dict(files)), out, events, answer)
+        manifest = amend(manifest, parity_summary={
             "label_agreement": report["label_agreement"], "max_count_delta_pct": report["max_count_delta_pct"],
             "max_retic_delta_pt": report["max_retic_delta_pt"], "mean_count_delta_pct": report["mean_count_delta_pct"],
             "float_gain_step_max_count_delta_pct": report["float_gain_step"]["max_count_delta_pct"],
             "size_ratio": report["size_ratio"], "max_ood_delta_pt": report["max_ood_delta_pt"],
             "speedup_vs_float": report["speedup_vs_float"], "gate_failures": failures,
-        }
+        })
         (out / MANIFEST).write_text(json.dumps(seal(manifest, out), indent=1) + "\n", encoding="utf-8")
         Bundle.load(out)
     except (BundleError, ExportError):

@@ -31,8 +31,8 @@ import numpy as np
 from edgehema.model.backends.held_back import held_back
 from edgehema.model.bundle import Bundle
 
-from .common import CALIBRATION_BATCH, ExportError
-from .graph import head_outputs
+from export.common import CALIBRATION_BATCH, ExportError
+from export.graph import head_outputs
 
 TFLITE_BATCH = 4096
 #: Calibration batches for the int8 converter at most (one million events; more adds time, not accuracy).
@@ -139,8 +139,8 @@ def match_outputs(bundle: Bundle, tflite_path: Path, x: np.ndarray) -> dict[str,
     from edgehema.model.backends.tflite_backend import load_interpreter_class
 
     sess = ort.InferenceSession(str(bundle.model_file), providers=["CPUExecutionProvider"])
-    names = bundle.manifest["model"]["outputs"]
-    ref = dict(zip(names, sess.run(names, {bundle.manifest["model"].get("input", "x"): x})))
+    names = list(bundle.settings.graph_outputs)
+    ref = dict(zip(names, sess.run(names, {bundle.settings.graph_input: x})))
     Interpreter, _ = load_interpreter_class()
     it = Interpreter(model_path=str(tflite_path))
     it.allocate_tensors()

@@ -12,9 +12,10 @@ import json
 import warnings
 from pathlib import Path
 
-from edgehema.model.bundle import MANIFEST, Bundle, seal
+from edgehema.exceptions import BundleError
+from edgehema.model.bundle import MANIFEST, Bundle, amend, parse_settings, read_manifest, seal
 
-from .common import ExportError
+from export.common import ExportError
 
 
 def bundle_from_torch(model_path: Path, manifest_path: Path, out: Path) -> Bundle:
@@ -23,9 +24,10 @@ def bundle_from_torch(model_path: Path, manifest_path: Path, out: Path) -> Bundl
     except ImportError:
         raise ExportError("a PyTorch model needs torch: pip install 'edgehema[export]'") from None
     try:
-        template = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{manifest_path}: cannot read the manifest template: {exc}") from None
+        template = amend(read_manifest(Path(manifest_path)), model={"file": "model.onnx"}, files={"model.onnx": ""})
+        settings = parse_settings(Path(manifest_path), template)
+    except BundleError as exc:
+        raise ExportError(str(exc)) from None
     try:
         try:
             module = torch.jit.load(str(model_path), map_location="cpu")
@@ -36,7 +38,7 @@ def bundle_from_torch(model_path: Path, manifest_path: Path, out: Path) -> Bundl
     if not isinstance(module, torch.nn.Module):
         raise ExportError(f"{model_path}: holds a {type(module).__name__}, not a PyTorch module")
     module.eval()
-    outputs = list(template.get("model", {}).get("outputs", []))
+    outputs = list(settings.graph_outputs)
     n_features = len(template.get("features", []))
     if not outputs or not n_features:
         raise ExportError(f"{manifest_path}: the template needs features and model.outputs")
@@ -50,19 +52,15 @@ def bundle_from_torch(model_path: Path, manifest_path: Path, out: Path) -> Bundl
             raise ExportError(f"{model_path}: the module returns {len(got)} output(s), the template names {len(outputs)}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), str(out / "model.onnx"), input_names=[template["model"].get("input", "x")],
+            torch.onnx.export(module, (example,), str(out / "model.onnx"), input_names=[settings.graph_input],
                               output_names=outputs, opset_version=17, dynamo=False,
-                              dynamic_axes={template["model"].get("input", "x"): {0: "events"},
+                              dynamic_axes={settings.graph_input: {0: "events"},
                                             **{o: {0: "events"} for o in outputs}})
     except ExportError:
         raise
     except Exception as exc:  # the exporter raises many kinds
         raise ExportError(f"{model_path}: ONNX export failed: {str(exc).splitlines()[0][:200]}") from None
-    manifest = dict(template)
-    manifest["model"] = dict(manifest["model"], file="model.onnx")
-    manifest["files"] = {"model.onnx": ""}
-    manifest.pop("integrity", None)
-    (out / MANIFEST).write_text(json.dumps(seal(manifest, out), indent=1) + "\n", encoding="utf-8")
+    (out / MANIFEST).write_text(json.dumps(seal(template, out), indent=1) + "\n", encoding="utf-8")
     return Bundle.load(out)
 
 

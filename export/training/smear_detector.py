@@ -10,7 +10,7 @@ three heads (3-class heat map, box width/height, offset), about 0.2 M weights, i
 at the centres. Augmentation: flips, 180-degree turns, colour jitter (hue, saturation, brightness),
 scale 0.8-1.25. Deterministic for a seed on the CPU.
 
-    python -m export.smear_train --data ../shared/data/bccd --epochs 140 --out build/smear
+    python -m export.training.smear_detector --data ../shared/data/bccd --epochs 140 --out build/smear
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 
 from edgehema.smear.detections import SMEAR_CLASSES as CLASSES
 from edgehema.smear.learned import INPUT, STRIDE, preprocess
+from export.smear_detector.network import build_model
 
 
 def load_split(root: Path, split: str):
@@ -111,46 +112,6 @@ def augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator):
     return canvas, b
 
 
-def build_model():
-    import torch
-    from torch import nn
-
-    def conv(cin, cout, stride=1):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-    def sep(cin, cout, stride=1):
-        return nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
-                             nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout),
-                             nn.ReLU(inplace=True))
-
-    class CellNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Sequential(conv(3, 16, 2), sep(16, 24))          # /2
-            self.s2 = nn.Sequential(sep(24, 32, 2), sep(32, 32))             # /4
-            self.s3 = nn.Sequential(sep(32, 64, 2), sep(64, 64))             # /8
-            self.s4 = nn.Sequential(sep(64, 96, 2), sep(96, 96), sep(96, 96))  # /16
-            self.lat3 = nn.Conv2d(64, 64, 1)
-            self.lat2 = nn.Conv2d(32, 64, 1)
-            self.top = nn.Conv2d(96, 64, 1)
-            self.mix3 = sep(64, 64)
-            self.mix2 = sep(64, 64)
-            self.hm = nn.Sequential(conv(64, 48), nn.Conv2d(48, len(CLASSES), 1))
-            self.wh = nn.Sequential(conv(64, 32), nn.Conv2d(32, 2, 1))
-            self.off = nn.Sequential(conv(64, 32), nn.Conv2d(32, 2, 1))
-            self.hm[-1].bias.data.fill_(-2.19)  # CenterNet's prior: sigmoid = 0.1
-
-        def forward(self, x):
-            f2 = self.s2(self.stem(x))
-            f3 = self.s3(f2)
-            f4 = self.s4(f3)
-            p3 = self.mix3(self.lat3(f3) + nn.functional.interpolate(self.top(f4), size=f3.shape[2:], mode="nearest"))
-            p2 = self.mix2(self.lat2(f2) + nn.functional.interpolate(p3, size=f2.shape[2:], mode="nearest"))
-            return torch.sigmoid(self.hm(p2)), self.wh(p2), self.off(p2)
-
-    return CellNet()
-
-
 def focal_loss(pred, gt):
     import torch
 
@@ -224,7 +185,7 @@ def train(data: Path, epochs: int, out: Path, seed: int = 1, batch: int = 16, lr
     dummy = torch.zeros(1, 3, INPUT[1], INPUT[0])
     torch.onnx.export(model, dummy, str(out / "model-float.onnx"), input_names=["image"],
                       output_names=["heatmap", "size", "offset"], opset_version=17, dynamo=False)
-    card = {"recipe": "export.smear_train", "seed": seed, "epochs": epochs, "batch": batch, "lr": lr,
+    card = {"recipe": "export.training.smear_detector", "seed": seed, "epochs": epochs, "batch": batch, "lr": lr,
             "train_images": len(items), "seconds": round(time.perf_counter() - t0, 1),
             "weights": int(sum(p.numel() for p in model.parameters()))}
     (out / "training.json").write_text(json.dumps(card, indent=1) + "\n")

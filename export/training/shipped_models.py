@@ -3,8 +3,8 @@ event files and the reference counts another analyzer would report for them, the
 train`` (export/training) on them. One training code path: the shipped model and a user's model
 differ only in their data.
 
-    python -m export.train_reference --out edgehema/model/shipped          # the shipped models (15 min)
-    python -m export.train_reference --out /tmp/m --scale tiny       # the CI smoke run
+    python -m export.training.shipped_models --out edgehema/model/shipped          # the shipped models (15 min)
+    python -m export.training.shipped_models --out /tmp/m --scale tiny       # the CI smoke run
 
 Supervision, as in the reference paper: each simulated sample contributes sample-level counts only,
 never a label per event. The simulator knows how many events of each class a file holds, so its
@@ -27,14 +27,15 @@ import torch
 from torch import nn
 
 from edgehema.model import classes as C
-from edgehema.model.bundle import FORMAT
+from edgehema.exceptions import BundleError
+from edgehema.model.bundle import FORMAT, Bundle
 from edgehema.profiles import get_profile
 from edgehema.simulator import PATHOLOGIES, InstrumentSettings
 
-from .models import SupervisedMLP
-from .training import train
-from .training.fit import FitSettings, export_onnx, settings_dict, write_bundle
-from .training.simulated import Instrument, simulate_instrument
+from export.event_model.network import SupervisedMLP
+from export.training.run import train
+from export.training.fit import FitSettings, export_onnx, settings_dict, write_bundle
+from export.training.simulated import Instrument, simulate_instrument
 
 SPECIES = ("human", "dog", "cat", "horse", "cattle")
 #: 1.0.0 was trained by the recipe's own loops from events per class; 2.0.0 on, through edgehema train.
@@ -131,13 +132,13 @@ def run(recipe: Recipe, out: Path, log=print, history: dict | None = None) -> di
                                    "weakly supervised by sample-level reference counts (edgehema train)",
                        training_notes={"pathologies": sorted(recipe.pathologies or PATHOLOGIES),
                                        "data": f"edgehema simulator (optical-11), {VARIATION}",
-                                       "recipe": "export/train_reference.py -> edgehema train (export/training)",
+                                       "recipe": "export/training/shipped_models.py -> edgehema train (export/training)",
                                        "recipe_settings": {**{k: v for k, v in asdict(recipe).items() if k != "fit"},
                                                            "fit": settings_dict(replace(recipe.fit, seed=recipe.seed))}},
                        log=log)
     history.update(result.history)
     written["reference"] = ref
-    manifest = result.manifest
+    made = Bundle.load(ref)
     x = np.concatenate(kept_x)
     logx = np.log1p(np.maximum(x, 0.0))
     mean, std = logx.mean(0), np.maximum(logx.std(0), 1e-3)
@@ -150,13 +151,13 @@ def run(recipe: Recipe, out: Path, log=print, history: dict | None = None) -> di
     write_bundle(sup, {
         "format": FORMAT,
         "name": "edgehema-supervised-mlp",
-        "version": manifest["version"],
+        "version": made.version,
         "description": "Upper-bound baseline for `edgehema evaluate`: an MLP trained WITH per-event labels",
         "profile": profile.name,
         "features": list(profile.feature_names),
         "preprocessing": {"transform": "log1p", "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
         "classes": list(C.EVENT_CLASSES),
-        "training": {**{k: v for k, v in manifest["training"].items() if k != "recipe_settings"},
+        "training": {**{k: v for k, v in (made.settings.training or {}).items() if k != "recipe_settings"},
                      "events_per_sample": len(kept_y[0]), "torch": torch.__version__},
         "model": {"file": "model.onnx", "kind": "softmax-classifier", "input": "x", "outputs": ["probabilities"]},
         "supervision": "per-event labels (baseline only)",
@@ -174,17 +175,16 @@ def check_shipped(models: Path, log=print, samples_per_species: int | None = Non
     within 1.5 x the chosen seed's cross-validated score + 0.5. For bundles made before the check
     existed (2.0.0), and for any copy whose reproduction is in doubt. ``samples_per_species``: the
     first samples only (tests), the same ones the full set begins with."""
-    import json
 
-    from .training import crossval
-    from .training.run import FINAL_SCORE_FACTOR, FINAL_SCORE_MARGIN, restart_line
+    from export.training import crossval
+    from export.training.run import FINAL_SCORE_FACTOR, FINAL_SCORE_MARGIN, restart_line
 
-    path = models / "reference" / "manifest.json"
+    path = models / "reference"
     try:
-        manifest = json.loads(path.read_text())
-        card = manifest["model_card"]
-        settings = {k: v for k, v in manifest["training"]["recipe_settings"].items() if k != "fit"}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        made = Bundle.load(path)
+        card = made.settings.model_card
+        settings = {k: v for k, v in made.settings.training["recipe_settings"].items() if k != "fit"}
+    except (BundleError, KeyError, TypeError) as exc:
         raise SystemExit(f"{path}: not a bundle made by this recipe ({type(exc).__name__}: {exc})") from None
     recipe = Recipe(**{**settings, "species": tuple(settings["species"]),
                        "pathologies": tuple(settings["pathologies"]) if settings["pathologies"] else None})
@@ -204,7 +204,7 @@ def check_shipped(models: Path, log=print, samples_per_species: int | None = Non
             summary, _ = crossval.evaluate_heldout(models / name, [Path(tmp) / "data"], reference)
             score = crossval.score(summary)
             ok &= score <= limit
-            log(f"{name} {manifest['version']} on its {n} training samples: score {score:.3f} (seed {seed} "
+            log(f"{name} {made.version} on its {n} training samples: score {score:.3f} (seed {seed} "
                 f"cross-validated {chosen[0]:.3f}, limit {limit:.3f}): {'passed' if score <= limit else 'FAILED'}; "
                 + restart_line(summary))
     return ok

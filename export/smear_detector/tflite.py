@@ -1,12 +1,12 @@
 """int8 TFLite of the smear detector: onnx2tf (ONNX -> TensorFlow SavedModel, NCHW -> NHWC) then
 TensorFlow's TFLiteConverter, full integer with BCCD train images as the representative dataset.
 
-The same route as the event bundles' ``tflite-int8`` target (export/tflite.py): the ONNX float model
+The same route as the event bundles' ``tflite-int8`` target (export/event_model/tflite.py): the ONNX float model
 is the contract, whatever trained it. The device runs the result with LiteRT (``ai-edge-litert``);
 int8 weights per channel and int8 activations, float32 input and outputs, so the runtime feeds and
 reads it like the ONNX model (in NHWC).
 
-    python -m export.smear_tflite edgehema/smear/models/bccd-int8 --data ../shared/data/bccd
+    python -m export.smear_detector.tflite edgehema/smear/models/bccd-int8 --data ../shared/data/bccd
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from edgehema.model.backends.held_back import held_back
+from edgehema.model.bundle import SmearFolder, amend, write_manifest
 from edgehema.smear.learned import preprocess
 
-from .common import ExportError
-from .tflite import _onnx2tf, _version
+from export.common import ExportError
+from export.event_model.tflite import _onnx2tf, _version
 
 #: BCCD train images the int8 converter calibrates on (the ONNX int8 model uses the same 64).
 CALIBRATION_IMAGES = 64
@@ -142,9 +143,9 @@ def gate_evaluation(float_report: dict, report: dict, parity_report: dict, what:
     return failures
 
 
-def gate(manifest: dict, member: dict) -> list[str]:
-    """What the int8 TFLite model fails of GATES (an empty list: it may ship)."""
-    failures = gate_evaluation(manifest["evaluation_bccd_val"]["float"], member["evaluation_bccd_val"],
+def gate(float_report: dict, member: dict) -> list[str]:
+    """What the int8 TFLite model fails of GATES against the float model's report (an empty list: it may ship)."""
+    failures = gate_evaluation(float_report, member["evaluation_bccd_val"],
                                member["parity_bccd_val"], "int8 TFLite")
     for k, (a, b) in enumerate(zip(member["known_answer"]["heatmap_max"], member["float_known_answer"]["heatmap_max"])):
         if abs(a - b) > GATES["known_answer_peak"]:
@@ -167,16 +168,14 @@ def add_tflite(folder: Path, data: Path) -> tuple[dict, list[str]]:
     member["float_known_answer"] = known_answer(ort.InferenceSession(str(folder / "model-float.onnx"),
                                                                      providers=["CPUExecutionProvider"]))
     member["bytes"] = target.stat().st_size
-    manifest_path = folder / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["tflite"] = member
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    smear = SmearFolder.load(folder)
+    write_manifest(folder, amend(smear.manifest, tflite=member))  # the engine below needs its member
     session.cache_clear()
     member["evaluation_bccd_val"] = evaluate(data, "val", f"model:{target}")
     member["parity_bccd_val"] = parity(data, f"model:{folder / 'model-float.onnx'}", f"model:{target}")
-    failures = gate(manifest, member)
+    failures = gate(smear.evaluation["float"], member)
     member["gates"] = {"limits": GATES, "failed": failures}
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    write_manifest(folder, amend(smear.manifest, tflite=member))
     return member, failures
 
 
@@ -194,7 +193,7 @@ def main() -> None:
     print(f"model.tflite: {member['bytes']:,} bytes ({member['bytes'] / (args.folder / 'model-float.onnx').stat().st_size:.2f} "
           f"of the float ONNX)")
     if failures:
-        raise SystemExit(f"export.smear_tflite: {args.folder / 'model.tflite'}: fails its release gates: {'; '.join(failures)}")
+        raise SystemExit(f"export.smear_detector.tflite: {args.folder / 'model.tflite'}: fails its release gates: {'; '.join(failures)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """int8 of the smear detector with onnxruntime.quantization (static, QDQ, per-channel weights),
 calibrated on BCCD train images, and the float/int8 parity on BCCD val.
 
-    python -m export.smear_quantize build/smear/model-float.onnx --data ../shared/data/bccd --out build/smear/model-int8.onnx
+    python -m export.smear_detector.quantize build/smear/model-float.onnx --data ../shared/data/bccd --out build/smear/model-int8.onnx
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 
 
+from edgehema.exceptions import BundleError
+from edgehema.model.bundle import SmearFolder, amend, smear_stain_reference, write_manifest
 from edgehema.smear.learned import preprocess
 
 #: 1.1.0: weights quantized in a 7-bit range, exact on x86 CPUs without VNNI (1.0.0 was not).
@@ -127,7 +129,11 @@ def ship(folder: Path, float_model: Path, int8_model: Path, summary: dict) -> No
     from edgehema.smear.learned import known_answer
 
     folder.mkdir(parents=True, exist_ok=True)
-    old = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
+    try:  # a folder shipped before: its training card stays where no new one comes
+        old_training = SmearFolder.load(folder).training
+    except BundleError:
+        old_training = {}
+    old_stain = smear_stain_reference(folder)
     shutil.copyfile(int8_model, folder / "model.onnx")
     if float_model.resolve() != (folder / "model-float.onnx").resolve():
         shutil.copyfile(float_model, folder / "model-float.onnx")
@@ -144,18 +150,18 @@ def ship(folder: Path, float_model: Path, int8_model: Path, summary: dict) -> No
         "stride": STRIDE, "threshold": THRESHOLD,
         "sha256": hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest(),
         "float_sha256": hashlib.sha256((folder / "model-float.onnx").read_bytes()).hexdigest(),
-        "training": json.loads(card.read_text()) if card.is_file() else old.get("training", {}),
+        "training": json.loads(card.read_text()) if card.is_file() else old_training,
         "quantization": {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activations": "uint8 per tensor",
                          "weights": "int8 per channel, 7-bit range (reduce_range: x86 without VNNI saturates 8-bit)",
                          "float": ["heat-map 1x1 convolution and sigmoid"],
-                         "names": "inner tensor names shortened, node names dropped (export.smear_quantize.compact_names)"},
+                         "names": "inner tensor names shortened, node names dropped (export.smear_detector.quantize.compact_names)"},
         "known_answer": answer,
         "evaluation_bccd_val": {"float": summary["float"], "int8": summary["int8"]},
         "bytes": {"int8": summary["bytes"][1], "float": summary["bytes"][0]},
     }
-    if old.get("stain_reference"):  # the stain the detector was trained on travels with it
-        manifest["stain_reference"] = old["stain_reference"]
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if old_stain:  # the stain the detector was trained on travels with it
+        manifest = amend(manifest, stain_reference=old_stain)
+    write_manifest(folder, manifest)
 
 
 if __name__ == "__main__":
