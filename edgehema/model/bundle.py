@@ -74,7 +74,7 @@ EVENT_MEMBERS = frozenset({
 SMEAR_MEMBERS = frozenset({
     "kind", "name", "version", "description", "classes", "input", "stride", "threshold", "sha256", "float_sha256",
     "training", "quantization", "known_answer", "evaluation_bccd_val", "bytes", "stain_reference", "tflite",
-    "parity_bccd_val", "gates"})
+    "parity_bccd_val", "gates", "scale", "evaluation", "count_thresholds", "parity"})
 #: ``amend(manifest, member=DROP)`` removes a member.
 DROP = object()
 
@@ -483,6 +483,12 @@ class SmearFolder:
     stain_reference: dict[str, Any] | None
     training: dict[str, Any]
     tflite: SmearTflite | None
+    #: Red-cell diameter in pixels at which the detector sees cells (its ``scale.rbc_px``): images
+    #: are resampled to it first. None: a detector made before the scale stage, run on the field as
+    #: it comes (resized to its input).
+    rbc_px: float | None = None
+    #: Score from which a peak counts as a cell, per class (chosen on the training split), or None.
+    count_thresholds: dict[str, float] | None = None
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "SmearFolder":
@@ -506,23 +512,27 @@ class SmearFolder:
         t = obj(m.get("tflite"), "tflite")
         if t is not None and not (isinstance(t.get("file"), str) and isinstance(t.get("sha256"), str)):
             raise BundleError(f"{mpath}: tflite must name its file and sha256")
+        scale = obj(m.get("scale"), "scale") or {}
         try:
             size = (int(inp["width"]), int(inp["height"])) if inp else None
             stride = int(m["stride"]) if m.get("stride") is not None else None
+            rbc_px = float(scale["rbc_px"]) if scale else None
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{mpath}: input needs width and height, stride a whole number ({exc})") from None
+            raise BundleError(f"{mpath}: input needs width and height, stride a whole number, scale its rbc_px "
+                              f"({exc})") from None
         return cls(
             path=directory, digest=hashlib.sha256(raw).hexdigest(), manifest=m, name=str(m.get("name", directory.name)),
-            version=str(m.get("version", "-")), classes=tuple(m.get("classes") or ()), input_size=size,
+            version=str(m.get("version", "-")), classes=tuple(m.get("classes") or ()), input_size=size, rbc_px=rbc_px,
+            count_thresholds=_thresholds(mpath, obj(m.get("count_thresholds"), "count_thresholds")),
             layout=str(inp.get("layout", "")), stride=stride, sha256=str(m["sha256"]),
             known_answer=obj(m.get("known_answer"), "known_answer"), quantization=obj(m.get("quantization"), "quantization"),
-            evaluation=obj(m.get("evaluation_bccd_val"), "evaluation_bccd_val") or {},
+            evaluation=obj(m.get("evaluation") or m.get("evaluation_bccd_val"), "evaluation") or {},
             stain_reference=obj(m.get("stain_reference"), "stain_reference"), training=obj(m.get("training"), "training") or {},
             tflite=None if t is None else SmearTflite(
                 file=t["file"], sha256=t["sha256"], outputs=dict(obj(t.get("outputs"), "tflite.outputs") or {}),
                 known_answer=obj(t.get("known_answer"), "tflite.known_answer"), size_bytes=t.get("bytes"),
-                evaluation=obj(t.get("evaluation_bccd_val"), "tflite.evaluation_bccd_val"),
-                parity=obj(t.get("parity_bccd_val"), "tflite.parity_bccd_val"),
+                evaluation=obj(t.get("evaluation") or t.get("evaluation_bccd_val"), "tflite.evaluation"),
+                parity=obj(t.get("parity") or t.get("parity_bccd_val"), "tflite.parity"),
                 quantization=obj(t.get("quantization"), "tflite.quantization"), gates=obj(t.get("gates"), "tflite.gates")))
 
     def tflite_for(self, path: Path) -> SmearTflite:
@@ -533,6 +543,14 @@ class SmearFolder:
         if sha256_file(path) != t.sha256:
             raise BundleError(f"{path}: sha256 differs from its manifest: the model file is damaged or replaced")
         return t
+
+
+def _thresholds(mpath: Path, v: dict | None) -> dict[str, float] | None:
+    if v is None:
+        return None
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in v.values()):
+        raise BundleError(f"{mpath}: count_thresholds must give each class a score between 0 and 1, not {v!r}")
+    return {k: float(x) for k, x in v.items()}
 
 
 def folder_kind(directory: Path) -> str | None:

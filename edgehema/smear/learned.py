@@ -246,3 +246,73 @@ def detect(image: np.ndarray, model: str | None = None) -> list[Detection]:
     hm, wh, off = sess.run(None, {sess.get_inputs()[0].name: preprocess(image)})
     h, w = image.shape[:2]
     return decode(hm[0], wh[0], off[0], w / INPUT[0], h / INPUT[1])
+
+
+@lru_cache(maxsize=8)
+def model_rbc_px(model: str) -> float | None:
+    """The red-cell size (pixels) a smear model sees cells at: its folder's ``scale.rbc_px``, or for
+    a bare ONNX file the ``model_rbc_px`` of the training card beside it; None for a detector made
+    before the scale stage (it is run on the field as it comes)."""
+    folder, card = _described_by(model)
+    if folder is not None:
+        return folder.rbc_px
+    return float(card["model_rbc_px"]) if isinstance(card.get("model_rbc_px"), (int, float)) else None
+
+
+@lru_cache(maxsize=8)
+def count_thresholds(model: str) -> dict[str, float]:
+    """Per class, the score from which a smear model's peak counts as a cell: its folder's
+    ``count_thresholds`` (or its training card's), else COUNT_THRESHOLDS (the BCCD detector's)."""
+    folder, card = _described_by(model)
+    own = folder.count_thresholds if folder is not None else card.get("count_thresholds")
+    return {**COUNT_THRESHOLDS, **(own or {})}
+
+
+def _described_by(model: str) -> tuple[SmearFolder | None, dict]:
+    """The folder a smear model is in (None for a bare file) and, for a bare file, the training card
+    beside it ({} where there is none)."""
+    import json
+
+    path = Path(model)
+    if path.suffix == ".tflite" and not path.is_file():
+        path = MODELS / path
+    if path.is_file():
+        # A file of a model folder (its int8 graph, TFLite form or float source) is described by
+        # the folder's manifest; a folder still being written (no model.onnx yet) by its card.
+        if (path.parent / SMEAR_GRAPH).is_file() and (path.parent / MANIFEST).is_file():
+            return SmearFolder.load(path.parent), {}
+        card = path.parent / "training.json"
+        try:
+            found = json.loads(card.read_text()) if card.is_file() else {}
+        except ValueError:
+            found = {}
+        return None, found if isinstance(found, dict) else {}
+    folder = path if path.is_dir() else MODELS / model
+    return (SmearFolder.load(folder), {}) if (folder / MANIFEST).is_file() else (None, {})
+
+
+def detect_at_scale(tile: np.ndarray, model: str) -> list[Detection]:
+    """Detections of a detector that works at its own scale on a tile already at that scale (at most
+    INPUT): the tile is padded with its background colour, never stretched."""
+    sess = session(model)
+    h, w = tile.shape[:2]
+    if (h, w) != (INPUT[1], INPUT[0]):
+        canvas = np.empty((INPUT[1], INPUT[0], 3), np.uint8)
+        canvas[:] = background(tile)
+        canvas[:h, :w] = tile[:INPUT[1], :INPUT[0]]
+        tile = canvas
+    hm, wh, off = sess.run(None, {sess.get_inputs()[0].name: preprocess(tile)})
+    return [d for d in decode(hm[0], wh[0], off[0], 1.0, 1.0) if d.centre[0] < w and d.centre[1] < h]
+
+
+def background(image: np.ndarray) -> np.ndarray:
+    """A field's background colour: the median of its brightest quarter (the slide between cells).
+    The training crops are padded with the same (export.training.smear_detector)."""
+    grey = image.mean(axis=2)
+    return np.median(image[grey >= np.percentile(grey, 75)], axis=0).astype(np.uint8)
+
+
+def forget() -> None:
+    """Drop what was read of smear model files (after a workstation rewrote a folder)."""
+    for cached in (session, model_rbc_px, count_thresholds, default_model):
+        cached.cache_clear()

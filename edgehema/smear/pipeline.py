@@ -19,6 +19,7 @@ import numpy as np
 from edgehema.smear import baseline
 from edgehema.smear.detections import SMEAR_CLASSES, Detection, counts
 from edgehema.smear.image_io import open_rows
+from edgehema.smear.learned import INPUT
 from edgehema.smear.rows import InMemory, Rows
 
 #: Tile size (the detector's field: BCCD's 640 x 480) and the overlap between tiles. A detection is
@@ -28,6 +29,10 @@ from edgehema.smear.rows import InMemory, Rows
 #: scores fell near tile edges and 7 % of white cells on a mosaic of fields were lost.
 TILE = (640, 480)
 OVERLAP = 256
+#: The same for a detector that works at its own scale (edgehema.smear.scale): tiles of its input
+#: size at that scale, overlapping by 128 px there (cells up to 128 px across, 3.2 red cells, seen
+#: whole by the tile that keeps them).
+SCALED_OVERLAP = 128
 
 #: Reference statistics of the images the detectors were made on (BCCD train, measured with
 #: ``quality()``): focus = variance of the Laplacian 5.4-16.6; brightness 165-193. The stain's
@@ -65,7 +70,19 @@ def engine_for(name: str) -> Engine:
     from edgehema.smear import learned
 
     model = learned.engine_model(name)
-    return baseline.detect if model is None else partial(learned.detect, model=model)
+    if model is None:
+        return baseline.detect
+    if learned.model_rbc_px(model) is not None:
+        return partial(learned.detect_at_scale, model=model)
+    return partial(learned.detect, model=model)
+
+
+def model_scale(name: str) -> float | None:
+    """The red-cell size (px) the engine's detector works at, or None (the field as it comes)."""
+    from edgehema.smear import learned
+
+    model = learned.engine_model(name)
+    return None if model is None else learned.model_rbc_px(model)
 
 
 def tiles(shape: tuple[int, int], tile=TILE, overlap: int | None = None) -> list[tuple[int, int, int, int, tuple]]:
@@ -93,17 +110,21 @@ PREVIEW_SIDE = 4096
 
 
 def detect_tiled(image: np.ndarray | Rows, engine: Engine, transform: Callable | None = None,
-                 preview: list | None = None, scale: float = 1.0) -> list[Detection]:
+                 preview: list | None = None, scale: float = 1.0, factor: float = 1.0,
+                 tile: tuple[int, int] = TILE, overlap: int = OVERLAP) -> list[Detection]:
     """Detections of every tile, each kept by the tile whose core holds its centre. The image is
     read one row of tiles at a time, top down (a streamed image is never whole in memory);
     ``transform`` is applied to each row of tiles (stain normalisation); ``preview`` collects the
-    image shrunk by ``scale``, for the overlay of an image too large to keep."""
+    image shrunk by ``scale``, for the overlay of an image too large to keep. ``factor``: each tile
+    is resampled by it before detection (to the detector's scale; ``tile`` and ``overlap`` are at
+    that scale) and its detections back, so boxes are in the image's pixels."""
     import cv2
 
     source = InMemory(image) if isinstance(image, np.ndarray) else image
     found: list[Detection] = []
     by_row: dict[tuple[int, int], list] = {}
-    for t in tiles((source.height, source.width)):
+    span = (max(1, int(tile[0] / factor)), max(1, int(tile[1] / factor)))
+    for t in tiles((source.height, source.width), span, int(round(overlap / factor))):
         by_row.setdefault((t[1], t[3]), []).append(t)
     shown = 0  # rows of the image already in the preview
     for (y0, y1), row in by_row.items():
@@ -117,8 +138,13 @@ def detect_tiled(image: np.ndarray | Rows, engine: Engine, transform: Callable |
         if transform is not None:
             band = transform(band)
         for x0, _, x1, _, (cx0, cy0, cx1, cy1) in row:
-            for d in engine(band[:, x0:x1]):
-                d = Detection(d.kind, d.x0 + x0, d.y0 + y0, d.x1 + x0, d.y1 + y0, d.score, d.cells)
+            part = band[:, x0:x1]
+            if factor != 1.0:
+                size = (min(tile[0], max(1, round(part.shape[1] * factor))), min(tile[1], max(1, round(part.shape[0] * factor))))
+                part = cv2.resize(part, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+            fx, fy = (band[:, x0:x1].shape[1] / part.shape[1], band.shape[0] / part.shape[0]) if factor != 1.0 else (1.0, 1.0)
+            for d in engine(part):
+                d = Detection(d.kind, d.x0 * fx + x0, d.y0 * fy + y0, d.x1 * fx + x0, d.y1 * fy + y0, d.score, d.cells)
                 cx, cy = d.centre
                 if cx0 <= cx < cx1 and cy0 <= cy < cy1:
                     found.append(d)
@@ -172,11 +198,18 @@ def stain_reference(engine: str):
     return (learned.stain_reference(model) if model is not None else None) or BCCD
 
 
-def streamed_statistics(source: Rows, band: int = 64) -> tuple[dict[str, float], tuple]:
+#: The scale of an image streamed by rows is estimated on a field of its first rows, this size at most.
+SCALE_SAMPLE = 1024
+
+
+def streamed_statistics(source: Rows, band: int = 64, sample: list | None = None) -> tuple[dict[str, float], tuple]:
     """``quality()`` of an image read row by row, and its CIELAB (means, standard deviations) for
     stain normalisation, in one pass. The Laplacian of each band is taken with one row of the next
-    and previous bands, so it equals the whole image's."""
+    and previous bands, so it equals the whole image's. ``sample`` collects the central
+    SCALE_SAMPLE columns of the first SCALE_SAMPLE rows (for the scale estimate)."""
     import cv2
+
+    x0 = max(0, (source.width - SCALE_SAMPLE) // 2)
 
     n = source.width * source.height
     lap_sum = lap_sq = grey_sum = 0.0
@@ -190,6 +223,8 @@ def streamed_statistics(source: Rows, band: int = 64) -> tuple[dict[str, float],
         lap_sum += lap.sum()
         lap_sq += np.square(lap).sum()
         own = rows[y - top:y - top + min(band, source.height - y)]
+        if sample is not None and y < SCALE_SAMPLE:
+            sample.append(own[:SCALE_SAMPLE - y, x0:x0 + SCALE_SAMPLE].copy())
         grey_sum += float(grey[y - top:y - top + own.shape[0]].sum(dtype=np.float64))
         lab = cv2.cvtColor(own, cv2.COLOR_BGR2LAB).reshape(-1, 3).astype(np.float64)
         lab_sum += lab.sum(0)
@@ -222,23 +257,27 @@ def flags_for(q: dict, found: list[Detection], shape: tuple[int, int], reference
 
 def count_thresholds(engine: str) -> dict[str, float]:
     """Score from which a detection counts as a cell: the learned detector reports every peak with
-    its score (for AP), and counts those above its per-class thresholds; the baseline counts all."""
-    if engine == "baseline":
-        return {k: 0.0 for k in SMEAR_CLASSES}
-    from edgehema.smear.learned import COUNT_THRESHOLDS
+    its score (for AP), and counts those above its model's per-class thresholds; the baseline counts all."""
+    from edgehema.smear import learned
 
-    return COUNT_THRESHOLDS
+    model = learned.engine_model(engine)
+    if model is None:
+        return {k: 0.0 for k in SMEAR_CLASSES}
+    return learned.count_thresholds(model)
 
 
 def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = None, stain: str = "auto",
-            overlap: str = "none"):
+            overlap: str = "none", um_per_px: float | None = None, microscope: str | Path | None = None,
+            species: str | None = None):
     """(result, image, every detection with its score) for one smear image. ``stain``: normalise the
     colours to the training images' before detection ``auto`` (when the stain is unlike them),
     ``always`` or ``never`` (edgehema.smear.stain). ``overlap``: ``area`` counts a region of
-    touching red cells by its area (edgehema.smear.overlap), ``none`` one cell per box. An image
-    too large to decode whole is read twice as a stream of rows (statistics, then detection); the
-    image returned is then a preview of it, shrunk by the result's ``overlay_scale``, and no
-    overlap correction is made (it needs the whole image; nor above overlap.MAX_PIXELS)."""
+    touching red cells by its area (edgehema.smear.overlap), ``none`` one cell per box. The image's
+    scale (``um_per_px``, a ``microscope`` profile, else estimated: edgehema.smear.scale) brings it
+    to the detector's scale first. An image too large to decode whole is read twice as a stream of
+    rows (statistics, then detection); the image returned is then a preview of it, shrunk by the
+    result's ``overlay_scale``, and no overlap correction is made (it needs the whole image; nor
+    above overlap.MAX_PIXELS)."""
     from edgehema.smear import overlap as O
     from edgehema.smear import stain as S
 
@@ -246,18 +285,30 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     path = Path(path)
     source = InMemory(image) if image is not None else open_rows(path)
     streamed = not isinstance(source, InMemory)
+    sample: list = []
     if streamed:
-        q, lab_stats = streamed_statistics(source)
+        q, lab_stats = streamed_statistics(source, sample=sample)
         source = open_rows(path)  # the second pass: a stream is read once
     else:
         q, lab_stats = statistics(source.image)
     reference = stain_reference(engine)
     normalised = stain == "always" or (stain == "auto" and stain_unlike(q, reference))
     transform = partial(S.normalise, stats=lab_stats, reference=reference) if normalised else None
-    scale = min(1.0, PREVIEW_SIDE / max(source.width, source.height)) if streamed else 1.0
+    field_scale = image_scale(np.concatenate(sample) if streamed else source.image, um_per_px, microscope, species)
+    model_px = model_scale(engine)
+    preview_scale = min(1.0, PREVIEW_SIDE / max(source.width, source.height)) if streamed else 1.0
     preview: list | None = [] if streamed else None
-    every = detect_tiled(source, engine_for(engine), transform, preview, scale)
     thresholds = count_thresholds(engine)
+    if model_px is None:  # a detector made before the scale stage: the field as it comes
+        every = detect_tiled(source, engine_for(engine), transform, preview, preview_scale)
+    else:
+        every = detect_tiled(source, engine_for(engine), transform, preview, preview_scale,
+                             field_scale.factor(model_px), INPUT, SCALED_OVERLAP)
+        refined = refine(field_scale, every, thresholds)
+        if refined is not None and not streamed:  # (a stream is read once more only for its detections)
+            field_scale = refined
+            every = detect_tiled(source, engine_for(engine), transform, None, preview_scale,
+                                 field_scale.factor(model_px), INPUT, SCALED_OVERLAP)
     found = [d for d in every if d.score >= thresholds[d.kind]]
     corrected = overlap == "area" and not streamed and O.applies(source.image)
     if corrected:
@@ -265,6 +316,8 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     # The flags judge the image as it came (a stain unlike training stays flagged: normalising
     # helps the detector, it does not make the slide a typical one).
     flags = flags_for(q, found, (source.height, source.width), reference)
+    if model_px is not None:
+        flags.update(field_scale.flags())
     result = {
         "kind": "smear",
         "sample_id": path.stem,
@@ -276,6 +329,7 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
         "flags": sorted(flags),
         "flag_details": flags,
         "quality": {k: round(v, 2) for k, v in q.items()},
+        "scale": {**field_scale.to_dict(), "resampled_by": round(field_scale.factor(model_px), 4) if model_px else 1.0},
         "stain_normalised": normalised,
         "overlap_correction": "area" if corrected else "none",
         "engine": engine,
@@ -284,15 +338,54 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     }
     if streamed:
         result["decoded"] = "streamed"
-        result["overlay_scale"] = round(scale, 6)
+        result["overlay_scale"] = round(preview_scale, 6)
         return result, np.concatenate(preview), every
     return result, source.image, every
 
 
+#: The detector's red cells (at its scale, boxes as the annotation draws them) tell the field's scale
+#: better than the estimate: where their median size is more than this far from the estimate's, the
+#: field is detected again at their scale (the detector is trained for sizes 0.7-1.43x its own).
+REFINE_BEYOND = 0.15
+#: Red cells the refinement needs.
+REFINE_CELLS = 5
+
+
+def refine(field_scale, every: list[Detection], thresholds: dict[str, float]):
+    """The scale the detected red cells give, where it differs from an estimated one by more than
+    REFINE_BEYOND; else None. Given scales are kept (the user knows the microscope)."""
+    from dataclasses import replace
+
+    if field_scale.source not in ("estimated", "assumed"):
+        return None
+    sides = [np.sqrt((d.x1 - d.x0) * (d.y1 - d.y0)) for d in every if d.kind == "rbc" and d.score >= thresholds["rbc"]]
+    if len(sides) < REFINE_CELLS:
+        return None
+    seen = float(np.median(sides))
+    if abs(seen / field_scale.rbc_px - 1) <= REFINE_BEYOND:
+        return None
+    um = None if field_scale.um_per_px is None else field_scale.um_per_px * field_scale.rbc_px / seen
+    return replace(field_scale, rbc_px=seen, um_per_px=um, source="estimated", cells=len(sides),
+                   confidence=max(field_scale.confidence, len(sides) / (len(sides) + 4.0)), refined=True)
+
+
+def image_scale(image: np.ndarray, um_per_px: float | None = None, microscope: str | Path | None = None,
+                species: str | None = None):
+    """The field's scale: given, from a microscope profile, else estimated (edgehema.smear.scale)."""
+    from edgehema.smear import scale as SC
+
+    if um_per_px is not None:
+        return SC.given(um_per_px, species)
+    if microscope is not None:
+        return SC.microscope(microscope, species)
+    return SC.estimate(image, species)
+
+
 def count_image(path: str | Path, engine: str = "model", image: np.ndarray | None = None,
-                stain: str = "auto", overlap: str = "none") -> tuple[dict, np.ndarray]:
+                stain: str = "auto", overlap: str = "none", um_per_px: float | None = None,
+                microscope: str | Path | None = None, species: str | None = None) -> tuple[dict, np.ndarray]:
     """(result, image) for one smear image; the result in the smear schema (docs/smear.md)."""
-    result, image, _ = analyse(path, engine, image, stain, overlap)
+    result, image, _ = analyse(path, engine, image, stain, overlap, um_per_px, microscope, species)
     return result, image
 
 

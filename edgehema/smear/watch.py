@@ -75,8 +75,9 @@ def watch(folder: Path, journal: SmearJournal, emit: Callable[[dict], None], err
           engine: str = "model", interval: float = 0.5, max_images: int | None = None,
           idle_exit: float | None = None, stop: Callable[[], bool] = lambda: False,
           on_image: Callable[[dict, object], None] | None = None, settle_s: float = 1.0,
-          retry_s: float = 10.0, stain: str = "auto", overlap: str = "none") -> int:
-    """Count images as they arrive in ``folder`` until stopped; returns how many were counted."""
+          retry_s: float = 10.0, stain: str = "auto", overlap: str = "none", scale: dict | None = None) -> int:
+    """Count images as they arrive in ``folder`` until stopped; returns how many were counted.
+    ``scale``: um_per_px, microscope, species for count_image (the images' scale)."""
     if not folder.is_dir():
         raise EdgehemaError(f"{folder}: no such folder to watch")
     for row, result in journal.unemitted():  # stored before a crash, never written: written now
@@ -102,7 +103,7 @@ def watch(folder: Path, journal: SmearJournal, emit: Callable[[dict], None], err
             if now - sizes[path][1] < settle_s:
                 continue
             try:
-                result, image = count_image(path, engine, stain=stain, overlap=overlap)
+                result, image = count_image(path, engine, stain=stain, overlap=overlap, **(scale or {}))
             except EdgehemaError as exc:
                 if time.time() - st.st_mtime < retry_s:
                     continue  # perhaps not whole yet: looked at again next round

@@ -53,66 +53,90 @@ def float_source(source: Path) -> Path:
 
 
 def export_smear(source: Path, target: str, data: Path, out_dir: Path) -> SmearExport:
+    from edgehema.exceptions import InputFileError
+    from edgehema.smear import learned
+    from edgehema.smear.annotations import annotated_set
     from edgehema.smear.evaluate import evaluate
-    from edgehema.smear.learned import session
 
     from export.smear_detector import tflite as smear_tflite
+    from export.smear_detector.calibration import choose_thresholds
     from export.smear_detector.quantize import quantize, ship
 
     if target not in TARGETS:
         raise ExportError(f"--target {target}: a smear detector exports to {' or '.join(TARGETS)}")
-    if not (data / "train.txt").is_file() or not (data / "val.txt").is_file():
-        raise ExportError(f"{data}: a smear export calibrates on a VOC set (JPEGImages/, Annotations/, train.txt, val.txt)")
+    try:
+        for split in ("train", "val"):
+            annotated_set(data, split)
+    except InputFileError as exc:
+        raise ExportError(f"a smear export calibrates on an annotated set's train split and measures on its val "
+                          f"split: {exc}") from None
     float_model = float_source(Path(source))
+    rbc_px = learned.model_rbc_px(str(Path(source)))
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"{out_dir}: must not exist or be empty")
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(float_model, out_dir / "model-float.onnx")
-    # A folder's training card and history come along (ship() reads training.json beside the float model).
+    # The training card comes along (ship() reads training.json beside the float model): a folder's
+    # from its manifest, a bare file's from beside it. It tells the float model's scale meanwhile.
+    card = {}
     if Path(source).is_dir() and (Path(source) / SMEAR_GRAPH).is_file():
-        training = SmearFolder.load(source).training
-        if training:
-            (out_dir / "training.json").write_text(json.dumps(training))
+        card = SmearFolder.load(source).training
+    elif (float_model.parent / "training.json").is_file():
+        card = json.loads((float_model.parent / "training.json").read_text())
+    if rbc_px is not None:
+        card = {**card, "model_rbc_px": rbc_px}
+    (out_dir / "training.json").write_text(json.dumps(card))
     # The stain normalisation and the stain_unlike_training check compare with the training stain:
-    # that of the set's train list (the images such a detector is trained on). Written first, so
+    # that of the set's train split (the images such a detector is trained on). Written first, so
     # that the evaluations below use it; ship() keeps it.
     write_manifest(out_dir, amend({"kind": "smear"}, stain_reference=training_stain(data).to_dict()))
-    int8 = quantize(out_dir / "model-float.onnx", data, out_dir / "int8.onnx")
+    learned.forget()
+    thresholds = None
+    if rbc_px is not None:  # a detector of the scale stage counts with thresholds chosen on train
+        chosen = choose_thresholds(data, f"model:{out_dir / 'model-float.onnx'}")
+        thresholds = chosen["thresholds"]
+        (out_dir / "training.json").write_text(json.dumps({**card, "count_thresholds": thresholds,
+                                                           "count_thresholds_chosen": chosen}))
+        learned.forget()
+    int8 = quantize(out_dir / "model-float.onnx", data, out_dir / "int8.onnx", rbc_px=rbc_px)
     reports = [evaluate(data, "val", f"model:{m}") for m in (out_dir / "model-float.onnx", int8)]
     sizes = [(out_dir / "model-float.onnx").stat().st_size, int8.stat().st_size]
     ship(out_dir, out_dir / "model-float.onnx", int8,
-         {"float": reports[0], "int8": reports[1], "bytes": sizes, "size_ratio": round(sizes[1] / sizes[0], 3)})
+         {"float": reports[0], "int8": reports[1], "bytes": sizes, "size_ratio": round(sizes[1] / sizes[0], 3)},
+         rbc_px, thresholds, data.name)
     int8.unlink()
     (out_dir / "training.json").unlink(missing_ok=True)
-    session.cache_clear()
+    learned.forget()
     manifest = amend(SmearFolder.load(out_dir).manifest, name=f"edgehema-smear-{out_dir.name}")
     write_manifest(out_dir, manifest)
     parity = smear_tflite.parity(data, f"model:{out_dir / 'model-float.onnx'}", f"model:{out_dir}")
     result = SmearExport(out_dir)
     result.failures += smear_tflite.gate_evaluation(reports[0], reports[1], parity, "int8 ONNX")
-    write_manifest(out_dir, amend(manifest, parity_bccd_val=parity,
+    write_manifest(out_dir, amend(manifest, **{"parity" if rbc_px else "parity_bccd_val": parity},
                                   gates={"limits": smear_tflite.GATES, "failed": list(result.failures)}))
-    result.lines.append(_line("int8 ONNX", reports[1], parity, sizes[1], sizes[0]))
+    learned.forget()
+    result.lines.append(_line("int8 ONNX", reports[1], parity, sizes[1], sizes[0], data.name))
     if target == "tflite-int8":
-        member, failures = smear_tflite.add_tflite(out_dir, data)
+        member, failures = smear_tflite.add_tflite(out_dir, data, rbc_px)
         result.failures += failures
-        result.lines.append(_line("int8 TFLite", member["evaluation_bccd_val"], member["parity_bccd_val"],
-                                  member["bytes"], sizes[0]))
+        result.lines.append(_line("int8 TFLite", member["evaluation"], member["parity"],
+                                  member["bytes"], sizes[0], data.name))
     return result
 
 
 def training_stain(data: Path):
     import cv2
 
+    from edgehema.smear.annotations import annotated_set
+
     from edgehema.smear.stain import reference_from_images
 
-    ids = (data / "train.txt").read_text().split()
-    return reference_from_images((cv2.imread(str(data / "JPEGImages" / f"{i}.jpg")) for i in ids),
-                                 f"{data.name} train ({len(ids)} images)")
+    items = annotated_set(data, "train")
+    return reference_from_images((cv2.imread(str(i.path)) for i in items), f"{data.name} train ({len(items)} images)")
 
 
-def _line(what: str, report: dict, parity: dict, size: int, float_size: int) -> str:
-    return (f"{what}: BCCD val mAP@0.5 {report['map50']:.3f} ("
+def _line(what: str, report: dict, parity: dict, size: int, float_size: int, data_name: str = "bccd") -> str:
+    return (f"{what}: {data_name} val mAP@0.5 {report['map50']:.3f} ("
             + ", ".join(f"{k.upper()} {v['ap50']:.3f}" for k, v in report["classes"].items())
             + "); total counts vs float " + ", ".join(f"{k.upper()} {v:+.2f} %" for k, v in parity["count_delta_pct"].items())
             + f"; {size:,} bytes ({size / float_size:.2f} of float)")

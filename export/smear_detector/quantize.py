@@ -1,5 +1,5 @@
 """int8 of the smear detector with onnxruntime.quantization (static, QDQ, per-channel weights),
-calibrated on BCCD train images, and the float/int8 parity on BCCD val.
+calibrated on an annotated set's train fields, and the float/int8 parity on its val fields.
 
     python -m export.smear_detector.quantize build/smear/model-float.onnx --data ../shared/data/bccd --out build/smear/model-int8.onnx
 """
@@ -13,20 +13,19 @@ from pathlib import Path
 
 from edgehema.exceptions import BundleError
 from edgehema.model.bundle import SmearFolder, amend, smear_stain_reference, write_manifest
-from edgehema.smear.learned import preprocess
 
 #: 1.1.0: weights quantized in a 7-bit range, exact on x86 CPUs without VNNI (1.0.0 was not).
 VERSION = "1.1.0"
 
 
-class BccdCalibration:
-    """onnxruntime's CalibrationDataReader over the first ``n`` training images."""
+class Calibration:
+    """onnxruntime's CalibrationDataReader over train fields as the device feeds them
+    (export.smear_detector.calibration)."""
 
-    def __init__(self, data: Path, input_name: str, n: int = 64):
-        import cv2
+    def __init__(self, data: Path, input_name: str, n: int = 64, rbc_px: float | None = None):
+        from export.smear_detector.calibration import calibration_inputs
 
-        ids = (data / "train.txt").read_text().split()[:n]
-        self.items = iter([{input_name: preprocess(cv2.imread(str(data / "JPEGImages" / f"{i}.jpg")))} for i in ids])
+        self.items = iter([{input_name: x} for x in calibration_inputs(data, rbc_px, n)])
 
     def get_next(self):
         return next(self.items, None)
@@ -36,7 +35,7 @@ class BccdCalibration:
 
 
 def quantize(float_model: Path, data: Path, out: Path, calibration_images: int = 64, keep_float: str = "heatmap",
-             reduce_range: bool = True) -> Path:
+             reduce_range: bool = True, rbc_px: float | None = None) -> Path:
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -56,7 +55,7 @@ def quantize(float_model: Path, data: Path, out: Path, calibration_images: int =
     sigmoid = [n for n in graph.node if n.op_type == "Sigmoid"]
     feeding = [n.name for n in graph.node if n.op_type == "Conv" and any(o in s.input for s in sigmoid for o in n.output)]
     heads = [n.name for n in sigmoid] + (feeding if keep_float == "heatmap" else [])
-    quantize_static(str(prepared), str(out), BccdCalibration(data, name, calibration_images),
+    quantize_static(str(prepared), str(out), Calibration(data, name, calibration_images, rbc_px),
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                     nodes_to_exclude=heads, reduce_range=reduce_range)
@@ -117,7 +116,8 @@ def main() -> None:
         ship(args.ship, args.float_model, out, summary)
 
 
-def ship(folder: Path, float_model: Path, int8_model: Path, summary: dict) -> None:
+def ship(folder: Path, float_model: Path, int8_model: Path, summary: dict, rbc_px: float | None = None,
+         thresholds: dict | None = None, data_name: str = "bccd") -> None:
     import hashlib
     import shutil
 
@@ -145,7 +145,7 @@ def ship(folder: Path, float_model: Path, int8_model: Path, summary: dict) -> No
     answer = known_answer(ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"]))
     manifest = {
         "kind": "smear", "name": f"edgehema-smear-{folder.name}", "version": VERSION,
-        "description": "CenterNet-style cell detector (RBC, WBC, platelets) trained on BCCD train; int8 (QDQ)",
+        "description": f"CenterNet-style cell detector (RBC, WBC, platelets) trained on {data_name} train; int8 (QDQ)",
         "classes": list(SMEAR_CLASSES), "input": {"width": INPUT[0], "height": INPUT[1], "layout": "NCHW RGB 0-1"},
         "stride": STRIDE, "threshold": THRESHOLD,
         "sha256": hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest(),
@@ -156,11 +156,15 @@ def ship(folder: Path, float_model: Path, int8_model: Path, summary: dict) -> No
                          "float": ["heat-map 1x1 convolution and sigmoid"],
                          "names": "inner tensor names shortened, node names dropped (export.smear_detector.quantize.compact_names)"},
         "known_answer": answer,
-        "evaluation_bccd_val": {"float": summary["float"], "int8": summary["int8"]},
+        **({"evaluation_bccd_val": {"float": summary["float"], "int8": summary["int8"]}} if rbc_px is None else
+           {"evaluation": {"data": f"{data_name} val", "float": summary["float"], "int8": summary["int8"]},
+            "scale": {"rbc_px": rbc_px, "method": "edgehema.smear.scale"}}),
         "bytes": {"int8": summary["bytes"][1], "float": summary["bytes"][0]},
     }
     if old_stain:  # the stain the detector was trained on travels with it
         manifest = amend(manifest, stain_reference=old_stain)
+    if thresholds:  # chosen on the train split (export.smear_detector.calibration.choose_thresholds)
+        manifest = amend(manifest, count_thresholds=thresholds)
     write_manifest(folder, manifest)
 
 

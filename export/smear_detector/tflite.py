@@ -24,30 +24,24 @@ import numpy as np
 
 from edgehema.model.backends.held_back import held_back
 from edgehema.model.bundle import SmearFolder, amend, write_manifest
-from edgehema.smear.learned import preprocess
 
 from export.common import ExportError
 from export.event_model.tflite import _onnx2tf, _version
 
-#: BCCD train images the int8 converter calibrates on (the ONNX int8 model uses the same 64).
-CALIBRATION_IMAGES = 64
+def calibration_inputs(data: Path, rbc_px: float | None = None) -> np.ndarray:
+    """The train fields the converter calibrates on, as the network sees them, NHWC float32."""
+    from export.smear_detector.calibration import calibration_inputs as fields
+
+    x = fields(data, rbc_px)
+    if not x:
+        raise ExportError(f"{data}: no train images to calibrate on")
+    return np.concatenate([f.transpose(0, 2, 3, 1) for f in x])
 
 
-def calibration_inputs(data: Path, n: int = CALIBRATION_IMAGES) -> np.ndarray:
-    """The first ``n`` BCCD train images as the network sees them, NHWC float32."""
-    import cv2
-
-    ids = (data / "train.txt").read_text().split()[:n]
-    if not ids:
-        raise ExportError(f"{data / 'train.txt'}: no images listed for calibration")
-    return np.concatenate([preprocess(cv2.imread(str(data / "JPEGImages" / f"{i}.jpg"))).transpose(0, 2, 3, 1)
-                           for i in ids])
-
-
-def convert(float_model: Path, data: Path, out: Path) -> dict:
+def convert(float_model: Path, data: Path, out: Path, rbc_px: float | None = None) -> dict:
     """Write the int8 TFLite model to ``out``; return the manifest's ``tflite`` member (outputs
     matched to the ONNX graph's names by value)."""
-    x = calibration_inputs(data)
+    x = calibration_inputs(data, rbc_px)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shutil.copy2(float_model, tmp / "model.onnx")  # onnx2tf rewrites the file it is given
@@ -113,15 +107,16 @@ GATES = {"map50": 0.01, "count_pct": 1.0, "known_answer_peak": 0.05}
 
 
 def parity(data: Path, float_engine: str, int8_engine: str) -> dict:
-    """Counts of both engines on every BCCD val image: per-class totals and their difference."""
+    """Counts of both engines on every val image of the set: per-class totals and their difference."""
+    from edgehema.smear.annotations import annotated_set
     from edgehema.smear.detections import SMEAR_CLASSES
     from edgehema.smear.pipeline import count_image
 
-    ids = (data / "val.txt").read_text().split()
+    ids = [i.path for i in annotated_set(data, "val")]
     totals = {e: {k: 0 for k in SMEAR_CLASSES} for e in (float_engine, int8_engine)}
     differ = 0
     for i in ids:
-        got = [count_image(data / "JPEGImages" / f"{i}.jpg", e)[0]["counts"] for e in (float_engine, int8_engine)]
+        got = [count_image(i, e)[0]["counts"] for e in (float_engine, int8_engine)]
         differ += got[0] != got[1]
         for e, c in zip((float_engine, int8_engine), got):
             for k in SMEAR_CLASSES:
@@ -145,37 +140,38 @@ def gate_evaluation(float_report: dict, report: dict, parity_report: dict, what:
 
 def gate(float_report: dict, member: dict) -> list[str]:
     """What the int8 TFLite model fails of GATES against the float model's report (an empty list: it may ship)."""
-    failures = gate_evaluation(float_report, member["evaluation_bccd_val"],
-                               member["parity_bccd_val"], "int8 TFLite")
+    failures = gate_evaluation(float_report, member["evaluation"], member["parity"], "int8 TFLite")
     for k, (a, b) in enumerate(zip(member["known_answer"]["heatmap_max"], member["float_known_answer"]["heatmap_max"])):
         if abs(a - b) > GATES["known_answer_peak"]:
             failures.append(f"int8 TFLite: known-answer peak {k}: {a:.3f} vs float {b:.3f}")
     return failures
 
 
-def add_tflite(folder: Path, data: Path) -> tuple[dict, list[str]]:
+def add_tflite(folder: Path, data: Path, rbc_px: float | None = None) -> tuple[dict, list[str]]:
     """Convert ``folder``'s float model, record the ``tflite`` member in its manifest (sha256,
-    outputs, known answer, BCCD val evaluation and parity, gates); returns (member, failures)."""
+    outputs, known answer, val evaluation and parity, gates); returns (member, failures)."""
     import onnxruntime as ort
 
     from edgehema.smear.evaluate import evaluate
-    from edgehema.smear.learned import known_answer, session
+    from edgehema.smear import learned
+    from edgehema.smear.learned import known_answer
     from edgehema.smear.litert import SmearInterpreter
 
     target = folder / "model.tflite"
-    member = convert(folder / "model-float.onnx", data, target)
+    member = convert(folder / "model-float.onnx", data, target, rbc_px)
     member["known_answer"] = known_answer(SmearInterpreter(target, member["outputs"]))
     member["float_known_answer"] = known_answer(ort.InferenceSession(str(folder / "model-float.onnx"),
                                                                      providers=["CPUExecutionProvider"]))
     member["bytes"] = target.stat().st_size
     smear = SmearFolder.load(folder)
     write_manifest(folder, amend(smear.manifest, tflite=member))  # the engine below needs its member
-    session.cache_clear()
-    member["evaluation_bccd_val"] = evaluate(data, "val", f"model:{target}")
-    member["parity_bccd_val"] = parity(data, f"model:{folder / 'model-float.onnx'}", f"model:{target}")
+    learned.forget()
+    member["evaluation"] = evaluate(data, "val", f"model:{target}")
+    member["parity"] = parity(data, f"model:{folder / 'model-float.onnx'}", f"model:{target}")
     failures = gate(smear.evaluation["float"], member)
     member["gates"] = {"limits": GATES, "failed": failures}
     write_manifest(folder, amend(smear.manifest, tflite=member))
+    learned.forget()
     return member, failures
 
 
@@ -186,10 +182,10 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd")
     args = ap.parse_args()
     member, failures = add_tflite(args.folder, args.data)
-    report = member["evaluation_bccd_val"]
+    report = member["evaluation"]
     print(json.dumps({k: report[k] for k in ("map50", "classes", "rbc_count_within_5pct", "wbc_all_found", "plt_within_1")},
                      indent=1))
-    print(json.dumps(member["parity_bccd_val"], indent=1))
+    print(json.dumps(member["parity"], indent=1))
     print(f"model.tflite: {member['bytes']:,} bytes ({member['bytes'] / (args.folder / 'model-float.onnx').stat().st_size:.2f} "
           f"of the float ONNX)")
     if failures:

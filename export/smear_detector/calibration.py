@@ -1,0 +1,78 @@
+"""What the smear detector's int8 forms are calibrated on, and the count thresholds it ships with.
+
+Calibration inputs are fields of the set's train split as the device feeds them: at the
+detector's scale (from the annotation's red cells: export.training.smear_detector.to_model_scale)
+and padded with the background to the network's input, or, for a detector made before the scale
+stage, resized to its input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgehema.smear.detections import SMEAR_CLASSES, counts
+from edgehema.smear.learned import INPUT, background, preprocess
+
+#: Train images the int8 converters calibrate on (ONNX and TFLite alike).
+CALIBRATION_IMAGES = 64
+#: Scores tried for each class's count threshold.
+THRESHOLD_GRID = tuple(round(0.2 + 0.025 * k, 3) for k in range(25))
+
+
+def calibration_inputs(data: Path, rbc_px: float | None, n: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
+    """``n`` train fields (spread over the split) as (1, 3, H, W) float32 network inputs."""
+    import cv2
+
+    from edgehema.smear.annotations import annotated_set
+
+    items = annotated_set(data, "train")
+    picked = [items[round(k * (len(items) - 1) / max(n - 1, 1))] for k in range(min(n, len(items)))]
+    if rbc_px is None:
+        return [preprocess(cv2.imread(str(i.path))) for i in picked]
+    from export.training.smear_detector import to_model_scale
+
+    boxes = [np.array([(SMEAR_CLASSES.index(g.kind), g.x0, g.y0, g.x1, g.y1) for g, _ in i.truth], np.float32).reshape(-1, 5)
+             for i in picked]
+    out = []
+    for _, img, _ in to_model_scale([(i.name, cv2.imread(str(i.path)), b) for i, b in zip(picked, boxes)]):
+        canvas = np.empty((INPUT[1], INPUT[0], 3), np.uint8)
+        canvas[:] = background(img)
+        h, w = min(img.shape[0], INPUT[1]), min(img.shape[1], INPUT[0])
+        canvas[:h, :w] = img[:h, :w]
+        out.append(preprocess(canvas))
+    return out
+
+
+def choose_thresholds(data: Path, engine: str, split: str = "train") -> dict:
+    """Per class, the count threshold that counts the split's images best through the whole
+    pipeline (scale estimate included): red cells within 10 % of the annotation, white cells exact,
+    platelets within 1, ties to the smaller mean absolute error. Chosen on ``split`` (train), so
+    the val figures never saw the choice."""
+    from edgehema.smear.annotations import annotated_set
+    from edgehema.smear.image_io import read_image
+    from edgehema.smear.pipeline import analyse
+
+    seen = []
+    for item in annotated_set(data, split):
+        _, _, every = analyse(item.path, engine, read_image(item.path))
+        seen.append((every, counts([g for g, _ in item.truth])))
+    chosen, figures = {}, {}
+    for k in SMEAR_CLASSES:
+        best = None
+        for t in THRESHOLD_GRID:
+            err = np.array([sum(d.cells for d in every if d.kind == k and d.score >= t) - true[k] for every, true in seen])
+            truth = np.array([true[k] for _, true in seen])
+            if k == "rbc":
+                ok = np.abs(err) <= 0.1 * np.maximum(truth, 1)
+            elif k == "wbc":
+                ok = err == 0
+            else:
+                ok = np.abs(err) <= 1
+            key = (float(ok.mean()), -float(np.abs(err).mean()))
+            if best is None or key > best[0]:
+                best = (key, t)
+        chosen[k] = best[1]
+        figures[k] = {"share_ok": round(best[0][0], 4), "count_mae": round(-best[0][1], 3)}
+    return {"thresholds": chosen, "on": f"{Path(data).name} {split} ({len(seen)} images)", "figures": figures}
