@@ -80,8 +80,8 @@ def _export_smear(source: Path, target: str, calibration: List[Path], out_dir: P
     except ImportError as exc:
         raise EdgehemaError(f"edgehema export needs the workstation extra: pip install 'edgehema[export]' ({exc})") from None
     if len(calibration) != 1 or heldout:
-        raise typer.BadParameter("a smear detector takes one --calibration VOC set (its train.txt calibrates, its "
-                                 "val.txt measures) and no --heldout")
+        raise typer.BadParameter("a smear detector takes one --calibration annotated set, VOC or YOLO (its train "
+                                 "split calibrates, its val split measures) and no --heldout")
     if fail_under and fail_under.strip().lower() != "none":
         raise typer.BadParameter("a smear export has fixed gates (mAP within 0.01, counts within 1 %); --fail-under none "
                                  "writes the folder without failing on them")
@@ -272,9 +272,16 @@ def _smear_info(folder: Path, trust) -> None:
     ka = f.known_answer
     out.print("  known answer: " + (f"heat-map peaks {ka['heatmap_max']} on {ka['input']} (checked at load)" if ka
                                     else "none (a model made before the known answer existed)"))
+    where = f.evaluation.get("data", "BCCD val")
+    if f.rbc_px is not None:
+        out.print(f"  scale: images resampled so that red cells are {f.rbc_px:g} px across (given, a microscope "
+                  f"profile, or estimated from each image: edgehema.smear.scale)")
+    if f.count_thresholds:
+        out.print("  counts peaks from: " + ", ".join(f"{k.upper()} {v:g}" for k, v in f.count_thresholds.items())
+                  + " (chosen on the training split)")
     ev = f.evaluation.get("int8")
     if ev:
-        out.print(f"  BCCD val: mAP@0.5 {ev['map50']:.3f} ("
+        out.print(f"  {where}: mAP@0.5 {ev['map50']:.3f} ("
                   + ", ".join(f"{k.upper()} {v['ap50']:.3f}" for k, v in ev["classes"].items()) + ")")
     sr = f.stain_reference
     out.print("  stain reference: " + (f"{sr.get('source')}: CIELAB means {sr['mean']}, a*/b* tolerance {sr.get('tolerance')}, "
@@ -284,7 +291,7 @@ def _smear_info(folder: Path, trust) -> None:
     if t:
         ev, p, tq, gates = t.evaluation or {}, t.parity or {}, t.quantization or {}, t.gates or {}
         out.print(f"  {t.file} (LiteRT; the default engine where LiteRT runs it, else model.onnx): {t.size_bytes or 0:,} bytes, "
-                  f"activations {tq['activations']}, weights {tq['weights']}; BCCD val "
+                  f"activations {tq['activations']}, weights {tq['weights']}; {where} "
                   f"mAP@0.5 {ev.get('map50', float('nan')):.3f}; counts vs float "
                   + ", ".join(f"{k.upper()} {v:+.2f} %" for k, v in p.get("count_delta_pct", {}).items())
                   + f"; gates {'passed' if not gates.get('failed') else 'FAILED'}")

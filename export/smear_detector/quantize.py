@@ -15,7 +15,8 @@ from edgehema.exceptions import BundleError
 from edgehema.model.bundle import SmearFolder, amend, smear_stain_reference, write_manifest
 
 #: 1.1.0: weights quantized in a 7-bit range, exact on x86 CPUs without VNNI (1.0.0 was not).
-VERSION = "1.1.0"
+#: 2.0.0: trained on TXL-PBC (every cell boxed, four sources) at the scale stage's scale.
+VERSION = "2.0.0"
 
 
 class Calibration:
