@@ -133,28 +133,37 @@ def test_a_model_that_fails_its_known_answer_is_refused_in_one_line(tmp_path, mo
         learned.session.cache_clear()
 
 
-def test_training_recipe_is_deterministic_for_a_seed_and_exports_a_runnable_model(tmp_path):
-    """The recipe at a small scale (one epoch on 16 BCCD train images), run twice as a command with
-    the same seed: the same weights; the ONNX export runs in the device's detector. As commands, not
-    twice in this process: in a long process (the whole suite) float sums in MKL/oneDNN depend on
-    memory alignment: two runs in one process differed twice on 2026-12-02 (in one full run of five,
-    and one partial run)."""
+def test_training_recipe_is_deterministic_for_a_seed_resumes_and_exports_a_runnable_model(tmp_path):
+    """The recipe at a small scale (two epochs on 16 BCCD train images), run as a command with the
+    same seed: once straight through, once stopped after the first epoch and run again (it resumes
+    from its checkpoint): the same weights; the ONNX export runs in the device's detector and knows
+    its scale. As commands, not twice in this process: in a long process (the whole suite) float sums
+    in MKL/oneDNN depend on memory alignment: two runs in one process differed twice on 2026-12-02."""
     torch = pytest.importorskip("torch", reason="the training recipe needs the export extra (torch)")
 
     data = require_bccd()
-    for run in ("a", "b"):
-        proc = subprocess.run([sys.executable, "-m", "export.training.smear_detector", "--data", str(data), "--epochs", "1",
-                               "--seed", "3", "--limit", "16", "--out", str(tmp_path / run)],
+
+    def train(out, *extra):
+        proc = subprocess.run([sys.executable, "-m", "export.training.smear_detector", "--data", str(data), "--epochs", "2",
+                               "--seed", "3", "--limit", "16", "--val-every", "0", "--out", str(tmp_path / out), *extra],
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    train("a")
+    assert "stopped after epoch 1 of 2" in train("b", "--stop-after", "1")
+    assert not (tmp_path / "b" / "cellnet.pt").exists() and (tmp_path / "b" / "checkpoint.pt").is_file()
+    assert "resuming after epoch 1" in train("b")
     a = torch.load(tmp_path / "a" / "cellnet.pt")
     b = torch.load(tmp_path / "b" / "cellnet.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     import cv2
 
     image = cv2.imread(str(data / "JPEGImages" / "BloodImage_00000.jpg"))
-    found = learned.detect(image, model=str(tmp_path / "a" / "model-float.onnx"))
-    assert isinstance(found, list)  # one epoch finds little; the graph runs end to end
+    model = str(tmp_path / "a" / "model-float.onnx")
+    assert learned.model_rbc_px(model) == 40.0  # from the training card beside it
+    found = learned.detect_at_scale(cv2.resize(image, (213, 160)), model=model)
+    assert isinstance(found, list)  # two epochs find little; the graph runs end to end
 
 
 def test_models_and_info_show_the_smear_detector():

@@ -187,10 +187,12 @@ def gather(feature, idx):
 
 
 def train(data: Path, epochs: int, out: Path, seed: int = 1, batch: int = 16, lr: float = 3e-3,
-          log=print, limit: int | None = None, val_every: int = 5) -> dict:
+          log=print, limit: int | None = None, val_every: int = 5, stop_after: int | None = None) -> dict | None:
     """Train on ``data``'s train split at the model's scale; every ``val_every`` epochs measure on
     its val split (never trained on) and keep the best checkpoint by val mAP@0.5. Resumes from
-    ``out/checkpoint.pt`` (same settings) where a run was stopped."""
+    ``out/checkpoint.pt`` (same settings) where a run was stopped: the same weights as a run that
+    was not (each epoch draws from its own generator). ``stop_after``: stop after that epoch (a
+    session's time), checkpoint written, nothing exported; returns None."""
     import cv2
     import torch
 
@@ -259,6 +261,9 @@ def train(data: Path, epochs: int, out: Path, seed: int = 1, batch: int = 16, lr
         torch.save({"settings": settings, "model": model.state_dict(), "opt": opt.state_dict(),
                     "sched": sched.state_dict(), "state": state}, ckpt)
         log(json.dumps(entry))
+        if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < epochs:
+            log(f"stopped after epoch {epoch + 1} of {epochs}: run the same command again to go on")
+            return None
     model.eval()
     if state["best"] is not None:
         model.load_state_dict(torch.load(out / "best.pt"))
@@ -321,8 +326,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("build/smear"))
     ap.add_argument("--limit", type=int, help="Train on the first N training images only (a quick check of the recipe).")
     ap.add_argument("--val-every", type=int, default=5, help="Measure on the val split every N epochs (0: never).")
+    ap.add_argument("--stop-after", type=int, help="Stop after this epoch (checkpoint kept; the same command goes on).")
     args = ap.parse_args()
-    print(json.dumps(train(args.data, args.epochs, args.out, args.seed, limit=args.limit, val_every=args.val_every)))
+    card = train(args.data, args.epochs, args.out, args.seed, limit=args.limit, val_every=args.val_every,
+                 stop_after=args.stop_after)
+    if card is not None:
+        print(json.dumps(card))
 
 
 if __name__ == "__main__":
