@@ -31,6 +31,9 @@ NMS_IOU = 0.5
 #: ``kind`` field, which would let them share a folder, is not there yet).
 MODELS = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = "bccd-int8"
+#: The detector before the scale stage (BCCD's boxes, BCCD's scale): kept for comparison
+#: (``evaluate-smear --engine model:edgehema/smear/models/bccd-int8``).
+PREVIOUS_MODEL = "bccd-int8"
 
 
 def preprocess(image: np.ndarray) -> np.ndarray:
