@@ -28,9 +28,9 @@ def calibration_inputs(data: Path, rbc_px: float | None, n: int = CALIBRATION_IM
     from edgehema.smear.annotations import annotated_set
 
     items = annotated_set(data, "train")
+    if rbc_px is None:  # the detector before the scale stage: its first n train images, as it was calibrated
+        return [preprocess(cv2.imread(str(i.path))) for i in items[:n]]
     picked = [items[round(k * (len(items) - 1) / max(n - 1, 1))] for k in range(min(n, len(items)))]
-    if rbc_px is None:
-        return [preprocess(cv2.imread(str(i.path))) for i in picked]
     from export.training.smear_detector import to_model_scale
 
     boxes = [np.array([(SMEAR_CLASSES.index(g.kind), g.x0, g.y0, g.x1, g.y1) for g, _ in i.truth], np.float32).reshape(-1, 5)
