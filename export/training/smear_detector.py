@@ -221,7 +221,6 @@ def train(data: Path, epochs: int, out: Path, seed: int = 1, batch: int = 16, lr
             sched.load_state_dict(saved["sched"])
             state = saved["state"]
             log(f"resuming after epoch {state['epoch']}")
-    out_w, out_h = CROP[0] // STRIDE, CROP[1] // STRIDE
     t0 = time.perf_counter() - state["seconds"]
     for epoch in range(state["epoch"], epochs):
         model.train()
@@ -229,27 +228,7 @@ def train(data: Path, epochs: int, out: Path, seed: int = 1, batch: int = 16, lr
         order = rng.permutation(len(items))
         total = 0.0
         for start in range(0, len(order), batch):
-            xs, hms, whs, offs, idxs, masks = [], [], [], [], [], []
-            for j in order[start:start + batch]:
-                _, img, boxes = items[j]
-                a_img, a_boxes = augment(img, boxes, rng)
-                xs.append(to_input(a_img))
-                hm, wh, off, idx, mask = targets(a_boxes, out_w, out_h)
-                hms.append(hm), whs.append(wh), offs.append(off), idxs.append(idx), masks.append(mask)
-            x = torch.from_numpy(np.stack(xs))
-            p_hm, p_wh, p_off = model(x)
-            idx = torch.from_numpy(np.stack(idxs))
-            mask = torch.from_numpy(np.stack(masks)).unsqueeze(2)
-            l_hm = focal_loss(p_hm, torch.from_numpy(np.stack(hms)))
-            n = mask.sum().clamp(min=1)
-            l_wh = (torch.abs(gather(p_wh, idx) - torch.from_numpy(np.stack(whs))) * mask).sum() / n
-            l_off = (torch.abs(gather(p_off, idx) - torch.from_numpy(np.stack(offs))) * mask).sum() / n
-            loss = l_hm + 0.1 * l_wh + l_off
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
+            total += _step(model, opt, sched, [items[j] for j in order[start:start + batch]], rng)
         entry = {"epoch": epoch + 1, "loss": round(total / per_epoch, 4), "seconds": round(time.perf_counter() - t0, 1)}
         if val and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
             entry["val"] = measure(model, val)
@@ -267,10 +246,7 @@ def train(data: Path, epochs: int, out: Path, seed: int = 1, batch: int = 16, lr
     model.eval()
     if state["best"] is not None:
         model.load_state_dict(torch.load(out / "best.pt"))
-    torch.save(model.state_dict(), out / "cellnet.pt")
-    dummy = torch.zeros(1, 3, INPUT[1], INPUT[0])
-    torch.onnx.export(model, dummy, str(out / "model-float.onnx"), input_names=["image"],
-                      output_names=["heatmap", "size", "offset"], opset_version=17, dynamo=False)
+    _save(model, out)
     card = {"recipe": "export.training.smear_detector", "data": Path(data).name, "seed": seed, "epochs": epochs,
             "batch": batch, "lr": lr, "train_images": len(items), "model_rbc_px": MODEL_RBC_PX,
             "scale_jitter": list(SCALE_JITTER), "crop": list(CROP), "seconds": round(time.perf_counter() - t0, 1),
@@ -279,6 +255,43 @@ def train(data: Path, epochs: int, out: Path, seed: int = 1, batch: int = 16, lr
             "weights": int(sum(p.numel() for p in model.parameters()))}
     (out / "training.json").write_text(json.dumps(card, indent=1) + "\n")
     return card
+
+
+def _step(model, opt, sched, batch_items: list, rng: np.random.Generator) -> float:
+    """One optimiser step on augmented crops of ``batch_items``; returns the batch's loss."""
+    import torch
+
+    out_w, out_h = CROP[0] // STRIDE, CROP[1] // STRIDE
+    xs, hms, whs, offs, idxs, masks = [], [], [], [], [], []
+    for _, img, boxes in batch_items:
+        a_img, a_boxes = augment(img, boxes, rng)
+        xs.append(to_input(a_img))
+        hm, wh, off, idx, mask = targets(a_boxes, out_w, out_h)
+        hms.append(hm), whs.append(wh), offs.append(off), idxs.append(idx), masks.append(mask)
+    x = torch.from_numpy(np.stack(xs))
+    p_hm, p_wh, p_off = model(x)
+    idx = torch.from_numpy(np.stack(idxs))
+    mask = torch.from_numpy(np.stack(masks)).unsqueeze(2)
+    l_hm = focal_loss(p_hm, torch.from_numpy(np.stack(hms)))
+    n = mask.sum().clamp(min=1)
+    l_wh = (torch.abs(gather(p_wh, idx) - torch.from_numpy(np.stack(whs))) * mask).sum() / n
+    l_off = (torch.abs(gather(p_off, idx) - torch.from_numpy(np.stack(offs))) * mask).sum() / n
+    loss = l_hm + 0.1 * l_wh + l_off
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
+def _save(model, out: Path) -> None:
+    """The chosen weights as cellnet.pt and as the float ONNX graph the export quantizes."""
+    import torch
+
+    torch.save(model.state_dict(), out / "cellnet.pt")
+    dummy = torch.zeros(1, 3, INPUT[1], INPUT[0])
+    torch.onnx.export(model, dummy, str(out / "model-float.onnx"), input_names=["image"],
+                      output_names=["heatmap", "size", "offset"], opset_version=17, dynamo=False)
 
 
 def to_input(img: np.ndarray) -> np.ndarray:
