@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgehema.exceptions import InputFileError
 from edgehema.smear.detections import Detection
+from edgehema.smear.image_io import probe
 from edgehema.smear.voc import NAMES, read_annotation
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -71,16 +72,24 @@ def yolo_names(root: Path) -> list[str | None]:
     return [NAMES.get(n.strip().lower()) for n in names]
 
 
-def read_yolo(label: Path, image: Path, names: list[str | None]) -> list[tuple[Detection, bool]]:
-    """The boxes of one YOLO label file, in the image's pixels (the image's size read from its header)."""
+def image_size(image: Path) -> tuple[int, int]:
+    """(width, height) from the image's header, decoding it only for a kind whose header is not read."""
     import cv2
 
-    if not label.is_file():
-        return []  # YOLO's convention: an image without a label file has no objects
+    _, size = probe(image)
+    if size is not None:
+        return size
     img = cv2.imread(str(image), cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise InputFileError(image, "cannot be decoded as an image")
-    h, w = img.shape[:2]
+    return img.shape[1], img.shape[0]
+
+
+def read_yolo(label: Path, image: Path, names: list[str | None]) -> list[tuple[Detection, bool]]:
+    """The boxes of one YOLO label file, in the image's pixels (the image's size read from its header)."""
+    if not label.is_file():
+        return []  # YOLO's convention: an image without a label file has no objects
+    w, h = image_size(image)
     out = []
     for k, line in enumerate(label.read_text().splitlines(), 1):
         if not line.strip():

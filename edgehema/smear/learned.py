@@ -294,16 +294,25 @@ def _described_by(model: str) -> tuple[SmearFolder | None, dict]:
     return (SmearFolder.load(folder), {}) if (folder / MANIFEST).is_file() else (None, {})
 
 
+def padded(image: np.ndarray, size: tuple[int, int] = INPUT) -> np.ndarray:
+    """``image`` at the top left of a canvas at least ``size`` (width, height), filled with the
+    image's background colour (the detector sees no black border it never saw in training)."""
+    h, w = image.shape[:2]
+    if w >= size[0] and h >= size[1]:
+        return image
+    canvas = np.empty((max(h, size[1]), max(w, size[0]), 3), np.uint8)
+    canvas[:] = background(image)
+    canvas[:h, :w] = image
+    return canvas
+
+
 def detect_at_scale(tile: np.ndarray, model: str) -> list[Detection]:
     """Detections of a detector that works at its own scale on a tile already at that scale (at most
     INPUT): the tile is padded with its background colour, never stretched."""
     sess = session(model)
+    tile = tile[:INPUT[1], :INPUT[0]]
     h, w = tile.shape[:2]
-    if (h, w) != (INPUT[1], INPUT[0]):
-        canvas = np.empty((INPUT[1], INPUT[0], 3), np.uint8)
-        canvas[:] = background(tile)
-        canvas[:h, :w] = tile[:INPUT[1], :INPUT[0]]
-        tile = canvas
+    tile = padded(tile)
     hm, wh, off = sess.run(None, {sess.get_inputs()[0].name: preprocess(tile)})
     return [d for d in decode(hm[0], wh[0], off[0], 1.0, 1.0) if d.centre[0] < w and d.centre[1] < h]
 

@@ -1,16 +1,23 @@
-"""Training recipe of the smear detector: a small CenterNet-style network on BCCD (workstation, torch).
+"""Training recipe of the smear detector: a small CenterNet-style network trained for counting
+(workstation, torch). The command: ``python -m export.smear_train`` (this module's ``main``).
 
 CenterNet (Zhou et al., "Objects as Points", 2019) finds each cell as the peak of a per-class
 heat map and reads its box size and sub-pixel offset at that peak: no anchors and no box NMS, which
 suits cells (round, of a few sizes, often touching) and a small int8 network on a CPU.
 
-Network: depthwise-separable backbone (strides 2-16), a light feature pyramid back to stride 4,
-three heads (3-class heat map, box width/height, offset), about 0.2 M weights, input 320 x 240 (the
-640 x 480 field halved). Loss: CenterNet's focal loss on Gaussian heat maps, L1 on size and offset
-at the centres. Augmentation: flips, 180-degree turns, colour jitter (hue, saturation, brightness),
-scale 0.8-1.25. Deterministic for a seed on the CPU.
+Data: an annotated set with every cell boxed (TXL-PBC by default: four sources, several
+microscopes and stains), its train split only; its val split chooses the epoch, never trains.
+Every image is first brought to the model's scale (its red cells MODEL_RBC_PX across, from its own
+annotation), as the device's scale stage does at run time.
 
-    python -m export.training.smear_detector --data ../shared/data/bccd --epochs 140 --out build/smear
+Network: depthwise-separable backbone (strides 2-16), a light feature pyramid back to stride 4,
+three heads (3-class heat map, box width/height, offset), about 0.2 M weights; trained on CROP
+crops, run on INPUT tiles (it is convolutional). Loss: CenterNet's focal loss on Gaussian heat
+maps, L1 on size and offset at the centres. Augmentation: scale SCALE_JITTER (0.7-1.43x), flips,
+quarter turns, hue/saturation/brightness, blur and sensor noise; cells cut by a crop kept while a
+quarter is seen. Deterministic for a seed on the CPU; resumable from ``out/checkpoint.pt``.
+
+    python -m export.smear_train --data ../shared/data/txl-pbc --epochs 36 --val-every 4 --out build/smear-txl
 """
 
 from __future__ import annotations
@@ -304,7 +311,7 @@ def measure(model, val: list) -> dict:
     import torch
 
     from edgehema.smear.detections import Detection, counts
-    from edgehema.smear.learned import decode
+    from edgehema.smear.learned import decode, padded
     from edgehema.smear.voc import average_precision
 
     model.eval()
@@ -312,10 +319,7 @@ def measure(model, val: list) -> dict:
     with torch.no_grad():
         for name, img, boxes in val:
             h, w = img.shape[:2]
-            canvas = np.empty((max(h, INPUT[1]), max(w, INPUT[0]), 3), np.uint8)
-            canvas[:] = background(img)
-            canvas[:h, :w] = img
-            hm, wh, off = (t[0].numpy() for t in model(torch.from_numpy(to_input(canvas)[None])))
+            hm, wh, off = (t[0].numpy() for t in model(torch.from_numpy(to_input(padded(img))[None])))
             found = [d for d in decode(hm, wh, off, 1.0, 1.0) if d.centre[0] < w and d.centre[1] < h]
             preds[name] = found
             truth[name] = [(Detection(CLASSES[int(c)], x0, y0, x1, y1), False) for c, x0, y0, x1, y1 in boxes]
