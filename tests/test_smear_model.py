@@ -73,9 +73,10 @@ def test_the_shipped_model_is_verified_and_counts_an_image(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
-    # 19 red cells are annotated, most at the border or touching: 8 counted here (docs/smear.md).
-    assert r["engine"] == "model" and r["counts"]["wbc"] == 1 and 5 <= r["counts"]["rbc"] <= 25
-    assert all(d["score"] >= learned.COUNT_THRESHOLDS[d["class"]] for d in r["detections"])
+    # 19 red cells are boxed (BCCD leaves some out); the detector trained for counting finds 27.
+    assert r["engine"] == "model" and r["counts"]["wbc"] == 1 and 19 <= r["counts"]["rbc"] <= 35
+    thresholds = learned.count_thresholds(learned.default_model())
+    assert all(d["score"] >= thresholds[d["class"]] for d in r["detections"])
     manifest = json.loads((learned.MODELS / learned.DEFAULT_MODEL / "manifest.json").read_text())
     assert manifest["kind"] == "smear" and len(manifest["sha256"]) == 64
 
@@ -180,8 +181,8 @@ def test_models_and_info_show_the_smear_detector():
 
 def test_a_stain_unlike_training_is_normalised_and_counted_as_well(tmp_path):
     """BCCD val restained purple (CIELAB a* +10, b* -12): without normalisation the detector loses
-    almost everything (mAP 0.020 here); normalised to BCCD train's colour statistics it is back to
-    0.900 (docs/smear.md). Measured on 20 images to keep CI short; the flag still says the stain is
+    much (the default detector: mAP 0.51 of 0.86 on these 20 images; BCCD's own 0.02 of 0.93);
+    normalised to its training set's colour statistics it is back near its own (0.835). Measured on 20 images to keep CI short; the flag still says the stain is
     unlike training."""
     from functools import partial
 
@@ -198,7 +199,8 @@ def test_a_stain_unlike_training_is_normalised_and_counted_as_well(tmp_path):
     never = evaluate(small, "val", "model", stain="never", perturb=purple)
     auto = evaluate(small, "val", "model", stain="auto", perturb=purple)
     as_is = evaluate(small, "val", "model", stain="auto")
-    assert never["map50"] < 0.3 and auto["map50"] >= as_is["map50"] - 0.03
+    # (the TXL-PBC detector, trained with stain jitter, loses less than BCCD's did: 0.51 of 0.86 here, not 0.02)
+    assert never["map50"] < as_is["map50"] - 0.2 and auto["map50"] >= as_is["map50"] - 0.05
     # The CLI: the normalisation is recorded, the flag stays.
     import cv2
 
@@ -244,7 +246,7 @@ def test_the_stain_reference_travels_with_the_model(tmp_path):
     import cv2
 
     from edgehema.smear import stain as S
-    from edgehema.smear.learned import DEFAULT_MODEL, MODELS
+    from edgehema.smear.learned import MODELS, PREVIOUS_MODEL
     from edgehema.smear.pipeline import analyse
 
     data = require_bccd()
@@ -252,7 +254,7 @@ def test_the_stain_reference_travels_with_the_model(tmp_path):
     images = [cv2.imread(str(data / "JPEGImages" / f"{i}.jpg")) for i in (data / "train.txt").read_text().split()[:10]]
     reference = S.reference_from_images([purple(img) for img in images], "purple")
     folder = tmp_path / "purple-detector"
-    shutil.copytree(MODELS / DEFAULT_MODEL, folder)
+    shutil.copytree(MODELS / PREVIOUS_MODEL, folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["stain_reference"]["mean"] == list(S.BCCD.mean)  # the shipped one: BCCD train's
     manifest["stain_reference"] = reference.to_dict()

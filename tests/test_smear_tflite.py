@@ -168,4 +168,4 @@ def test_info_describes_the_tflite_model_and_the_stain_reference():
     assert proc.returncode == 0, proc.stderr
     assert "model.tflite (LiteRT; the default engine where LiteRT runs it" in proc.stdout
     assert "gates passed" in proc.stdout
-    assert "stain reference: bccd train (205 images): CIELAB means [187.3, 132.94, 126.9]" in proc.stdout
+    assert "stain reference: txl-pbc train (982 images): CIELAB means [179.73, 139.75, 130.21]" in proc.stdout

@@ -30,7 +30,7 @@ def export(
     source: str = typer.Argument("reference", help="Float bundle (a directory or a shipped name), or a PyTorch file (.pt/.pth TorchScript or nn.Module) with --manifest; or a smear detector: a smear model folder or its float .onnx file."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest template for a PyTorch model (docs/bundle.md, without files and integrity)."),
     target: str = typer.Option(..., "--target", "-t", help="onnx-fp32, onnx-int8, tflite-fp32 or tflite-int8."),
-    calibration: List[Path] = typer.Option(..., "--calibration", "-c", help="Event files for calibration and parity (any format, the bundle's profile). Repeatable. For a smear detector: one VOC set (train.txt calibrates, val.txt measures)."),
+    calibration: List[Path] = typer.Option(..., "--calibration", "-c", help="Event files for calibration and parity (any format, the bundle's profile). Repeatable. For a smear detector: one annotated set, VOC or YOLO (train calibrates, val measures); for a cell classifier: its cell set (one folder per class)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the new bundle (must not exist or be empty)."),
     method: str = typer.Option("minmax", "--method", help="Calibration: minmax, entropy or percentile."),
     heldout: List[Path] = typer.Option([], "--heldout", help="Event files for the held-out part of the parity report. Repeatable."),
@@ -85,12 +85,19 @@ def _export_smear(source: Path, target: str, calibration: List[Path], out_dir: P
     if fail_under and fail_under.strip().lower() != "none":
         raise typer.BadParameter("a smear export has fixed gates (mAP within 0.01, counts within 1 %); --fail-under none "
                                  "writes the folder without failing on them")
-    result = export_smear(source, target, calibration[0], out_dir)
-    out.print(f"wrote {result.folder} ({target}, smear detector)")
-    for line in result.lines:
+    from export.cell_classifier.export import export_cells, is_classifier
+
+    if is_classifier(source):  # a per-cell classifier: calibrated on a cell set's train split
+        folder, failures, lines = export_cells(source, target, calibration[0], out_dir)
+        what = "cell classifier"
+    else:
+        result = export_smear(source, target, calibration[0], out_dir)
+        folder, failures, lines, what = result.folder, result.failures, result.lines, "smear detector"
+    out.print(f"wrote {folder} ({target}, {what})")
+    for line in lines:
         out.print("  " + line)
-    if result.failures and not fail_under:
-        raise EdgehemaError(f"{result.folder}: release gate failed: " + "; ".join(result.failures))
+    if failures and not fail_under:
+        raise EdgehemaError(f"{folder}: release gate failed: " + "; ".join(failures))
 
 
 @app.command()
@@ -258,11 +265,33 @@ def _smear_folder(name: Optional[str]) -> Optional[Path]:
     return None
 
 
+def _classifier_info(f) -> None:
+    """What ``info`` says of a per-cell classifier folder (edgehema.smear.cells)."""
+    w, _ = f.input_size or (None, None)
+    out.print(f"  classes: {', '.join(f.classes)}" + (f" (reported as: {', '.join(f'{k} -> {v}' for k, v in f.report_as.items())})"
+                                                     if f.report_as else ""))
+    out.print(f"  input: {w} x {w}, a crop {f.crop_rbc:g} red-cell diameters wide around each cell; unclassified below "
+              f"probability {f.unsure_below:g}")
+    out.print("  known answer: " + (f"class probabilities on {f.known_answer['input']} (checked at load)" if f.known_answer
+                                    else "none"))
+    for what, ev in (("int8 ONNX", f.evaluation.get("int8")), ("int8 TFLite", (f.tflite.evaluation if f.tflite else None))):
+        if ev:
+            out.print(f"  {what}: {f.evaluation.get('data', '?')} balanced accuracy {ev['balanced_accuracy']:.3f}, "
+                      f"float's class on {ev.get('agreement_with_float', 0):.2%} of {ev.get('cells', '?')} cells")
+    failed = (f.gates or {}).get("failed")
+    out.print("  gates: " + ("passed" if not failed else "FAILED: " + "; ".join(failed)))
+
+
 def _smear_info(folder: Path, trust) -> None:
     f = SmearFolder.load(folder)
-    out.print(f"{f.name} {f.version} (smear detector) at {folder}")
+    out.print(f"{f.name} {f.version} ({f.task.replace('_', ' ') + ' classifier' if f.task else 'smear detector'}) at {folder}")
     out.print(f"  hashes: verified (model.onnx sha256 {f.sha256[:12]}...), manifest sha256 {f.digest}")
     refused = _print_signatures(folder, f.digest, trust)
+    if f.task:
+        _classifier_info(f)
+        if refused:
+            raise typer.Exit(1)
+        return
     w, h = f.input_size or (None, None)
     out.print(f"  classes: {', '.join(f.classes)}; input {w} x {h} {f.layout}, stride {f.stride}")
     q = f.quantization
@@ -278,7 +307,7 @@ def _smear_info(folder: Path, trust) -> None:
                   f"profile, or estimated from each image: edgehema.smear.scale)")
     if f.count_thresholds:
         out.print("  counts peaks from: " + ", ".join(f"{k.upper()} {v:g}" for k, v in f.count_thresholds.items())
-                  + " (chosen on the training split)")
+                  + " (chosen on the training split; an int8 form's matched there to the float model's counts)")
     ev = f.evaluation.get("int8")
     if ev:
         out.print(f"  {where}: mAP@0.5 {ev['map50']:.3f} ("

@@ -35,8 +35,11 @@ def smear(
     um_per_px: Optional[float] = typer.Option(None, "--um-per-px", min=1e-4, help="The images' scale in micrometres per pixel (else estimated from each image: its red cells)."),
     microscope: Optional[Path] = typer.Option(None, "--microscope", metavar="PROFILE.toml", help="A microscope/camera profile giving um_per_px (as --um-per-px)."),
     species: Optional[str] = typer.Option(None, "--species", help="The species whose red-cell size turns um/px into pixels (human, dog, cat, horse, cattle; default human)."),
+    wbc: str = typer.Option("auto", "--wbc", help="White-cell type classifier: auto (the shipped one), none, or a classifier folder or FOLDER/model.tflite."),
+    slide: Optional[str] = typer.Option(None, "--slide", metavar="ID", help="All images named are one slide: one differential over them (else each folder named is a slide)."),
 ) -> None:
-    """Count red cells, white cells and platelets on blood-smear images.
+    """Count red cells, white cells and platelets on blood-smear images, with the type of every
+    white cell and, per slide (a folder, or --slide), the white-cell differential.
 
     Exit status 1 if any image failed; the others are still counted."""
     from edgehema.cli.lis import lis_sinks
@@ -47,6 +50,8 @@ def smear(
     _check_stain(stain)
     _check_overlap(overlap)
     scale = _scale_options(um_per_px, microscope, species)
+    _check_wbc(wbc, engine)
+    scale["wbc"] = wbc
     if overlay_dir is not None:
         if overlay_dir.exists() and not overlay_dir.is_dir():
             raise EdgehemaError(f"{overlay_dir}: is a file; --overlay names a folder")
@@ -63,7 +68,7 @@ def smear(
         raise typer.BadParameter("name images or folders, or --watch FOLDER")
     senders = lis_sinks(lis or [], outbox, lis_wait)
     try:
-        _count_files(images, as_json, as_csv, overlay_dir, engine, senders, stain, overlap, scale)
+        _count_files(images, as_json, as_csv, overlay_dir, engine, senders, stain, overlap, scale, slide)
     finally:
         for sender in senders:
             sender.close()
@@ -82,47 +87,139 @@ def _scale_options(um_per_px: Optional[float], microscope: Optional[Path], speci
     return {"um_per_px": um_per_px, "microscope": microscope, "species": species}
 
 
-def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path], engine: str, senders: list,
-                 stain: str = "auto", overlap: str = "none", scale: dict | None = None) -> None:
-    import cv2
+def _slides(images, slide: Optional[str]) -> list[tuple[Optional[str], list[Path]]]:
+    """(slide id or None, files) in the order named: ``--slide`` makes all one slide; else each
+    folder named is a slide (its name the id) and files named alone belong to none."""
+    from edgehema.smear import image_files
 
-    from edgehema.smear import count_image, image_files, overlay
-
-    files = image_files([str(p) for p in images])
-    if not files:
-        raise EdgehemaError(f"{', '.join(map(str, images))}: no images (JPEG, PNG, TIFF, BMP) there")
-    rows, failed = [], 0
-    if as_csv:
-        sys.stdout.write("image,rbc,wbc,plt,flags,seconds\n")
-    for path in files:
-        try:
-            result, image = count_image(path, engine, stain=stain, overlap=overlap, **(scale or {}))
-        except EdgehemaError as exc:
-            failed += 1
-            error(str(exc))
-            continue
-        if overlay_dir is not None:
-            target = overlay_dir / f"{path.stem}.overlay.png"
-            if not cv2.imwrite(str(target), overlay(image, result)):
-                failed += 1
-                error(f"{target}: cannot write the overlay")
-            result["overlay"] = str(target)
-        for sender in senders:  # queued (durably) first: the LIS gets what the screen shows
-            sender.write(result)
-        c = result["counts"]
-        if as_json:
-            typer.echo(json.dumps(result, separators=(",", ":")))
-        elif as_csv:
-            sys.stdout.write(f"{path},{c['rbc']},{c['wbc']},{c['plt']},{' '.join(result['flags'])},{result['seconds']}\n")
+    groups: list[tuple[Optional[str], list[Path]]] = []
+    for p in images:
+        files = image_files([str(p)])
+        sid = slide if slide is not None else (Path(p).resolve().name if Path(p).is_dir() else None)
+        if groups and groups[-1][0] == sid and (slide is not None or sid is None):
+            groups[-1][1].extend(files)
         else:
-            rows.append([path.name, str(c["rbc"]), str(c["wbc"]), str(c["plt"]), ", ".join(result["flags"]) or "ok",
-                         f"{1000 * result['seconds']:.0f}"])
+            groups.append((sid, list(files)))
+    return [(sid, files) for sid, files in groups if files]
+
+
+CSV_HEADER = "image,rbc,wbc,plt,flags,seconds"
+
+
+def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path], engine: str, senders: list,
+                 stain: str = "auto", overlap: str = "none", scale: dict | None = None,
+                 slide: Optional[str] = None) -> None:
+    from edgehema.smear.differential import TYPES
+    from edgehema.smear.slide import SlideAccumulator
+
+    groups = _slides(images, slide)
+    if not groups:
+        raise EdgehemaError(f"{', '.join(map(str, images))}: no images (JPEG, PNG, TIFF, BMP) there")
+    typed = (scale or {}).get("wbc", "auto") != "none"
+    rows, slides, failed = [], [], 0
+    if as_csv:
+        sys.stdout.write(CSV_HEADER + ("," + ",".join(TYPES) if typed else "") + "\n")
+    for sid, files in groups:
+        acc = SlideAccumulator(sid) if sid is not None else None
+        for path in files:
+            result = _count_one(path, engine, stain, overlap, scale, overlay_dir)
+            if result is None:
+                failed += 1
+                continue
+            if acc is not None:
+                result["slide_id"] = sid
+                acc.add(result)
+            for sender in senders:  # queued (durably) first: the LIS gets what the screen shows
+                sender.write(result)
+            _show(result, as_json, as_csv, typed, rows)
+        if acc is not None and acc.images:
+            summary = acc.result()  # (to the screen and files; the LIS gets each image's counts)
+            if as_json:
+                typer.echo(json.dumps(summary, separators=(",", ":")))
+            elif as_csv:
+                sys.stdout.write(_csv_row(summary, typed))
+            slides.append(summary)
     if rows:
         render(f"smear counts ({engine} detector)",
                [Column("image", "left", keep=9), Column("RBC", keep=8), Column("WBC", keep=8), Column("PLT", keep=8),
+                *([Column("white cells", "left", keep=9, wrap=True)] if typed else []),
                 Column("flags", "left", keep=5, wrap=True), Column("ms", keep=1)], rows, sys.stdout)
+    if not as_json and not as_csv:
+        for summary in slides:
+            _slide_table(summary)
     if failed:
         raise typer.Exit(1)
+
+
+def _count_one(path: Path, engine: str, stain: str, overlap: str, scale: dict | None, overlay_dir: Optional[Path]):
+    """One image's result (its overlay written), or None after one error line."""
+    import cv2
+
+    from edgehema.smear import count_image, overlay
+
+    try:
+        result, image = count_image(path, engine, stain=stain, overlap=overlap, **(scale or {}))
+    except EdgehemaError as exc:
+        error(str(exc))
+        return None
+    if overlay_dir is not None:
+        target = overlay_dir / f"{path.stem}.overlay.png"
+        if not cv2.imwrite(str(target), overlay(image, result)):
+            error(f"{target}: cannot write the overlay")
+            return None
+        result["overlay"] = str(target)
+    return result
+
+
+
+
+def _csv_row(result: dict, typed: bool) -> str:
+    from edgehema.smear.differential import TYPES
+
+    if result.get("kind") == "smear_slide":  # a slide's row: its differential's counts
+        d = result["differential"]
+        return (f"slide:{result['slide_id']},,{result['wbc_typed']},,{' '.join(result['flags'])},"
+                + ",".join(str(d[t]["count"]) for t in TYPES) + "\n")
+    c = result["counts"]
+    row = f"{result['source']},{c['rbc']},{c['wbc']},{c['plt']},{' '.join(result['flags'])},{result['seconds']}"
+    if typed:
+        diff = result.get("differential") or {}
+        row += "," + ",".join(str(diff.get(t, 0)) for t in TYPES)
+    return row + "\n"
+
+
+def _show(result: dict, as_json: bool, as_csv: bool, typed: bool, rows: list) -> None:
+    c = result["counts"]
+    if as_json:
+        typer.echo(json.dumps(result, separators=(",", ":")))
+    elif as_csv:
+        sys.stdout.write(_csv_row(result, typed))
+    else:
+        from edgehema.smear.pipeline import TYPE_TAGS
+
+        types = ", ".join(f"{TYPE_TAGS[t]} {n}" for t, n in (result.get("differential") or {}).items() if n) or "-"
+        rows.append([Path(result["source"]).name, str(c["rbc"]), str(c["wbc"]), str(c["plt"]),
+                     *([types] if typed else []), ", ".join(result["flags"]) or "ok", f"{1000 * result['seconds']:.0f}"])
+
+
+def _slide_table(summary: dict) -> None:
+    d = summary["differential"]
+    rows = []
+    for t, v in d.items():
+        if "percent" in v:
+            pct = "-" if v["percent"] is None else f"{v['percent']:.1f} %"
+            ci = "-" if v["ci95"] is None else f"{v['ci95'][0]:.1f}-{v['ci95'][1]:.1f} %"
+        elif "per_100_leukocytes" in v:
+            pct = "-" if v["per_100_leukocytes"] is None else f"{v['per_100_leukocytes']:.1f} /100 WBC"
+            ci = ""
+        else:
+            pct = "-" if v["percent_of_typed"] is None else f"{v['percent_of_typed']:.1f} % of typed"
+            ci = ""
+        rows.append([t, str(v["count"]), pct, ci])
+    render(f"slide {summary['slide_id']}: differential over {summary['leukocytes']} leukocytes, "
+           f"{summary['images']} images" + (f" ({', '.join(summary['flags'])})" if summary["flags"] else ""),
+           [Column("type", "left", keep=9), Column("count", keep=5), Column("percent", keep=8),
+            Column("95 % interval", keep=6)], rows, sys.stdout)
 
 
 @app.command("evaluate-smear")
@@ -136,8 +233,17 @@ def evaluate_smear(
     restain: Optional[str] = typer.Option(None, "--restain", metavar="a=DA,b=DB,contrast=C,l=DL", help="Measure on the images restained: CIELAB a*, b* moved, colour spread scaled, lightness moved (a stain unlike the training set)."),
     magnification: str = typer.Option("1", "--magnification", metavar="M[,M...]", help="Measure on the images resampled by each factor (0.5: as at half the magnification), e.g. 0.5,0.75,1,1.5,2."),
     by_source: bool = typer.Option(False, "--by-source", help="Also a row per source (image size) of the set."),
+    cells: Optional[Path] = typer.Option(None, "--cells", metavar="DIR", help="Measure the white-cell type classifier instead, on a set of single-cell images (one folder per class, e.g. ../shared/data/pbc), on --split (default there: test)."),
+    wbc: List[str] = typer.Option(["auto"], "--wbc", help="With --cells: classifier(s) to measure (auto, a folder, FOLDER/model.tflite)."),
+    mode: str = typer.Option("classifier", "--mode", help="With --cells: classifier (the centre crop at the set's scale) or pipeline (each image counted as smear counts it)."),
+    wbc_stability: bool = typer.Option(False, "--wbc-stability", help="Measure how often the white cells found on --data's fields keep their type at other magnifications and stains."),
 ) -> None:
-    """Per class AP@0.5 and mAP, precision and recall, and per-image count errors on an annotated set."""
+    """Per class AP@0.5 and mAP, precision and recall, and per-image count errors on an annotated set;
+    with --cells, a cell classifier's confusion matrix, recall, precision and balanced accuracy."""
+    if cells is not None:
+        return _evaluate_cells(cells, "test" if split == "val" else split, wbc, mode, engine[0], as_json)
+    if wbc_stability:
+        return _wbc_stability(data, split, engine[0], as_json)
     from functools import partial
 
     from edgehema.smear.evaluate import evaluate
@@ -190,6 +296,49 @@ def evaluate_smear(
         Column("images/s", keep=3)], rows, sys.stdout)
 
 
+def _wbc_stability(data: Path, split: str, engine: str, as_json: bool) -> None:
+    from edgehema.smear.annotations import annotated_set
+    from edgehema.smear.evaluate_cells import type_stability
+
+    annotated_set(data, split)
+    _check_engine(engine)
+    r = type_stability(data, split, engine)
+    if as_json:
+        typer.echo(json.dumps(r))
+        return
+    rows = [[name, str(t["matched"]), str(t["unmatched"]), "-" if t["same_type"] is None else f"{100 * t['same_type']:.1f} %"]
+            for name, t in r["changes"].items()]
+    render(f"{r['data']} {r['split']}: {r['white_cells']} white cells typed as the fields are; the same cells changed",
+           [Column("change", "left", keep=9), Column("found again", keep=5), Column("not found", keep=5),
+            Column("same type", keep=6)], rows, sys.stdout)
+
+
+def _evaluate_cells(root: Path, split: str, models: List[str], mode: str, engine: str, as_json: bool) -> None:
+    from edgehema.smear.evaluate_cells import evaluate_cells
+
+    if mode not in ("classifier", "pipeline"):
+        raise typer.BadParameter(f"--mode must be classifier or pipeline, not {mode!r}")
+    if split not in ("train", "val", "test"):
+        raise typer.BadParameter(f"--split {split}: train, val or test")
+    for m in models:
+        if m != "auto" and not Path(m).exists():
+            raise EdgehemaError(f"--wbc {m}: no such classifier folder or file")
+    reports = [evaluate_cells(root, split, m, mode=mode, engine=engine) for m in models]
+    if as_json:
+        for r in reports:
+            typer.echo(json.dumps(r))
+        return
+    for r in reports:
+        cm = r["confusion"]
+        rows = [[t, *map(str, counts), "-" if r["recall"].get(t) is None else f"{r['recall'][t]:.3f}",
+                 "-" if r["precision"].get(t) is None else f"{r['precision'][t]:.3f}"]
+                for t, counts in zip(cm["rows"], cm["counts"])]
+        render(f"{r['classifier']} on {r['data']} {r['split']} ({r['mode']}, {r['cells']} cells): balanced accuracy "
+               f"{r['balanced_accuracy']:.3f}, accuracy {r['accuracy']:.3f}, {1000 * r['seconds_per_cell']:.1f} ms per cell",
+               [Column("truth \\ said", "left", keep=9), *[Column(c[:6], keep=3) for c in cm["columns"]],
+                Column("recall", keep=5), Column("precision", keep=5)], rows, sys.stdout)
+
+
 def _check_stain(mode: str) -> None:
     from edgehema.smear.stain import MODES
 
@@ -202,6 +351,15 @@ def _check_overlap(mode: str) -> None:
 
     if mode not in MODES:
         raise typer.BadParameter(f"--overlap must be one of {', '.join(MODES)}, not {mode!r}")
+
+
+def _check_wbc(wbc: str, engine: str) -> None:
+    """The white-cell classifier opened before any image: a refused one is one line up front."""
+    from edgehema.smear.pipeline import wbc_classifier
+
+    if wbc not in ("auto", "none") and not Path(wbc).exists():
+        raise EdgehemaError(f"--wbc {wbc}: no such classifier folder or file")
+    wbc_classifier(engine, wbc)
 
 
 def _check_engine(name: str) -> None:

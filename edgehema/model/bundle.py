@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -74,7 +74,9 @@ EVENT_MEMBERS = frozenset({
 SMEAR_MEMBERS = frozenset({
     "kind", "name", "version", "description", "classes", "input", "stride", "threshold", "sha256", "float_sha256",
     "training", "quantization", "known_answer", "evaluation_bccd_val", "bytes", "stain_reference", "tflite",
-    "parity_bccd_val", "gates", "scale", "evaluation", "count_thresholds", "parity"})
+    "parity_bccd_val", "gates", "scale", "evaluation", "count_thresholds", "parity",
+    # per-cell classifiers (edgehema.smear.cells): what they tell, how they crop, when unsure
+    "task", "crop", "unsure_below", "report_as", "split", "float_known_answer"})
 #: ``amend(manifest, member=DROP)`` removes a member.
 DROP = object()
 
@@ -460,6 +462,9 @@ class SmearTflite:
     parity: dict[str, Any] | None
     quantization: dict[str, Any] | None = None
     gates: dict[str, Any] | None = None  # limits, and the ones it failed
+    #: Its own count thresholds (matched to the float model's counts on the training split), or
+    #: None: the folder's.
+    count_thresholds: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -489,6 +494,15 @@ class SmearFolder:
     rbc_px: float | None = None
     #: Score from which a peak counts as a cell, per class (chosen on the training split), or None.
     count_thresholds: dict[str, float] | None = None
+    #: A per-cell classifier's task (``wbc_type``, ``rbc_morphology``); "" for a detector.
+    task: str = ""
+    #: A classifier's crop side in red-cell diameters, the probability below which a cell is
+    #: unclassified, and classes reported under another name (a platelet among white cells).
+    crop_rbc: float | None = None
+    unsure_below: float = 0.0
+    report_as: dict[str, str] = field(default_factory=dict)
+    #: The export's release gates: limits, and the ones this folder failed.
+    gates: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "SmearFolder":
@@ -520,7 +534,18 @@ class SmearFolder:
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{mpath}: input needs width and height, stride a whole number, scale its rbc_px "
                               f"({exc})") from None
+        task = m.get("task", "")
+        crop = obj(m.get("crop"), "crop") or {}
+        try:
+            crop_rbc = float(crop["rbc_diameters"]) if crop else None
+            unsure = float(m.get("unsure_below", 0.0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{mpath}: crop needs rbc_diameters, unsure_below a number ({exc})") from None
+        report_as = obj(m.get("report_as"), "report_as") or {}
+        if not isinstance(task, str) or (task and not m.get("classes")):
+            raise BundleError(f"{mpath}: task must be a name, and a classifier must list its classes")
         return cls(
+            task=task, crop_rbc=crop_rbc, gates=obj(m.get("gates"), "gates"), unsure_below=unsure, report_as={str(k): str(v) for k, v in report_as.items()},
             path=directory, digest=hashlib.sha256(raw).hexdigest(), manifest=m, name=str(m.get("name", directory.name)),
             version=str(m.get("version", "-")), classes=tuple(m.get("classes") or ()), input_size=size, rbc_px=rbc_px,
             count_thresholds=_thresholds(mpath, obj(m.get("count_thresholds"), "count_thresholds")),
@@ -533,7 +558,8 @@ class SmearFolder:
                 known_answer=obj(t.get("known_answer"), "tflite.known_answer"), size_bytes=t.get("bytes"),
                 evaluation=obj(t.get("evaluation") or t.get("evaluation_bccd_val"), "tflite.evaluation"),
                 parity=obj(t.get("parity") or t.get("parity_bccd_val"), "tflite.parity"),
-                quantization=obj(t.get("quantization"), "tflite.quantization"), gates=obj(t.get("gates"), "tflite.gates")))
+                quantization=obj(t.get("quantization"), "tflite.quantization"), gates=obj(t.get("gates"), "tflite.gates"),
+                count_thresholds=_thresholds(mpath, obj(t.get("count_thresholds"), "tflite.count_thresholds"))))
 
     def tflite_for(self, path: Path) -> SmearTflite:
         """The member describing ``path`` (a file of this folder), its sha256 checked."""

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 #: Cell classes of a blood smear, in the order models and results use them.
 SMEAR_CLASSES: tuple[str, ...] = ("rbc", "wbc", "plt")
+#: The result key a per-cell classifier's answer is reported under, per detection class.
+TYPE_KEYS = {"wbc": "wbc_type", "rbc": "rbc_morphology"}
 
 
 @dataclass(frozen=True)
@@ -18,14 +20,22 @@ class Detection:
     score: float = 1.0
     #: Cells this detection stands for (a clump of touching red cells counts as several).
     cells: int = 1
+    #: What a per-cell classifier says the cell is (edgehema.smear.cells): a white cell's type, a
+    #: red cell's shape; None where none ran.
+    cell_type: str | None = None
+    cell_type_p: float | None = None
 
     @property
     def centre(self) -> tuple[float, float]:
         return (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
 
     def to_dict(self) -> dict:
-        return {"class": self.kind, "box": [round(float(v), 1) for v in (self.x0, self.y0, self.x1, self.y1)],
-                "score": round(float(self.score), 4), "cells": int(self.cells)}
+        out = {"class": self.kind, "box": [round(float(v), 1) for v in (self.x0, self.y0, self.x1, self.y1)],
+               "score": round(float(self.score), 4), "cells": int(self.cells)}
+        if self.cell_type is not None:
+            key = TYPE_KEYS[self.kind]
+            out[key], out[f"{key}_p"] = self.cell_type, self.cell_type_p
+        return out
 
 
 def iou(a: Detection, b: Detection) -> float:

@@ -41,7 +41,8 @@ def evaluate(root: str | Path, split: str = "val", engine: str = "model", stain:
                                interpolation=cv2.INTER_AREA if magnification < 1 else cv2.INTER_CUBIC)
             truth = [(Detection(g.kind, g.x0 * magnification, g.y0 * magnification, g.x1 * magnification,
                                 g.y1 * magnification), diff) for g, diff in truth]
-        result, _, every = analyse(item.path, engine, perturb(image) if perturb else image, stain, overlap, um_per_px)
+        result, _, every = analyse(item.path, engine, perturb(image) if perturb else image, stain, overlap, um_per_px,
+                                   wbc="none")
         images.append({"name": item.name, "source": source, "every": every,
                        "counted": [Detection(d["class"], *d["box"], score=d["score"]) for d in result["detections"]],
                        "counts": result["counts"], "truth": truth, "flags": result["flags"],

@@ -30,7 +30,7 @@ NMS_IOU = 0.5
 #: Shipped smear models (apart from the event bundles of edgehema/model/shipped: the bundle contract's
 #: ``kind`` field, which would let them share a folder, is not there yet).
 MODELS = Path(__file__).resolve().parent / "models"
-DEFAULT_MODEL = "bccd-int8"
+DEFAULT_MODEL = "txl-pbc-int8"
 #: The detector before the scale stage (BCCD's boxes, BCCD's scale): kept for comparison
 #: (``evaluate-smear --engine model:edgehema/smear/models/bccd-int8``).
 PREVIOUS_MODEL = "bccd-int8"
@@ -264,10 +264,20 @@ def model_rbc_px(model: str) -> float | None:
 
 @lru_cache(maxsize=8)
 def count_thresholds(model: str) -> dict[str, float]:
-    """Per class, the score from which a smear model's peak counts as a cell: its folder's
-    ``count_thresholds`` (or its training card's), else COUNT_THRESHOLDS (the BCCD detector's)."""
+    """Per class, the score from which a smear model's peak counts as a cell. The float model's are
+    chosen on the training split (its card's ``count_thresholds``); quantization moves scores (the
+    int8 forms' platelet peaks sit lower), so each int8 form has its own, set on the training split
+    to count what the float model counts there: a folder's int8 ONNX its ``count_thresholds``, its
+    TFLite form the ``tflite`` member's. A bare file: its card's; else COUNT_THRESHOLDS (BCCD's)."""
     folder, card = _described_by(model)
-    own = folder.count_thresholds if folder is not None else card.get("count_thresholds")
+    if folder is None:
+        own = card.get("count_thresholds")
+    elif Path(model).suffix == ".tflite" and folder.tflite is not None and folder.tflite.count_thresholds:
+        own = folder.tflite.count_thresholds
+    elif Path(model).name == "model-float.onnx" and isinstance(folder.training.get("count_thresholds"), dict):
+        own = folder.training["count_thresholds"]
+    else:
+        own = folder.count_thresholds
     return {**COUNT_THRESHOLDS, **(own or {})}
 
 

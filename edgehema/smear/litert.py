@@ -22,7 +22,7 @@ OUTPUTS = ("heatmap", "size", "offset")
 class SmearInterpreter:
     """One LiteRT interpreter on one core; ``run`` takes and gives NCHW arrays like onnxruntime."""
 
-    def __init__(self, path: Path, outputs: dict[str, str] | None):
+    def __init__(self, path: Path, outputs: dict[str, str] | None, order: tuple[str, ...] = OUTPUTS):
 
         try:
             Interpreter, self.engine = tflite_backend.load_interpreter_class()  # looked up at call: replaceable in tests
@@ -40,11 +40,11 @@ class SmearInterpreter:
         self._outputs = {d["name"]: d for d in self._it.get_output_details()}
         self._order = None
         if outputs is not None:
-            missing = [k for k in OUTPUTS if outputs.get(k) not in self._outputs]
+            missing = [k for k in order if outputs.get(k) not in self._outputs]
             if missing:
                 raise BundleError(f"{path}: the manifest's tflite.outputs do not name this model's outputs "
                                   f"({', '.join(missing)})")
-            self._order = [outputs[k] for k in OUTPUTS]
+            self._order = [outputs[k] for k in order]
 
     def raw(self, x_nhwc: np.ndarray) -> dict[str, np.ndarray]:
         """Every output tensor by its TFLite name, for one NHWC float32 input."""
@@ -53,10 +53,10 @@ class SmearInterpreter:
         return {name: self._it.get_tensor(d["index"]) for name, d in self._outputs.items()}
 
     def run(self, _names, feeds: dict) -> list[np.ndarray]:
-        """onnxruntime's ``InferenceSession.run`` shape: NCHW in, (heatmap, size, offset) NCHW out."""
+        """onnxruntime's ``InferenceSession.run`` shape: NCHW in, the outputs in ``order`` (images NCHW)."""
         (x,) = feeds.values()
         got = self.raw(x.transpose(0, 2, 3, 1))
-        return [got[name].transpose(0, 3, 1, 2) for name in self._order]
+        return [got[name].transpose(0, 3, 1, 2) if got[name].ndim == 4 else got[name] for name in self._order]
 
     def get_inputs(self):
         return [_Named("image")]

@@ -10,6 +10,7 @@ stain unlike the images the detector was made on.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ import numpy as np
 
 from edgehema.smear import baseline
 from edgehema.smear.detections import SMEAR_CLASSES, Detection, counts
+from edgehema.smear.differential import Differential, image_counts
 from edgehema.smear.image_io import open_rows
 from edgehema.smear.learned import INPUT
 from edgehema.smear.rows import InMemory, Rows
@@ -111,17 +113,21 @@ PREVIEW_SIDE = 4096
 
 def detect_tiled(image: np.ndarray | Rows, engine: Engine, transform: Callable | None = None,
                  preview: list | None = None, scale: float = 1.0, factor: float = 1.0,
-                 tile: tuple[int, int] = TILE, overlap: int = OVERLAP) -> list[Detection]:
+                 tile: tuple[int, int] = TILE, overlap: int = OVERLAP,
+                 classify: Callable | None = None) -> list[Detection]:
     """Detections of every tile, each kept by the tile whose core holds its centre. The image is
     read one row of tiles at a time, top down (a streamed image is never whole in memory);
     ``transform`` is applied to each row of tiles (stain normalisation); ``preview`` collects the
     image shrunk by ``scale``, for the overlay of an image too large to keep. ``factor``: each tile
     is resampled by it before detection (to the detector's scale; ``tile`` and ``overlap`` are at
-    that scale) and its detections back, so boxes are in the image's pixels."""
+    that scale) and its detections back, so boxes are in the image's pixels. ``classify(tile,
+    detections)`` gives the detections a tile keeps their cell types, on the tile the detector saw
+    (so a streamed image's cells are typed as it streams)."""
     import cv2
 
     source = InMemory(image) if isinstance(image, np.ndarray) else image
-    found: list[Detection] = []
+    found: list[tuple[int, Detection]] = []  # (tile, detection)
+    n_tile = 0
     by_row: dict[tuple[int, int], list] = {}
     span = (max(1, int(tile[0] / factor)), max(1, int(tile[1] / factor)))
     for t in tiles((source.height, source.width), span, int(round(overlap / factor))):
@@ -143,12 +149,41 @@ def detect_tiled(image: np.ndarray | Rows, engine: Engine, transform: Callable |
                 size = (min(tile[0], max(1, round(part.shape[1] * factor))), min(tile[1], max(1, round(part.shape[0] * factor))))
                 part = cv2.resize(part, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
             fx, fy = (band[:, x0:x1].shape[1] / part.shape[1], band.shape[0] / part.shape[0]) if factor != 1.0 else (1.0, 1.0)
-            for d in engine(part):
-                d = Detection(d.kind, d.x0 * fx + x0, d.y0 * fy + y0, d.x1 * fx + x0, d.y1 * fy + y0, d.score, d.cells)
-                cx, cy = d.centre
-                if cx0 <= cx < cx1 and cy0 <= cy < cy1:
-                    found.append(d)
-    return found
+            kept = [d for d in engine(part)
+                    if cx0 <= d.centre[0] * fx + x0 < cx1 and cy0 <= d.centre[1] * fy + y0 < cy1]
+            if classify is not None:
+                kept = classify(part, kept)
+            found += [(n_tile, replace(d, x0=d.x0 * fx + x0, y0=d.y0 * fy + y0, x1=d.x1 * fx + x0, y1=d.y1 * fy + y0))
+                      for d in kept]
+            n_tile += 1
+    return merge_across_tiles(found, max(1.0, overlap / factor))
+
+
+def merge_across_tiles(found: list[tuple[int, Detection]], cell: float) -> list[Detection]:
+    """The detections of all tiles, a cell seen by two neighbouring tiles once: two tiles can place
+    the centre of a cell on their shared core edge a few pixels apart, each on its own side, so each
+    keeps it. Of two detections of one class from different tiles overlapping by IoU >= NMS_IOU, the
+    higher-scored is kept (within a tile the decoder has done the same). ``cell``: the bucket size
+    of the spatial hash (at least the distance between such centres: the tile overlap)."""
+    from collections import defaultdict
+
+    from edgehema.smear.detections import iou
+    from edgehema.smear.learned import NMS_IOU
+
+    buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (_, d) in enumerate(found):
+        buckets[(int(d.centre[0] // cell), int(d.centre[1] // cell))].append(i)
+    dropped: set[int] = set()
+    for i in sorted(range(len(found)), key=lambda k: -found[k][1].score):
+        if i in dropped:
+            continue
+        tile, d = found[i]
+        bx, by = int(d.centre[0] // cell), int(d.centre[1] // cell)
+        for j in (j for dx in (-1, 0, 1) for dy in (-1, 0, 1) for j in buckets.get((bx + dx, by + dy), ())):
+            if j != i and j not in dropped and found[j][0] != tile and found[j][1].kind == d.kind \
+                    and found[j][1].score <= d.score and iou(found[j][1], d) >= NMS_IOU:
+                dropped.add(j)
+    return [d for k, (_, d) in enumerate(found) if k not in dropped]
 
 
 def quality(image: np.ndarray) -> dict[str, float]:
@@ -200,6 +235,13 @@ def stain_reference(engine: str):
 
 #: The scale of an image streamed by rows is estimated on a field of its first rows, this size at most.
 SCALE_SAMPLE = 1024
+
+
+def scale_sample(image: np.ndarray) -> np.ndarray:
+    """The part of a field its scale is estimated on: the central SCALE_SAMPLE columns of its first
+    SCALE_SAMPLE rows (what streamed_statistics collects of a streamed image)."""
+    x0 = max(0, (image.shape[1] - SCALE_SAMPLE) // 2)
+    return image[:SCALE_SAMPLE, x0:x0 + SCALE_SAMPLE]
 
 
 def streamed_statistics(source: Rows, band: int = 64, sample: list | None = None) -> tuple[dict[str, float], tuple]:
@@ -268,7 +310,7 @@ def count_thresholds(engine: str) -> dict[str, float]:
 
 def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = None, stain: str = "auto",
             overlap: str = "none", um_per_px: float | None = None, microscope: str | Path | None = None,
-            species: str | None = None):
+            species: str | None = None, wbc: str = "auto"):
     """(result, image, every detection with its score) for one smear image. ``stain``: normalise the
     colours to the training images' before detection ``auto`` (when the stain is unlike them),
     ``always`` or ``never`` (edgehema.smear.stain). ``overlap``: ``area`` counts a region of
@@ -277,7 +319,8 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     to the detector's scale first. An image too large to decode whole is read twice as a stream of
     rows (statistics, then detection); the image returned is then a preview of it, shrunk by the
     result's ``overlay_scale``, and no overlap correction is made (it needs the whole image; nor
-    above overlap.MAX_PIXELS)."""
+    above overlap.MAX_PIXELS). ``wbc``: the white-cell type classifier (edgehema.smear.cells):
+    ``auto`` the shipped one on the detector's engine family, ``none``, or a folder or file."""
     from edgehema.smear import overlap as O
     from edgehema.smear import stain as S
 
@@ -294,21 +337,26 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     reference = stain_reference(engine)
     normalised = stain == "always" or (stain == "auto" and stain_unlike(q, reference))
     transform = partial(S.normalise, stats=lab_stats, reference=reference) if normalised else None
-    field_scale = image_scale(np.concatenate(sample) if streamed else source.image, um_per_px, microscope, species)
+    # The scale is estimated on the same part of the field whether it is decoded whole or streamed.
+    field_scale = image_scale(np.concatenate(sample) if streamed else scale_sample(source.image),
+                              um_per_px, microscope, species)
     model_px = model_scale(engine)
     preview_scale = min(1.0, PREVIEW_SIDE / max(source.width, source.height)) if streamed else 1.0
     preview: list | None = [] if streamed else None
     thresholds = count_thresholds(engine)
+    typer = wbc_classifier(engine, wbc)
     if model_px is None:  # a detector made before the scale stage: the field as it comes
-        every = detect_tiled(source, engine_for(engine), transform, preview, preview_scale)
-    else:
         every = detect_tiled(source, engine_for(engine), transform, preview, preview_scale,
-                             field_scale.factor(model_px), INPUT, SCALED_OVERLAP)
-        refined = refine(field_scale, every, thresholds)
-        if refined is not None and not streamed:  # (a stream is read once more only for its detections)
-            field_scale = refined
-            every = detect_tiled(source, engine_for(engine), transform, None, preview_scale,
-                                 field_scale.factor(model_px), INPUT, SCALED_OVERLAP)
+                             classify=cell_typer(typer, field_scale.rbc_px, thresholds))
+    else:
+        def detect(at, first: bool = False):
+            # The tiles are at the detector's scale: their red cells are model_px across. A stream
+            # is read once more for each detection after the first.
+            rows = source if first or not streamed else open_rows(path)
+            return detect_tiled(rows, engine_for(engine), transform, preview if first else None, preview_scale,
+                                at.factor(model_px), INPUT, SCALED_OVERLAP, cell_typer(typer, model_px, thresholds))
+
+        every, field_scale = scaled_detection(detect, field_scale, thresholds)
     found = [d for d in every if d.score >= thresholds[d.kind]]
     corrected = overlap == "area" and not streamed and O.applies(source.image)
     if corrected:
@@ -318,6 +366,12 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     flags = flags_for(q, found, (source.height, source.width), reference)
     if model_px is not None:
         flags.update(field_scale.flags())
+    detections = [d.to_dict() for d in found]
+    differential = image_counts(detections) if typer is not None else None
+    if differential is not None:
+        image_diff = Differential()
+        image_diff.add(differential)
+        flags.update(image_diff.flags(minimum=0))
     result = {
         "kind": "smear",
         "sample_id": path.stem,
@@ -325,7 +379,7 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
         "width": int(source.width),
         "height": int(source.height),
         "counts": counts(found),
-        "detections": [d.to_dict() for d in found],
+        "detections": detections,
         "flags": sorted(flags),
         "flag_details": flags,
         "quality": {k: round(v, 2) for k, v in q.items()},
@@ -336,6 +390,9 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
         "detector": detector_file(engine),
         "seconds": round(time.perf_counter() - t0, 4),
     }
+    if typer is not None:
+        result["differential"] = differential
+        result["wbc_classifier"] = typer.file
     if streamed:
         result["decoded"] = "streamed"
         result["overlay_scale"] = round(preview_scale, 6)
@@ -354,8 +411,6 @@ REFINE_CELLS = 5
 def refine(field_scale, every: list[Detection], thresholds: dict[str, float]):
     """The scale the detected red cells give, where it differs from an estimated one by more than
     REFINE_BEYOND; else None. Given scales are kept (the user knows the microscope)."""
-    from dataclasses import replace
-
     if field_scale.source not in ("estimated", "assumed"):
         return None
     sides = [np.sqrt((d.x1 - d.x0) * (d.y1 - d.y0)) for d in every if d.kind == "rbc" and d.score >= thresholds["rbc"]]
@@ -367,6 +422,51 @@ def refine(field_scale, every: list[Detection], thresholds: dict[str, float]):
     um = None if field_scale.um_per_px is None else field_scale.um_per_px * field_scale.rbc_px / seen
     return replace(field_scale, rbc_px=seen, um_per_px=um, source="estimated", cells=len(sides),
                    confidence=max(field_scale.confidence, len(sides) / (len(sides) + 4.0)), refined=True)
+
+
+def wbc_classifier(engine: str, wbc: str = "auto"):
+    """The white-cell type classifier an analysis runs (edgehema.smear.cells.CellClassifier), or
+    None: ``auto`` the shipped one (its int8 ONNX beside the int8 ONNX detector, ``model-onnx``;
+    else its TFLite where LiteRT runs here), ``none``, or a classifier folder or file."""
+    from edgehema.smear import cells
+
+    if wbc == "none":
+        return None
+    name = cells.default_classifier("wbc_type", onnx_only=engine == "model-onnx") if wbc == "auto" else wbc
+    return None if name is None else cells.open_classifier(name, "wbc_type")
+
+
+def cell_typer(classifier, px_per_rbc: float, thresholds: dict[str, float]) -> Callable | None:
+    """The ``classify`` of detect_tiled: the classifier on each counted cell of a tile whose red
+    cells are ``px_per_rbc`` across."""
+    if classifier is None:
+        return None
+    from edgehema.smear.cells import TASKS
+
+    return partial(classifier.annotate, px_per_rbc=px_per_rbc, min_score=thresholds[TASKS[classifier.task]])
+
+
+def scaled_detection(detect: Callable, field_scale, thresholds: dict[str, float]):
+    """(detections, scale) of a field detected at its scale, refined by the red cells found there
+    (refine). Where an estimate finds under REFINE_CELLS red cells, the estimate may be wrong by a
+    factor of two (a clump taken for one cell, a cell's pale centre for a cell): the field is also
+    detected at half and twice that size, and the scale that finds the most red cells is refined."""
+    every = detect(field_scale, first=True)
+    if field_scale.source in ("estimated", "assumed") and _rbc_counted(every, thresholds) < REFINE_CELLS:
+        tried = [(every, field_scale)]
+        for f in (0.5, 2.0):
+            other = replace(field_scale, rbc_px=field_scale.rbc_px * f,
+                            um_per_px=None if field_scale.um_per_px is None else field_scale.um_per_px / f)
+            tried.append((detect(other), other))
+        every, field_scale = max(tried, key=lambda t: _rbc_counted(t[0], thresholds))
+    refined = refine(field_scale, every, thresholds)
+    if refined is not None:  # detected again at the red cells' own scale
+        return detect(refined), refined
+    return every, field_scale
+
+
+def _rbc_counted(every: list[Detection], thresholds: dict[str, float]) -> int:
+    return sum(1 for d in every if d.kind == "rbc" and d.score >= thresholds["rbc"])
 
 
 def image_scale(image: np.ndarray, um_per_px: float | None = None, microscope: str | Path | None = None,
@@ -383,12 +483,16 @@ def image_scale(image: np.ndarray, um_per_px: float | None = None, microscope: s
 
 def count_image(path: str | Path, engine: str = "model", image: np.ndarray | None = None,
                 stain: str = "auto", overlap: str = "none", um_per_px: float | None = None,
-                microscope: str | Path | None = None, species: str | None = None) -> tuple[dict, np.ndarray]:
+                microscope: str | Path | None = None, species: str | None = None,
+                wbc: str = "auto") -> tuple[dict, np.ndarray]:
     """(result, image) for one smear image; the result in the smear schema (docs/smear.md)."""
-    result, image, _ = analyse(path, engine, image, stain, overlap, um_per_px, microscope, species)
+    result, image, _ = analyse(path, engine, image, stain, overlap, um_per_px, microscope, species, wbc)
     return result, image
 
 
+#: Short names of the white-cell types (overlay tags, tables).
+TYPE_TAGS = {"neutrophil": "NEUT", "lymphocyte": "LYMPH", "monocyte": "MONO", "eosinophil": "EOS", "basophil": "BASO",
+             "ig": "IG", "erythroblast": "NRBC", "unclassified": "?"}
 #: Overlay colours (BGR): RBC red, WBC blue, platelets green, as the counts in the corner.
 OVERLAY_COLOURS = {"rbc": (40, 40, 220), "wbc": (220, 80, 20), "plt": (30, 170, 30)}
 
@@ -402,6 +506,9 @@ def overlay(image: np.ndarray, result: dict) -> np.ndarray:
     for d in result["detections"]:
         x0, y0, x1, y1 = (int(round(v * scale)) for v in d["box"])
         cv2.rectangle(out, (x0, y0), (x1, y1), OVERLAY_COLOURS[d["class"]], 2)
+        if d.get("wbc_type"):  # the white cell's type above its box
+            cv2.putText(out, TYPE_TAGS.get(d["wbc_type"], d["wbc_type"]), (x0, max(12, y0 - 4)),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, OVERLAY_COLOURS["wbc"], 2, cv2.LINE_AA)
     lines = [f"{k.upper()} {result['counts'][k]}" for k in SMEAR_CLASSES] + [f"FLAG {f}" for f in result["flags"]]
     height = 22 * len(lines) + 10
     width = max(140, 10 + 11 * max(len(line) for line in lines))

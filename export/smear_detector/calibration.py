@@ -56,7 +56,7 @@ def choose_thresholds(data: Path, engine: str, split: str = "train") -> dict:
 
     seen = []
     for item in annotated_set(data, split):
-        _, _, every = analyse(item.path, engine, read_image(item.path))
+        _, _, every = analyse(item.path, engine, read_image(item.path), wbc="none")
         seen.append((every, counts([g for g, _ in item.truth])))
     chosen, figures = {}, {}
     for k in SMEAR_CLASSES:
@@ -76,3 +76,32 @@ def choose_thresholds(data: Path, engine: str, split: str = "train") -> dict:
         chosen[k] = best[1]
         figures[k] = {"share_ok": round(best[0][0], 4), "count_mae": round(-best[0][1], 3)}
     return {"thresholds": chosen, "on": f"{Path(data).name} {split} ({len(seen)} images)", "figures": figures}
+
+
+def detections_on(data: Path, engine: str, split: str = "train") -> list:
+    """Every detection (with its score) of ``engine`` on each image of ``split``, through the whole
+    pipeline (scale estimate included)."""
+    from edgehema.smear.annotations import annotated_set
+    from edgehema.smear.image_io import read_image
+    from edgehema.smear.pipeline import analyse
+
+    return [analyse(item.path, engine, read_image(item.path), wbc="none")[2] for item in annotated_set(data, split)]
+
+
+def match_thresholds(reference: list, reference_thresholds: dict[str, float], other: list) -> dict:
+    """Per class, the threshold at which ``other`` (an int8 form's detections on the training
+    split) counts as many cells in all as ``reference`` (the float model's) counts at its own
+    thresholds: quantization moves scores, the count should not move. Searched in steps of 0.0025
+    within 0.1 of the reference's; ties to the nearest to it."""
+    chosen, totals = {}, {}
+    for k in SMEAR_CLASSES:
+        t_ref = reference_thresholds[k]
+        want = sum(d.cells for every in reference for d in every if d.kind == k and d.score >= t_ref)
+        scores = np.array([d.score for every in other for d in every if d.kind == k])
+        cells = np.array([d.cells for every in other for d in every if d.kind == k])
+        grid = np.round(t_ref + 0.0025 * np.arange(-40, 41), 4)
+        got = np.array([cells[scores >= t].sum() for t in grid])
+        best = min(range(len(grid)), key=lambda i: (abs(got[i] - want), abs(grid[i] - t_ref)))
+        chosen[k] = float(grid[best])
+        totals[k] = {"float": int(want), "int8": int(got[best])}
+    return {"thresholds": chosen, "totals": totals}

@@ -59,7 +59,7 @@ def export_smear(source: Path, target: str, data: Path, out_dir: Path) -> SmearE
     from edgehema.smear.evaluate import evaluate
 
     from export.smear_detector import tflite as smear_tflite
-    from export.smear_detector.calibration import choose_thresholds
+    from export.smear_detector.calibration import choose_thresholds, detections_on, match_thresholds
     from export.smear_detector.quantize import quantize, ship
 
     if target not in TARGETS:
@@ -99,6 +99,15 @@ def export_smear(source: Path, target: str, data: Path, out_dir: Path) -> SmearE
                                                            "count_thresholds_chosen": chosen}))
         learned.forget()
     int8 = quantize(out_dir / "model-float.onnx", data, out_dir / "int8.onnx", rbc_px=rbc_px)
+    float_thresholds, reference = thresholds, None
+    if rbc_px is not None:  # the int8 form counts on train what the float model counts there
+        reference = detections_on(data, f"model:{out_dir / 'model-float.onnx'}")
+        matched = match_thresholds(reference, thresholds, detections_on(data, f"model:{int8}"))
+        thresholds = matched["thresholds"]
+        (out_dir / "training.json").write_text(json.dumps({**card, "count_thresholds": float_thresholds,
+                                                           "count_thresholds_chosen": chosen,
+                                                           "int8_count_thresholds_matched": matched}))
+        learned.forget()
     reports = [evaluate(data, "val", f"model:{m}") for m in (out_dir / "model-float.onnx", int8)]
     sizes = [(out_dir / "model-float.onnx").stat().st_size, int8.stat().st_size]
     ship(out_dir, out_dir / "model-float.onnx", int8,
@@ -117,7 +126,7 @@ def export_smear(source: Path, target: str, data: Path, out_dir: Path) -> SmearE
     learned.forget()
     result.lines.append(_line("int8 ONNX", reports[1], parity, sizes[1], sizes[0], data.name))
     if target == "tflite-int8":
-        member, failures = smear_tflite.add_tflite(out_dir, data, rbc_px)
+        member, failures = smear_tflite.add_tflite(out_dir, data, rbc_px, reference, float_thresholds)
         result.failures += failures
         result.lines.append(_line("int8 TFLite", member["evaluation"], member["parity"],
                                   member["bytes"], sizes[0], data.name))

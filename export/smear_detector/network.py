@@ -6,19 +6,12 @@ its ONNX form is what the device runs (edgehema.smear.learned)."""
 from __future__ import annotations
 
 from edgehema.smear.detections import SMEAR_CLASSES as CLASSES
+from export.layers import conv, sep
 
 
 def build_model():
     import torch
     from torch import nn
-
-    def conv(cin, cout, stride=1):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-    def sep(cin, cout, stride=1):
-        return nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
-                             nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout),
-                             nn.ReLU(inplace=True))
 
     class CellNet(nn.Module):
         def __init__(self):

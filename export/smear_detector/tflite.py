@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import shutil
 import subprocess
 import tempfile
@@ -41,7 +42,11 @@ def calibration_inputs(data: Path, rbc_px: float | None = None) -> np.ndarray:
 def convert(float_model: Path, data: Path, out: Path, rbc_px: float | None = None) -> dict:
     """Write the int8 TFLite model to ``out``; return the manifest's ``tflite`` member (outputs
     matched to the ONNX graph's names by value)."""
-    x = calibration_inputs(data, rbc_px)
+    return convert_with(float_model, calibration_inputs(data, rbc_px), out)
+
+
+def convert_with(float_model: Path, x: np.ndarray, out: Path) -> dict:
+    """``convert`` calibrated on ``x`` (NHWC float32 images as the network sees them): any image model."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shutil.copy2(float_model, tmp / "model.onnx")  # onnx2tf rewrites the file it is given
@@ -93,7 +98,7 @@ def match_outputs(float_model: Path, tflite_file: Path, x: np.ndarray) -> dict[s
     got = SmearInterpreter(tflite_file, None).raw(x[:1])
     mapping = {}
     for name, ref in want.items():
-        ref = ref.transpose(0, 2, 3, 1)
+        ref = ref.transpose(0, 2, 3, 1) if ref.ndim == 4 else ref
         fits = [(float(np.abs(v - ref).mean()), t) for t, v in got.items() if v.shape == ref.shape and t not in mapping.values()]
         if not fits:
             raise ExportError(f"{tflite_file}: no TFLite output has the shape of {name} {ref.shape}")
@@ -114,15 +119,17 @@ def parity(data: Path, float_engine: str, int8_engine: str) -> dict:
 
     ids = [i.path for i in annotated_set(data, "val")]
     totals = {e: {k: 0 for k in SMEAR_CLASSES} for e in (float_engine, int8_engine)}
-    differ = 0
+    differ, differing = 0, {k: 0 for k in SMEAR_CLASSES}
     for i in ids:
-        got = [count_image(i, e)[0]["counts"] for e in (float_engine, int8_engine)]
+        got = [count_image(i, e, wbc="none")[0]["counts"] for e in (float_engine, int8_engine)]
         differ += got[0] != got[1]
+        for k in SMEAR_CLASSES:
+            differing[k] += abs(got[1][k] - got[0][k])
         for e, c in zip((float_engine, int8_engine), got):
             for k in SMEAR_CLASSES:
                 totals[e][k] += c[k]
     return {"images": len(ids), "images_with_other_counts": differ, "float_totals": totals[float_engine],
-            "int8_totals": totals[int8_engine],
+            "int8_totals": totals[int8_engine], "differing_cells": differing,
             "count_delta_pct": {k: round(100 * (totals[int8_engine][k] - totals[float_engine][k]) / max(totals[float_engine][k], 1), 3)
                                 for k in SMEAR_CLASSES}}
 
@@ -133,9 +140,21 @@ def gate_evaluation(float_report: dict, report: dict, parity_report: dict, what:
     if abs(report["map50"] - float_report["map50"]) > GATES["map50"]:
         failures.append(f"{what}: mAP@0.5 {report['map50']:.4f} vs float {float_report['map50']:.4f}")
     for k, v in parity_report["count_delta_pct"].items():
-        if abs(v) > GATES["count_pct"]:
-            failures.append(f"{what}: {k} count {v:+.2f} % vs float")
+        delta = parity_report["int8_totals"][k] - parity_report["float_totals"][k]
+        if abs(delta) > count_limit(parity_report, k):
+            failures.append(f"{what}: {k} count {v:+.2f} % vs float ({delta:+d} cells; allowed "
+                            f"{count_limit(parity_report, k):.1f})")
     return failures
+
+
+def count_limit(parity_report: dict, k: str) -> float:
+    """Cells by which an int8 form's total of class ``k`` on val may differ from float's: 1 % of
+    float's total, or, where the set holds too few cells for 1 % to rise above borderline cells
+    flipping one way or the other (a quantized score just above or below the threshold), the 95 %
+    range of such flips without a bias: 1.96 x sqrt(cells counted differently, image by image)."""
+    pct = GATES["count_pct"] / 100 * parity_report["float_totals"][k]
+    differing = (parity_report.get("differing_cells") or {}).get(k)
+    return max(pct, 1.96 * math.sqrt(differing)) if differing is not None else pct
 
 
 def gate(float_report: dict, member: dict) -> list[str]:
@@ -147,9 +166,11 @@ def gate(float_report: dict, member: dict) -> list[str]:
     return failures
 
 
-def add_tflite(folder: Path, data: Path, rbc_px: float | None = None) -> tuple[dict, list[str]]:
+def add_tflite(folder: Path, data: Path, rbc_px: float | None = None, reference: list | None = None,
+               float_thresholds: dict | None = None) -> tuple[dict, list[str]]:
     """Convert ``folder``'s float model, record the ``tflite`` member in its manifest (sha256,
-    outputs, known answer, val evaluation and parity, gates); returns (member, failures)."""
+    outputs, known answer, count thresholds matched to the float model's counts on train where
+    ``reference`` gives them, val evaluation and parity, gates); returns (member, failures)."""
     import onnxruntime as ort
 
     from edgehema.smear.evaluate import evaluate
@@ -166,6 +187,13 @@ def add_tflite(folder: Path, data: Path, rbc_px: float | None = None) -> tuple[d
     smear = SmearFolder.load(folder)
     write_manifest(folder, amend(smear.manifest, tflite=member))  # the engine below needs its member
     learned.forget()
+    if reference is not None and float_thresholds:
+        from export.smear_detector.calibration import detections_on, match_thresholds
+
+        matched = match_thresholds(reference, float_thresholds, detections_on(data, f"model:{target}"))
+        member["count_thresholds"], member["count_thresholds_matched"] = matched["thresholds"], matched["totals"]
+        write_manifest(folder, amend(smear.manifest, tflite=member))
+        learned.forget()
     member["evaluation"] = evaluate(data, "val", f"model:{target}")
     member["parity"] = parity(data, f"model:{folder / 'model-float.onnx'}", f"model:{target}")
     failures = gate(smear.evaluation["float"], member)

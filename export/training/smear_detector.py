@@ -34,6 +34,7 @@ from edgehema.smear.detections import SMEAR_CLASSES as CLASSES
 from edgehema.smear.learned import INPUT, STRIDE, background
 from edgehema.smear.scale import MODEL_RBC_PX
 from export.smear_detector.network import build_model
+from export.training.torch_run import checkpoint, deterministic, resume, save, step
 
 #: Training crops (the network is convolutional: the device runs it on INPUT-sized fields).
 CROP = (192, 192)
@@ -200,16 +201,9 @@ def train(data: Path, epochs: int, out: Path, seed: int = 1, batch: int = 16, lr
     ``out/checkpoint.pt`` (same settings) where a run was stopped: the same weights as a run that
     was not (each epoch draws from its own generator). ``stop_after``: stop after that epoch (a
     session's time), checkpoint written, nothing exported; returns None."""
-    import cv2
     import torch
 
-    torch.manual_seed(seed)
-    torch.set_num_threads(2)
-    # Deterministic kernels (oneDNN's weight-gradient reductions included). Two runs in one long
-    # process can still differ in the last bits (float sums in MKL/oneDNN depend on memory
-    # alignment): the recipe is reproducible run for run, as a command.
-    torch.use_deterministic_algorithms(True)
-    cv2.setRNGSeed(seed)
+    deterministic(seed)
     out.mkdir(parents=True, exist_ok=True)
     items = to_model_scale(load_split(data, "train")[:limit])
     val = to_model_scale(load_split(data, "val")) if val_every else []
@@ -218,16 +212,8 @@ def train(data: Path, epochs: int, out: Path, seed: int = 1, batch: int = 16, lr
     per_epoch = math.ceil(len(items) / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * per_epoch, pct_start=0.1)
     settings = {"data": str(data), "epochs": epochs, "seed": seed, "batch": batch, "lr": lr, "limit": limit}
-    state = {"epoch": 0, "history": [], "best": None, "seconds": 0.0}
     ckpt = out / "checkpoint.pt"
-    if ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=False)
-        if saved["settings"] == settings:
-            model.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["opt"])
-            sched.load_state_dict(saved["sched"])
-            state = saved["state"]
-            log(f"resuming after epoch {state['epoch']}")
+    state = resume(ckpt, settings, model, opt, sched, log)
     t0 = time.perf_counter() - state["seconds"]
     for epoch in range(state["epoch"], epochs):
         model.train()
@@ -244,8 +230,7 @@ def train(data: Path, epochs: int, out: Path, seed: int = 1, batch: int = 16, lr
                 torch.save(model.state_dict(), out / "best.pt")
         state["history"].append(entry)
         state["epoch"], state["seconds"] = epoch + 1, time.perf_counter() - t0
-        torch.save({"settings": settings, "model": model.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "state": state}, ckpt)
+        checkpoint(ckpt, settings, model, opt, sched, state)
         log(json.dumps(entry))
         if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < epochs:
             log(f"stopped after epoch {epoch + 1} of {epochs}: run the same command again to go on")
@@ -253,7 +238,7 @@ def train(data: Path, epochs: int, out: Path, seed: int = 1, batch: int = 16, lr
     model.eval()
     if state["best"] is not None:
         model.load_state_dict(torch.load(out / "best.pt"))
-    _save(model, out)
+    save(model, out, (1, 3, INPUT[1], INPUT[0]), ["heatmap", "size", "offset"])
     card = {"recipe": "export.training.smear_detector", "data": Path(data).name, "seed": seed, "epochs": epochs,
             "batch": batch, "lr": lr, "train_images": len(items), "model_rbc_px": MODEL_RBC_PX,
             "scale_jitter": list(SCALE_JITTER), "crop": list(CROP), "seconds": round(time.perf_counter() - t0, 1),
@@ -283,22 +268,7 @@ def _step(model, opt, sched, batch_items: list, rng: np.random.Generator) -> flo
     n = mask.sum().clamp(min=1)
     l_wh = (torch.abs(gather(p_wh, idx) - torch.from_numpy(np.stack(whs))) * mask).sum() / n
     l_off = (torch.abs(gather(p_off, idx) - torch.from_numpy(np.stack(offs))) * mask).sum() / n
-    loss = l_hm + 0.1 * l_wh + l_off
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    sched.step()
-    return loss.item()
-
-
-def _save(model, out: Path) -> None:
-    """The chosen weights as cellnet.pt and as the float ONNX graph the export quantizes."""
-    import torch
-
-    torch.save(model.state_dict(), out / "cellnet.pt")
-    dummy = torch.zeros(1, 3, INPUT[1], INPUT[0])
-    torch.onnx.export(model, dummy, str(out / "model-float.onnx"), input_names=["image"],
-                      output_names=["heatmap", "size", "offset"], opset_version=17, dynamo=False)
+    return step(opt, sched, l_hm + 0.1 * l_wh + l_off)
 
 
 def to_input(img: np.ndarray) -> np.ndarray:
@@ -337,7 +307,7 @@ def measure(model, val: list) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "txl-pbc")
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data" / "txl-pbc")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("build/smear"))

@@ -1,0 +1,143 @@
+"""A per-cell classifier measured on a set of single-cell images (edgehema.smear.cell_sets), two ways:
+
+* ``classifier``: the classifier alone, on the crop the device would take of the image's centre at
+  the set's known scale (the classifier's training card: ``data_rbc_px``);
+* ``pipeline``: the image counted as ``edgehema smear cell.jpg`` counts it (scale estimated,
+  detector, classifier): the type of the white cell found nearest the image's centre, ``missed``
+  where none is found.
+
+Figures: the confusion matrix (rows: truth), per-class recall and precision, accuracy, balanced
+accuracy (the mean recall), the share unclassified; for the pipeline also the cells missed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgehema.smear.cell_sets import cell_set
+
+MISSED = "missed"
+
+
+def _figures(truth: list[str], pred: list[str], classes: list[str], reported: list[str]) -> dict:
+    rows, cols = classes, reported
+    cm = np.zeros((len(rows), len(cols)), int)
+    for t, p in zip(truth, pred):
+        cm[rows.index(t), cols.index(p)] += 1
+    recall, precision = {}, {}
+    for i, c in enumerate(rows):
+        recall[c] = round(float(cm[i, cols.index(c)] / max(cm[i].sum(), 1)), 4) if c in cols else None
+        if c in cols:
+            column = cm[:, cols.index(c)].sum()
+            precision[c] = round(float(cm[i, cols.index(c)] / column), 4) if column else None
+    scored = [r for r in recall.values() if r is not None]
+    correct = sum(cm[i, cols.index(c)] for i, c in enumerate(rows) if c in cols)
+    return {"cells": len(truth), "accuracy": round(float(correct / max(len(truth), 1)), 4),
+            "balanced_accuracy": round(float(np.mean(scored)), 4) if scored else None,
+            "recall": recall, "precision": precision,
+            "unclassified": round(float(sum(p == "unclassified" for p in pred) / max(len(pred), 1)), 4),
+            "confusion": {"rows": rows, "columns": cols, "counts": cm.tolist()}}
+
+
+def evaluate_cells(root: str | Path, split: str = "test", model: str = "auto", task: str = "wbc_type",
+                   mode: str = "classifier", engine: str = "model") -> dict:
+    """The figures of one classifier (a shipped name, folder or FOLDER/model.tflite; ``auto`` the
+    shipped one on the best engine here) on ``split`` of the set at ``root``."""
+    from edgehema.smear import cells
+    from edgehema.smear.image_io import read_image
+    from edgehema.smear.learned import background
+    from edgehema.smear.pipeline import analyse
+
+    name = cells.default_classifier(task) if model == "auto" else model
+    if name is None:
+        raise ValueError(f"no {task} classifier shipped")
+    classifier = cells.open_classifier(name, task)
+    items = cell_set(root, split)
+    truth, pred, t0 = [], [], time.perf_counter()
+    data_rbc_px = float(classifier.folder.training.get("data_rbc_px") or 0) or None
+    size = classifier.folder.input_size[0] if classifier.folder.input_size else cells.CELL_INPUT
+    for item in items:
+        image = read_image(item.path)
+        h, w = image.shape[:2]
+        if mode == "classifier":
+            if data_rbc_px is None:
+                raise ValueError(f"{name}: its training card gives no data_rbc_px: measure with mode pipeline")
+            crop = cells.crop(image, (w / 2, h / 2), data_rbc_px, background(image), classifier.crop_diameters(), size)
+            got, _ = classifier.label(classifier.probabilities(crop[None])[0])
+        else:
+            result, _, _ = analyse(item.path, engine, image, wbc=name)
+            found = [d for d in result["detections"] if d["class"] == "wbc" and "wbc_type" in d]
+            if found:
+                near = min(found, key=lambda d: ((d["box"][0] + d["box"][2]) / 2 - w / 2) ** 2
+                           + ((d["box"][1] + d["box"][3]) / 2 - h / 2) ** 2)
+                got = near["wbc_type"]
+            else:
+                got = MISSED
+        truth.append(item.label)
+        pred.append(got)
+    classes = sorted({i.label for i in items})
+    reported = sorted({classifier.folder.report_as.get(c, c) for c in classifier.classes}
+                      | {cells.UNCLASSIFIED} | ({MISSED} if mode == "pipeline" else set()))
+    reported = [c for c in reported if c in set(pred) | set(classes)] or reported
+    # truth classes the classifier reports under another name (a platelet: unclassified) are scored so
+    truth = [classifier.folder.report_as.get(t, t) for t in truth]
+    classes = sorted({classifier.folder.report_as.get(c, c) for c in classes})
+    out = _figures(truth, pred, classes, sorted(set(reported) | set(classes)))
+    out.update({"data": Path(root).name, "split": split, "mode": mode, "classifier": classifier.file,
+                "engine": engine if mode == "pipeline" else None,
+                "seconds_per_cell": round((time.perf_counter() - t0) / max(len(items), 1), 5)})
+    if mode == "pipeline":
+        out["missed"] = round(float(sum(p == MISSED for p in pred) / max(len(pred), 1)), 4)
+    return out
+
+
+def type_stability(root: str | Path, split: str = "val", engine: str = "model", magnifications=(0.5, 0.75, 1.5, 2.0),
+                   restains: dict | None = None) -> dict:
+    """How often a white cell found in a whole field keeps its type when the field is seen at another
+    magnification or restained (the scale and stain changes of other laboratories' microscopes):
+    each val field counted as it is and changed; its white cells matched by box (IoU >= 0.5, boxes
+    brought back to the field's pixels); the share of matched cells given the same type."""
+    import cv2
+
+    from edgehema.smear.annotations import annotated_set
+    from edgehema.smear.detections import Detection, iou
+    from edgehema.smear.image_io import read_image
+    from edgehema.smear.pipeline import analyse
+    from edgehema.smear.stain import restain
+
+    restains = restains if restains is not None else {"purple a*+10 b*-12": {"da": 10, "db": -12},
+                                                      "blue a*-8 b*-10": {"da": -8, "db": -10},
+                                                      "pale spread x0.5": {"contrast": 0.5}}
+    changes = [(f"{m:g}x", m, None) for m in magnifications] + [(n, 1.0, kw) for n, kw in restains.items()]
+    tally = {name: {"matched": 0, "same": 0, "unmatched": 0} for name, _, _ in changes}
+    cells_seen = 0
+
+    def wbcs(result, scale):
+        return [(Detection("wbc", *(v / scale for v in d["box"])), d["wbc_type"]) for d in result["detections"]
+                if d["class"] == "wbc" and "wbc_type" in d]
+
+    for item in annotated_set(root, split):
+        image = read_image(item.path)
+        base = wbcs(analyse(item.path, engine, image)[0], 1.0)
+        cells_seen += len(base)
+        if not base:
+            continue
+        for name, m, kw in changes:
+            changed = image if m == 1.0 else cv2.resize(image, None, fx=m, fy=m,
+                                                        interpolation=cv2.INTER_AREA if m < 1 else cv2.INTER_CUBIC)
+            if kw:
+                changed = restain(changed, **kw)
+            other = wbcs(analyse(item.path, engine, changed)[0], m)
+            for box, kind in base:
+                match = max(other, key=lambda o: iou(o[0], box), default=None)
+                if match is None or iou(match[0], box) < 0.5:
+                    tally[name]["unmatched"] += 1
+                else:
+                    tally[name]["matched"] += 1
+                    tally[name]["same"] += match[1] == kind
+    return {"data": Path(root).name, "split": split, "engine": engine, "white_cells": cells_seen,
+            "changes": {n: {**t, "same_type": round(t["same"] / t["matched"], 4) if t["matched"] else None}
+                        for n, t in tally.items()}}

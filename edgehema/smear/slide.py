@@ -1,0 +1,46 @@
+"""One slide's result from its images' results: the counts summed and the white-cell differential
+over all of them (edgehema.smear.differential), with the flags a laboratory acts on. A slide is the
+images of one folder, or those named with ``smear --slide ID``."""
+
+from __future__ import annotations
+
+from edgehema.smear.detections import SMEAR_CLASSES
+from edgehema.smear.differential import Differential
+
+
+class SlideAccumulator:
+    """Add each image's result as it is counted; ``result()`` is the slide's (kind ``smear_slide``)."""
+
+    def __init__(self, slide_id: str):
+        self.slide_id = slide_id
+        self.differential = Differential()
+        self.images = 0
+        self.typed_images = 0
+        self.sources: list[str] = []
+        self.counts = {k: 0 for k in SMEAR_CLASSES}
+
+    def add(self, result: dict) -> None:
+        self.images += 1
+        self.sources.append(result["source"])
+        for k in SMEAR_CLASSES:
+            self.counts[k] += int(result["counts"].get(k, 0))
+        if result.get("differential") is not None:
+            self.typed_images += 1
+            self.differential.add(result["differential"])
+
+    def result(self) -> dict:
+        typed = self.typed_images > 0
+        flags = self.differential.flags() if typed else {}
+        return {
+            "kind": "smear_slide",
+            "sample_id": self.slide_id,
+            "slide_id": self.slide_id,
+            "images": self.images,
+            "sources": list(self.sources),
+            "counts": dict(self.counts),
+            "leukocytes": self.differential.leukocytes,
+            "wbc_typed": self.differential.typed,
+            "differential": self.differential.table() if typed else None,
+            "flags": sorted(flags),
+            "flag_details": flags,
+        }
