@@ -208,3 +208,22 @@ def test_the_training_path_is_deterministic_resumes_and_exports_gated(tmp_path):
     assert "cell classifier" in proc.stdout, proc.stderr  # two epochs may fail a gate: the folder is written either way
     c = cells.open_classifier(str(tmp_path / "device"), "wbc_type")
     assert c.folder.task == "wbc_type" and c.folder.known_answer and len(c.classes) == 8
+
+
+@needs_pbc
+def test_an_image_of_one_cell_is_classified_when_the_detector_finds_none():
+    from edgehema.smear.cell_sets import cell_set
+    from edgehema.smear.detections import Detection
+    from edgehema.smear.pipeline import cell_image
+
+    c = cells.open_classifier(SHIPPED, "wbc_type")
+    item = next(i for i in cell_set(PBC, "test") if i.label == "eosinophil")
+    image = cv2.imread(str(item.path))
+    one = cell_image(image, [], 71.0, c)
+    assert one is not None and one.kind == "wbc" and one.cell_type == "eosinophil" and one.score == 0.0
+    cx, cy = one.centre
+    assert abs(cx - image.shape[1] / 2) < 1 and abs(cy - image.shape[0] / 2) < 1
+    assert cell_image(image, [Detection("wbc", 0, 0, 10, 10)], 71.0, c) is None  # the detector found it
+    assert cell_image(np.tile(image, (3, 3, 1)), [], 71.0, c) is None  # a field, not one cell
+    platelet = next(i for i in cell_set(PBC, "test") if i.label == "platelet")
+    assert cell_image(cv2.imread(str(platelet.path)), [], 71.0, c) is None  # not a white cell: none added

@@ -243,7 +243,7 @@ def evaluate_smear(
     if cells is not None:
         return _evaluate_cells(cells, "test" if split == "val" else split, wbc, mode, engine[0], as_json)
     if wbc_stability:
-        return _wbc_stability(data, split, engine[0], as_json)
+        return _wbc_stability(data, split, engine[0], as_json, wbc[0])
     from functools import partial
 
     from edgehema.smear.evaluate import evaluate
@@ -296,13 +296,13 @@ def evaluate_smear(
         Column("images/s", keep=3)], rows, sys.stdout)
 
 
-def _wbc_stability(data: Path, split: str, engine: str, as_json: bool) -> None:
+def _wbc_stability(data: Path, split: str, engine: str, as_json: bool, wbc: str = "auto") -> None:
     from edgehema.smear.annotations import annotated_set
     from edgehema.smear.evaluate_cells import type_stability
 
     annotated_set(data, split)
     _check_engine(engine)
-    r = type_stability(data, split, engine)
+    r = type_stability(data, split, engine, wbc=wbc)
     if as_json:
         typer.echo(json.dumps(r))
         return

@@ -95,7 +95,7 @@ def evaluate_cells(root: str | Path, split: str = "test", model: str = "auto", t
 
 
 def type_stability(root: str | Path, split: str = "val", engine: str = "model", magnifications=(0.5, 0.75, 1.5, 2.0),
-                   restains: dict | None = None) -> dict:
+                   restains: dict | None = None, wbc: str = "auto") -> dict:
     """How often a white cell found in a whole field keeps its type when the field is seen at another
     magnification or restained (the scale and stain changes of other laboratories' microscopes):
     each val field counted as it is and changed; its white cells matched by box (IoU >= 0.5, boxes
@@ -121,7 +121,7 @@ def type_stability(root: str | Path, split: str = "val", engine: str = "model", 
 
     for item in annotated_set(root, split):
         image = read_image(item.path)
-        base = wbcs(analyse(item.path, engine, image)[0], 1.0)
+        base = wbcs(analyse(item.path, engine, image, wbc=wbc)[0], 1.0)
         cells_seen += len(base)
         if not base:
             continue
@@ -130,7 +130,7 @@ def type_stability(root: str | Path, split: str = "val", engine: str = "model", 
                                                         interpolation=cv2.INTER_AREA if m < 1 else cv2.INTER_CUBIC)
             if kw:
                 changed = restain(changed, **kw)
-            other = wbcs(analyse(item.path, engine, changed)[0], m)
+            other = wbcs(analyse(item.path, engine, changed, wbc=wbc)[0], m)
             for box, kind in base:
                 match = max(other, key=lambda o: iou(o[0], box), default=None)
                 if match is None or iou(match[0], box) < 0.5:
@@ -138,6 +138,6 @@ def type_stability(root: str | Path, split: str = "val", engine: str = "model", 
                 else:
                     tally[name]["matched"] += 1
                     tally[name]["same"] += match[1] == kind
-    return {"data": Path(root).name, "split": split, "engine": engine, "white_cells": cells_seen,
+    return {"data": Path(root).name, "split": split, "engine": engine, "wbc": wbc, "white_cells": cells_seen,
             "changes": {n: {**t, "same_type": round(t["same"] / t["matched"], 4) if t["matched"] else None}
                         for n, t in tally.items()}}

@@ -358,6 +358,9 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
 
         every, field_scale = scaled_detection(detect, field_scale, thresholds)
     found = [d for d in every if d.score >= thresholds[d.kind]]
+    one_cell = None if typer is None or streamed else cell_image(source.image, found, field_scale.rbc_px, typer)
+    if one_cell is not None:
+        found.append(one_cell)
     corrected = overlap == "area" and not streamed and O.applies(source.image)
     if corrected:
         found = O.correct(source.image, found)
@@ -367,11 +370,7 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     if model_px is not None:
         flags.update(field_scale.flags())
     detections = [d.to_dict() for d in found]
-    differential = image_counts(detections) if typer is not None else None
-    if differential is not None:
-        image_diff = Differential()
-        image_diff.add(differential)
-        flags.update(image_diff.flags(minimum=0))
+    differential = None if typer is None else _differential(detections, one_cell, flags)
     result = {
         "kind": "smear",
         "sample_id": path.stem,
@@ -422,6 +421,43 @@ def refine(field_scale, every: list[Detection], thresholds: dict[str, float]):
     um = None if field_scale.um_per_px is None else field_scale.um_per_px * field_scale.rbc_px / seen
     return replace(field_scale, rbc_px=seen, um_per_px=um, source="estimated", cells=len(sides),
                    confidence=max(field_scale.confidence, len(sides) / (len(sides) + 4.0)), refined=True)
+
+
+def _differential(detections: list[dict], one_cell: Detection | None, flags: dict[str, str]) -> dict[str, int]:
+    """An image's counts per white-cell type; its flags (immature granulocytes, nucleated red cells,
+    many unclassified, an image taken as one cell) added to ``flags``."""
+    counted = image_counts(detections)
+    image_diff = Differential()
+    image_diff.add(counted)
+    flags.update(image_diff.flags(minimum=0))
+    if one_cell is not None:
+        flags["cell_image"] = ("no white cell found by the detector in an image the size of one cell: its centre "
+                               f"classified as one ({one_cell.cell_type})")
+    return counted
+
+
+#: An image at most this many red-cell diameters on its longer side may hold one cell (a gallery crop).
+CELL_IMAGE_RBC = 6.0
+
+
+def cell_image(image: np.ndarray, found: list[Detection], rbc_px: float, classifier) -> Detection | None:
+    """For an image of one white cell (a crop such as PBC's or an analyzer's gallery export) in which
+    the detector found none: the cell at its centre, where the classifier gives it a white-cell type
+    (not unclassified, not a platelet); else None."""
+    from edgehema.smear.cells import UNCLASSIFIED, crop
+    from edgehema.smear.learned import background
+
+    h, w = image.shape[:2]
+    if any(d.kind == "wbc" for d in found) or max(h, w) > CELL_IMAGE_RBC * rbc_px:
+        return None
+    size = classifier.folder.input_size[0] if classifier.folder.input_size else 80
+    p = classifier.probabilities(crop(image, (w / 2, h / 2), rbc_px, background(image), classifier.crop_diameters(),
+                                      size)[None])[0]
+    name, prob = classifier.label(p)
+    if name == UNCLASSIFIED:
+        return None
+    half = min(w, h, 2.0 * rbc_px) / 2  # a white cell about two red cells across
+    return Detection("wbc", w / 2 - half, h / 2 - half, w / 2 + half, h / 2 + half, 0.0, 1, name, round(prob, 4))
 
 
 def wbc_classifier(engine: str, wbc: str = "auto"):
