@@ -227,3 +227,29 @@ def test_an_image_of_one_cell_is_classified_when_the_detector_finds_none():
     assert cell_image(np.tile(image, (3, 3, 1)), [], 71.0, c) is None  # a field, not one cell
     platelet = next(i for i in cell_set(PBC, "test") if i.label == "platelet")
     assert cell_image(cv2.imread(str(platelet.path)), [], 71.0, c) is None  # not a white cell: none added
+
+
+def test_a_slide_differential_goes_to_the_lis_with_the_manual_differential_loinc_terms():
+    """HL7: OBR names panel 24318-8, each leukocyte type its "/100 leukocytes in Blood" LOINC term
+    with the percentage; immature granulocytes and nucleated red cells under local codes. ASTM alike."""
+    import hl7
+
+    from edgehema.lis.astm import build_records
+    from edgehema.lis.hl7_message import build_oru
+    from edgehema.smear.slide import SlideAccumulator
+
+    acc = SlideAccumulator("S-12")
+    acc.add({"source": "a.jpg", "counts": {"rbc": 300, "wbc": 60, "plt": 20},
+             "differential": {"neutrophil": 30, "lymphocyte": 20, "monocyte": 5, "eosinophil": 3, "basophil": 1,
+                              "ig": 1, "erythroblast": 2, "unclassified": 1}})
+    slide = acc.result()
+    msg = hl7.parse(build_oru(slide, "7"))
+    assert str(msg.segment("OBR")[4]).startswith("24318-8^Manual differential panel - Blood^LN")
+    obx = {str(s[3]).split("^")[0]: (str(s[5]), str(s[6]).split("^")[0]) for s in msg.segments("OBX")}
+    assert obx["26511-6"] == ("50.0", "%") and obx["26478-8"] == ("33.3", "%") and obx["30180-4"] == ("1.7", "%")
+    assert obx["26485-3"][0] == "8.3" and obx["26450-7"][0] == "5.0"
+    assert obx["EHM-SMEAR-IG"][0] == "1.7" and obx["EHM-SMEAR-NRBC"] == ("3.3", "/100{WBCs}")
+    assert obx["EHM-SMEAR-LEUK-N"][0] == "60"
+    assert "FLAG too_few_leukocytes" in build_oru(slide, "8")
+    records = build_records(slide, "9")
+    assert any("^^^NEUT%^26511-6" in r for r in records) and any(r.startswith("R|") and "|50.0|%|" in r for r in records)

@@ -133,7 +133,9 @@ def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path
                 sender.write(result)
             _show(result, as_json, as_csv, typed, rows)
         if acc is not None and acc.images:
-            summary = acc.result()  # (to the screen and files; the LIS gets each image's counts)
+            summary = acc.result()
+            for sender in senders:  # the slide's differential too (HL7 panel 24318-8; ASTM likewise)
+                sender.write(summary)
             if as_json:
                 typer.echo(json.dumps(summary, separators=(",", ":")))
             elif as_csv:

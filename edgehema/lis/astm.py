@@ -36,7 +36,8 @@ FRAME_TRIES = 6
 #: Seconds the sender waits for the answer to ENQ or to a frame (E1381: 15).
 REPLY_TIMEOUT = 15.0
 
-SHORT = {"789-8": "RBC", "777-3": "PLT", "17849-1": "RET%", "60474-4": "RET#"}
+SHORT = {"789-8": "RBC", "777-3": "PLT", "17849-1": "RET%", "60474-4": "RET#", "26511-6": "NEUT%",
+         "26478-8": "LYMPH%", "26485-3": "MONO%", "26450-7": "EOS%", "30180-4": "BASO%"}
 
 
 def checksum(frame_body: bytes) -> bytes:
@@ -100,6 +101,9 @@ def build_records(result: dict, control_id: str, *, receiver: str = "", now: dat
     records.append("|".join(order))
     comments = 0
     model = result.get("model") or {}
+    if result.get("kind") == "smear_slide":
+        records.append(comment(f"smear slide {result.get('slide_id', '?')}: white-cell differential over "
+                               f"{result.get('images', '?')} images"))
     if result.get("kind") == "smear":
         records.append(comment(f"smear image {result.get('source', '?')}, detector {result.get('engine', '?')}"))
     if model:

@@ -74,11 +74,45 @@ SMEAR_COUNTS = [("rbc", "EHM-SMEAR-RBC", "Red cells counted on the smear image")
                 ("plt", "EHM-SMEAR-PLT", "Platelets counted on the smear image")]
 
 
+#: A slide's white-cell differential (edgehema.smear.slide): the OBR names LOINC's manual
+#: differential panel, 24318-8 "Manual differential panel - Blood"; each leukocyte type its member
+#: "/100 leukocytes in Blood" term (docs/lis.md cites them). Immature granulocytes and nucleated red
+#: cells go under local codes until their LOINC terms are checked; so do the cells counted.
+DIFFERENTIAL_PANEL = ("24318-8", "Manual differential panel - Blood", "LN")
+DIFFERENTIAL = [("neutrophil", "26511-6", "Neutrophils/100 leukocytes in Blood"),
+                ("lymphocyte", "26478-8", "Lymphocytes/100 leukocytes in Blood"),
+                ("monocyte", "26485-3", "Monocytes/100 leukocytes in Blood"),
+                ("eosinophil", "26450-7", "Eosinophils/100 leukocytes in Blood"),
+                ("basophil", "30180-4", "Basophils/100 leukocytes in Blood")]
+
+
+def _differential_observations(result: dict) -> list[tuple[str, str, str, str, str]]:
+    table = result.get("differential") or {}
+    out = []
+    for key, code, name in DIFFERENTIAL:
+        if (table.get(key) or {}).get("percent") is not None:
+            out.append((code, name, "LN", f"{table[key]['percent']:.1f}", "%"))
+    if (table.get("ig") or {}).get("percent") is not None:
+        out.append(("EHM-SMEAR-IG", "Immature granulocytes/100 leukocytes on the smear", LOCAL,
+                    f"{table['ig']['percent']:.1f}", "%"))
+    if (table.get("erythroblast") or {}).get("per_100_leukocytes") is not None:
+        out.append(("EHM-SMEAR-NRBC", "Nucleated red cells/100 leukocytes on the smear", LOCAL,
+                    f"{table['erythroblast']['per_100_leukocytes']:.1f}", "/100{WBCs}"))
+    out.append(("EHM-SMEAR-LEUK-N", "Leukocytes classified on the slide", LOCAL, str(int(result.get("leukocytes") or 0)),
+                "{cells}"))
+    if table.get("unclassified") is not None:
+        out.append(("EHM-SMEAR-UNCL-N", "White cells left unclassified on the slide", LOCAL,
+                    str(int(table["unclassified"]["count"])), "{cells}"))
+    return out
+
+
 def observations(result: dict) -> list[tuple[str, str, str, str, str]]:
     """(code, name, coding system, value, UCUM unit) of every observation a result carries, for the
     HL7 and the ASTM messages alike: an event result's concentrations, RET %, counts and coincidence
     rate; a smear image's cell counts."""
     out = []
+    if result.get("kind") == "smear_slide":
+        return _differential_observations(result)
     if result.get("kind") == "smear":
         counts = result.get("counts") or {}
         for key, code, name in SMEAR_COUNTS:
@@ -130,11 +164,15 @@ def build_oru(result: dict, control_id: str, *, sending_facility: str = "", rece
         pid = (["PID", "1", "", f"{sample_id}^^^^ACSN", "", "UNKNOWN^^^^^^U"] + [""] * 29
                + [f"{esc(species)}^{esc(species)}^L"])
         segments.append("|".join(pid))
-    segments.append("|".join(["OBR", "1", "", sample_id, "^".join(PANEL), "", "", observed] + [""] * 17 + [status]))
+    panel = DIFFERENTIAL_PANEL if result.get("kind") == "smear_slide" else PANEL
+    segments.append("|".join(["OBR", "1", "", sample_id, "^".join(panel), "", "", observed] + [""] * 17 + [status]))
     model = result.get("model") or {}
     if model:
         segments.append("|".join(["NTE", "1", "L", esc(f"model {model.get('name', '?')} {model.get('version', '')} "
                                                      f"sha256 {model.get('sha256', '?')} on {model.get('backend', '?')}")]))
+    elif result.get("kind") == "smear_slide":
+        segments.append("|".join(["NTE", "1", "L", esc(f"smear slide {result.get('slide_id', '?')}: white-cell "
+                                                     f"differential over {result.get('images', '?')} images")]))
     elif result.get("kind") == "smear":
         segments.append("|".join(["NTE", "1", "L", esc(f"smear image {result.get('source', '?')}, "
                                                      f"detector {result.get('engine', '?')}")]))
