@@ -160,8 +160,6 @@ def open_classifier(model: str, task: str) -> CellClassifier:
     from edgehema.smear import learned
     from edgehema.smear.litert import SmearInterpreter
 
-    import onnxruntime as ort
-
     path, tflite = _folder_of(model)
     folder = SmearFolder.load(path.parent if tflite else path)
     if folder.task != task:
@@ -173,18 +171,15 @@ def open_classifier(model: str, task: str) -> CellClassifier:
     if tflite:
         member = folder.tflite_for(path)
         engine = SmearInterpreter(path, member.outputs, order=("probabilities",))
-        answer, file = member.known_answer, f"{folder.path.name}/{path.name}"
-    else:
-        engine = learned._open(ort, folder.path / SMEAR_GRAPH, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        answer, file = folder.known_answer, f"{folder.path.name}/{SMEAR_GRAPH}"
-    if answer:
-        problem = check_known_answer(engine, answer, size)
-        if problem and not tflite:  # as the detector: fused int8 kernels that saturate run unfused
-            engine = learned._open(ort, folder.path / SMEAR_GRAPH, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
-            problem = check_known_answer(engine, answer, size)
-        if problem:
-            raise BundleError(f"{path}: the classifier fails its known answer on this machine ({problem})")
-    return CellClassifier(folder, engine, file)
+        if member.known_answer:
+            problem = check_known_answer(engine, member.known_answer, size)
+            if problem:
+                raise BundleError(f"{path}: the classifier fails its known answer on this machine ({problem})")
+        return CellClassifier(folder, engine, f"{folder.path.name}/{path.name}")
+    answer = folder.known_answer
+    engine = learned.verified_session(folder.path / SMEAR_GRAPH, None if not answer else
+                                      (lambda sess: check_known_answer(sess, answer, size)), str(model))
+    return CellClassifier(folder, engine, f"{folder.path.name}/{SMEAR_GRAPH}")
 
 
 def default_classifier(task: str, onnx_only: bool = False) -> str | None:

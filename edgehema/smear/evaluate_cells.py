@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgehema.exceptions import InputFileError
 from edgehema.smear.cell_sets import cell_set
 
 MISSED = "missed"
@@ -56,6 +57,10 @@ def evaluate_cells(root: str | Path, split: str = "test", model: str = "auto", t
         raise ValueError(f"no {task} classifier shipped")
     classifier = cells.open_classifier(name, task)
     items = cell_set(root, split)
+    foreign = sorted({i.label for i in items} - set(classifier.classes))
+    if foreign:
+        raise InputFileError(root, f"holds classes the classifier does not know ({', '.join(foreign[:4])}); "
+                                   f"its classes: {', '.join(classifier.classes)}")
     truth, pred, t0 = [], [], time.perf_counter()
     data_rbc_px = float(classifier.folder.training.get("data_rbc_px") or 0) or None
     size = classifier.folder.input_size[0] if classifier.folder.input_size else cells.CELL_INPUT

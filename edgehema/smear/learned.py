@@ -8,7 +8,7 @@ a peak of its class's heat map (the maximum of its 3 x 3 neighbourhood) above ``
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -108,20 +108,27 @@ def session(model: str = DEFAULT_MODEL):
         if tflite:
             return _tflite_session(path, folder)
         path, answer = folder.path / SMEAR_GRAPH, folder.known_answer
-    sess = _open(ort, path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    if answer is not None:
-        problem = check_known_answer(sess, answer)
-        if problem:
-            # The fused int8 kernels of this CPU disagree with the model's arithmetic (x86 without
-            # VNNI saturates u8 x s8 products): run the same graph unfused, which is exact.
-            basic = _open(ort, path, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
-            again = check_known_answer(basic, answer)
-            if again:
-                raise BundleError(f"{path}: the model fails its known answer on this machine ({again})")
-            ENGINE_NOTES[str(model)] = (f"{path.parent.name}: fused int8 kernels failed the known answer ({problem}); "
-                                        "running the graph unfused (exact, slower)")
-            return basic
-    return sess
+    return verified_session(path, None if answer is None else partial(check_known_answer, want=answer), str(model))
+
+
+def verified_session(path: Path, check, note_key: str):
+    """onnxruntime on ``path``, fully optimised, where ``check(session)`` (its known answer; None:
+    none recorded) passes; else the same graph unfused, with a note in ENGINE_NOTES[note_key]: the
+    fused int8 kernels of some CPUs disagree with the model's arithmetic (x86 without VNNI
+    saturates u8 x s8 products), the unfused graph is exact. A model failing both is refused."""
+    import onnxruntime as ort
+
+    sess = open_session(ort, path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    problem = check(sess) if check is not None else None
+    if not problem:
+        return sess
+    basic = open_session(ort, path, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    again = check(basic)
+    if again:
+        raise BundleError(f"{path}: the model fails its known answer on this machine ({again})")
+    ENGINE_NOTES[note_key] = (f"{path.parent.name}: fused int8 kernels failed the known answer ({problem}); "
+                              "running the graph unfused (exact, slower)")
+    return basic
 
 
 def _tflite_session(path: Path, folder: SmearFolder):
@@ -157,7 +164,7 @@ def stain_reference(model: str = DEFAULT_MODEL):
 ENGINE_NOTES: dict[str, str] = {}
 
 
-def _open(ort, path: Path, level):
+def open_session(ort, path: Path, level):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1  # one core per image, as the device runs it
     opts.graph_optimization_level = level
