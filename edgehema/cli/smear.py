@@ -36,10 +36,12 @@ def smear(
     microscope: Optional[Path] = typer.Option(None, "--microscope", metavar="PROFILE.toml", help="A microscope/camera profile giving um_per_px (as --um-per-px)."),
     species: Optional[str] = typer.Option(None, "--species", help="The species whose red-cell size turns um/px into pixels (human, dog, cat, horse, cattle; default human)."),
     wbc: str = typer.Option("auto", "--wbc", help="White-cell type classifier: auto (the shipped one), none, or a classifier folder or FOLDER/model.tflite."),
-    slide: Optional[str] = typer.Option(None, "--slide", metavar="ID", help="All images named are one slide: one differential over them (else each folder named is a slide)."),
+    rbc: str = typer.Option("auto", "--rbc", help="Red-cell shape classifier: auto (the shipped one), none, or a classifier folder or FOLDER/model.tflite."),
+    slide: Optional[str] = typer.Option(None, "--slide", metavar="ID", help="All images named are one slide: one differential and one morphology grading over them (else each folder named is a slide)."),
 ) -> None:
     """Count red cells, white cells and platelets on blood-smear images, with the type of every
-    white cell and, per slide (a folder, or --slide), the white-cell differential.
+    white cell and the shape of every red cell and, per slide (a folder, or --slide), the white-cell
+    differential and the red-cell morphology graded as the ICSH recommends.
 
     Exit status 1 if any image failed; the others are still counted."""
     from edgehema.cli.lis import lis_sinks
@@ -50,8 +52,9 @@ def smear(
     _check_stain(stain)
     _check_overlap(overlap)
     scale = _scale_options(um_per_px, microscope, species)
-    _check_wbc(wbc, engine)
-    scale["wbc"] = wbc
+    _check_classifier("wbc_type", "--wbc", wbc, engine)
+    _check_classifier("rbc_morphology", "--rbc", rbc, engine)
+    scale["wbc"], scale["rbc"] = wbc, rbc
     if overlay_dir is not None:
         if overlay_dir.exists() and not overlay_dir.is_dir():
             raise EdgehemaError(f"{overlay_dir}: is a file; --overlay names a folder")
@@ -106,19 +109,34 @@ def _slides(images, slide: Optional[str]) -> list[tuple[Optional[str], list[Path
 CSV_HEADER = "image,rbc,wbc,plt,flags,seconds"
 
 
+def _columns(engine: str, scale: dict) -> tuple[bool, bool]:
+    """(white-cell types shown, red-cell shapes shown): whether each classifier runs."""
+    from edgehema.smear.pipeline import classifier_for
+
+    return (classifier_for("wbc_type", engine, scale.get("wbc", "auto")) is not None,
+            classifier_for("rbc_morphology", engine, scale.get("rbc", "auto")) is not None)
+
+
+def _csv_header(typed: tuple[bool, bool]) -> str:
+    from edgehema.smear.differential import TYPES
+    from edgehema.smear.morphology import CLASSES
+
+    return (CSV_HEADER + ("," + ",".join(TYPES) if typed[0] else "")
+            + ("," + ",".join(f"rbc_{c}" for c in CLASSES) if typed[1] else "") + "\n")
+
+
 def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path], engine: str, senders: list,
                  stain: str = "auto", overlap: str = "none", scale: dict | None = None,
                  slide: Optional[str] = None) -> None:
-    from edgehema.smear.differential import TYPES
     from edgehema.smear.slide import SlideAccumulator
 
     groups = _slides(images, slide)
     if not groups:
         raise EdgehemaError(f"{', '.join(map(str, images))}: no images (JPEG, PNG, TIFF, BMP) there")
-    typed = (scale or {}).get("wbc", "auto") != "none"
+    typed = _columns(engine, scale or {})
     rows, slides, failed = [], [], 0
     if as_csv:
-        sys.stdout.write(CSV_HEADER + ("," + ",".join(TYPES) if typed else "") + "\n")
+        sys.stdout.write(_csv_header(typed))
     for sid, files in groups:
         acc = SlideAccumulator(sid) if sid is not None else None
         for path in files:
@@ -144,11 +162,15 @@ def _count_files(images, as_json: bool, as_csv: bool, overlay_dir: Optional[Path
     if rows:
         render(f"smear counts ({engine} detector)",
                [Column("image", "left", keep=9), Column("RBC", keep=8), Column("WBC", keep=8), Column("PLT", keep=8),
-                *([Column("white cells", "left", keep=9, wrap=True)] if typed else []),
+                *([Column("white cells", "left", keep=9, wrap=True)] if typed[0] else []),
+                *([Column("red-cell shapes", "left", keep=9, wrap=True)] if typed[1] else []),
                 Column("flags", "left", keep=5, wrap=True), Column("ms", keep=1)], rows, sys.stdout)
     if not as_json and not as_csv:
         for summary in slides:
-            _slide_table(summary)
+            if summary["differential"] is not None:
+                _slide_table(summary)
+            if summary["morphology"] is not None:
+                _morphology_table(summary)
     if failed:
         raise typer.Exit(1)
 
@@ -175,33 +197,44 @@ def _count_one(path: Path, engine: str, stain: str, overlap: str, scale: dict | 
 
 
 
-def _csv_row(result: dict, typed: bool) -> str:
+def _csv_row(result: dict, typed: tuple[bool, bool]) -> str:
     from edgehema.smear.differential import TYPES
+    from edgehema.smear.morphology import CLASSES
 
-    if result.get("kind") == "smear_slide":  # a slide's row: its differential's counts
-        d = result["differential"]
-        return (f"slide:{result['slide_id']},,{result['wbc_typed']},,{' '.join(result['flags'])},"
-                + ",".join(str(d[t]["count"]) for t in TYPES) + "\n")
+    if result.get("kind") == "smear_slide":  # a slide's row: its differential's and morphology's counts
+        d, m = result["differential"] or {}, result["morphology"] or {}
+        # the columns of an image's row: rbc and wbc the cells typed, no plt, no seconds
+        row = (f"slide:{result['slide_id']},{result['rbc_typed'] if typed[1] else ''},{result['wbc_typed']},,"
+               f"{' '.join(result['flags'])},,")
+        parts = ([",".join(str((d.get(t) or {}).get("count", 0)) for t in TYPES)] if typed[0] else []) + \
+                ([",".join(str((m.get(c) or {}).get("count", 0)) for c in CLASSES)] if typed[1] else [])
+        return row + ",".join(parts) + "\n"
     c = result["counts"]
     row = f"{result['source']},{c['rbc']},{c['wbc']},{c['plt']},{' '.join(result['flags'])},{result['seconds']}"
-    if typed:
+    if typed[0]:
         diff = result.get("differential") or {}
         row += "," + ",".join(str(diff.get(t, 0)) for t in TYPES)
+    if typed[1]:
+        shapes = result.get("morphology") or {}
+        row += "," + ",".join(str(shapes.get(k, 0)) for k in CLASSES)
     return row + "\n"
 
 
-def _show(result: dict, as_json: bool, as_csv: bool, typed: bool, rows: list) -> None:
+def _show(result: dict, as_json: bool, as_csv: bool, typed: tuple[bool, bool], rows: list) -> None:
     c = result["counts"]
     if as_json:
         typer.echo(json.dumps(result, separators=(",", ":")))
     elif as_csv:
         sys.stdout.write(_csv_row(result, typed))
     else:
-        from edgehema.smear.pipeline import TYPE_TAGS
+        from edgehema.smear.pipeline import SHAPE_TAGS, TYPE_TAGS
 
         types = ", ".join(f"{TYPE_TAGS[t]} {n}" for t, n in (result.get("differential") or {}).items() if n) or "-"
+        shapes = sorted(((n, t) for t, n in (result.get("morphology") or {}).items() if n), reverse=True)
+        shaped = ", ".join(f"{SHAPE_TAGS.get(t, t)} {n}" for n, t in shapes) or "-"
         rows.append([Path(result["source"]).name, str(c["rbc"]), str(c["wbc"]), str(c["plt"]),
-                     *([types] if typed else []), ", ".join(result["flags"]) or "ok", f"{1000 * result['seconds']:.0f}"])
+                     *([types] if typed[0] else []), *([shaped] if typed[1] else []),
+                     ", ".join(result["flags"]) or "ok", f"{1000 * result['seconds']:.0f}"])
 
 
 def _slide_table(summary: dict) -> None:
@@ -224,6 +257,20 @@ def _slide_table(summary: dict) -> None:
             Column("95 % interval", keep=6)], rows, sys.stdout)
 
 
+def _morphology_table(summary: dict) -> None:
+    """A slide's red-cell findings: count, percent, 95 % interval, ICSH grade."""
+    rows = []
+    for name, f in summary["findings"].items():
+        pct = "-" if f["percent"] is None else f"{f['percent']:.1f} %"
+        ci = "-" if f["ci95"] is None else f"{f['ci95'][0]:.1f}-{f['ci95'][1]:.1f} %"
+        rows.append([name.replace("_", " "), str(f["count"]), pct, ci, f["grade"] or "-"])
+    m = summary["morphology"]
+    render(f"slide {summary['slide_id']}: red-cell morphology over {summary['rbc_classified']} red cells classified "
+           f"({m['normal']['count']} normal, {m['unclassified']['count']} unclassified), {summary['images']} images",
+           [Column("finding", "left", keep=9), Column("count", keep=5), Column("percent", keep=6),
+            Column("95 % interval", keep=6), Column("ICSH grade", keep=5)], rows, sys.stdout)
+
+
 @app.command("evaluate-smear")
 def evaluate_smear(
     data: Path = typer.Option(DEFAULT_BCCD, "--data", help="An annotated set, VOC (JPEGImages/, Annotations/, SPLIT.txt) or YOLO (images/SPLIT/, labels/SPLIT/, data.yaml); default ../shared/data/bccd."),
@@ -235,15 +282,18 @@ def evaluate_smear(
     restain: Optional[str] = typer.Option(None, "--restain", metavar="a=DA,b=DB,contrast=C,l=DL", help="Measure on the images restained: CIELAB a*, b* moved, colour spread scaled, lightness moved (a stain unlike the training set)."),
     magnification: str = typer.Option("1", "--magnification", metavar="M[,M...]", help="Measure on the images resampled by each factor (0.5: as at half the magnification), e.g. 0.5,0.75,1,1.5,2."),
     by_source: bool = typer.Option(False, "--by-source", help="Also a row per source (image size) of the set."),
-    cells: Optional[Path] = typer.Option(None, "--cells", metavar="DIR", help="Measure the white-cell type classifier instead, on a set of single-cell images (one folder per class, e.g. ../shared/data/pbc), on --split (default there: test)."),
+    cells: Optional[Path] = typer.Option(None, "--cells", metavar="DIR", help="Measure a cell classifier instead, on a set of single-cell images (one folder per class, e.g. ../shared/data/pbc, or with --morphology ../shared/data/chula-rbc-crops), on --split (default there: test)."),
     wbc: List[str] = typer.Option(["auto"], "--wbc", help="With --cells: classifier(s) to measure (auto, a folder, FOLDER/model.tflite)."),
+    morphology: bool = typer.Option(False, "--morphology", help="With --cells: measure the red-cell shape classifier (--rbc) instead of the white-cell one."),
+    rbc: List[str] = typer.Option(["auto"], "--rbc", help="With --cells --morphology: classifier(s) to measure (auto, a folder, FOLDER/model.tflite)."),
     mode: str = typer.Option("classifier", "--mode", help="With --cells: classifier (the centre crop at the set's scale) or pipeline (each image counted as smear counts it)."),
     wbc_stability: bool = typer.Option(False, "--wbc-stability", help="Measure how often the white cells found on --data's fields keep their type at other magnifications and stains."),
 ) -> None:
     """Per class AP@0.5 and mAP, precision and recall, and per-image count errors on an annotated set;
     with --cells, a cell classifier's confusion matrix, recall, precision and balanced accuracy."""
     if cells is not None:
-        return _evaluate_cells(cells, "test" if split == "val" else split, wbc, mode, engine[0], as_json)
+        task, models = ("rbc_morphology", rbc) if morphology else ("wbc_type", wbc)
+        return _evaluate_cells(cells, "test" if split == "val" else split, models, mode, engine[0], as_json, task)
     if wbc_stability:
         return _wbc_stability(data, split, engine[0], as_json, wbc[0])
     from functools import partial
@@ -315,17 +365,21 @@ def _wbc_stability(data: Path, split: str, engine: str, as_json: bool, wbc: str 
             Column("same type", keep=6)], rows, sys.stdout)
 
 
-def _evaluate_cells(root: Path, split: str, models: List[str], mode: str, engine: str, as_json: bool) -> None:
+def _evaluate_cells(root: Path, split: str, models: List[str], mode: str, engine: str, as_json: bool,
+                    task: str = "wbc_type") -> None:
     from edgehema.smear.evaluate_cells import evaluate_cells
 
     if mode not in ("classifier", "pipeline"):
         raise typer.BadParameter(f"--mode must be classifier or pipeline, not {mode!r}")
+    if mode == "pipeline" and task != "wbc_type":
+        raise typer.BadParameter("--mode pipeline measures white-cell types; red-cell shapes: --mode classifier")
     if split not in ("train", "val", "test"):
         raise typer.BadParameter(f"--split {split}: train, val or test")
+    option = "--rbc" if task == "rbc_morphology" else "--wbc"
     for m in models:
         if m != "auto" and not Path(m).exists():
-            raise EdgehemaError(f"--wbc {m}: no such classifier folder or file")
-    reports = [evaluate_cells(root, split, m, mode=mode, engine=engine) for m in models]
+            raise EdgehemaError(f"{option} {m}: no such classifier folder or file")
+    reports = [evaluate_cells(root, split, m, task=task, mode=mode, engine=engine) for m in models]
     if as_json:
         for r in reports:
             typer.echo(json.dumps(r))
@@ -335,8 +389,10 @@ def _evaluate_cells(root: Path, split: str, models: List[str], mode: str, engine
         rows = [[t, *map(str, counts), "-" if r["recall"].get(t) is None else f"{r['recall'][t]:.3f}",
                  "-" if r["precision"].get(t) is None else f"{r['precision'][t]:.3f}"]
                 for t, counts in zip(cm["rows"], cm["counts"])]
-        render(f"{r['classifier']} on {r['data']} {r['split']} ({r['mode']}, {r['cells']} cells): balanced accuracy "
-               f"{r['balanced_accuracy']:.3f}, accuracy {r['accuracy']:.3f}, {1000 * r['seconds_per_cell']:.1f} ms per cell",
+        extra = f", normal vs abnormal {r['normal_vs_abnormal']:.3f}" if "normal_vs_abnormal" in r else ""
+        render(f"{r['classifier']} on {r['data']} {r['split']} ({r['mode']}, {r['cells']} cells, split by {r['split_by']}): "
+               f"balanced accuracy {r['balanced_accuracy']:.3f}, accuracy {r['accuracy']:.3f}{extra}, "
+               f"{1000 * r['seconds_per_cell']:.1f} ms per cell",
                [Column("truth \\ said", "left", keep=9), *[Column(c[:6], keep=3) for c in cm["columns"]],
                 Column("recall", keep=5), Column("precision", keep=5)], rows, sys.stdout)
 
@@ -355,13 +411,14 @@ def _check_overlap(mode: str) -> None:
         raise typer.BadParameter(f"--overlap must be one of {', '.join(MODES)}, not {mode!r}")
 
 
-def _check_wbc(wbc: str, engine: str) -> None:
-    """The white-cell classifier opened before any image: a refused one is one line up front."""
-    from edgehema.smear.pipeline import wbc_classifier
+def _check_classifier(task: str, option: str, choice: str, engine: str):
+    """A cell classifier opened before any image: a refused one is one line up front. Returns it
+    (None: none runs)."""
+    from edgehema.smear.pipeline import classifier_for
 
-    if wbc not in ("auto", "none") and not Path(wbc).exists():
-        raise EdgehemaError(f"--wbc {wbc}: no such classifier folder or file")
-    wbc_classifier(engine, wbc)
+    if choice not in ("auto", "none") and not Path(choice).exists():
+        raise EdgehemaError(f"{option} {choice}: no such classifier folder or file")
+    return classifier_for(task, engine, choice)
 
 
 def _check_engine(name: str) -> None:

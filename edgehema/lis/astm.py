@@ -37,7 +37,11 @@ FRAME_TRIES = 6
 REPLY_TIMEOUT = 15.0
 
 SHORT = {"789-8": "RBC", "777-3": "PLT", "17849-1": "RET%", "60474-4": "RET#", "26511-6": "NEUT%",
-         "26478-8": "LYMPH%", "26485-3": "MONO%", "26450-7": "EOS%", "30180-4": "BASO%"}
+         "26478-8": "LYMPH%", "26485-3": "MONO%", "26450-7": "EOS%", "30180-4": "BASO%",
+         # red-cell morphology grades (LOINC erythrocyte morphology panel 58408-6)
+         "702-1": "ANISO", "738-5": "MACRO", "741-9": "MICRO", "728-6": "HYPO", "779-9": "POIK", "802-9": "SPHER",
+         "10381-2": "TARGET", "774-0": "OVAL", "11274-8": "ELLIPT", "10380-4": "STOMAT", "7791-7": "DACRO",
+         "7790-9": "BURR", "800-3": "SCHIST"}
 
 
 def checksum(frame_body: bytes) -> bytes:
@@ -102,8 +106,8 @@ def build_records(result: dict, control_id: str, *, receiver: str = "", now: dat
     comments = 0
     model = result.get("model") or {}
     if result.get("kind") == "smear_slide":
-        records.append(comment(f"smear slide {result.get('slide_id', '?')}: white-cell differential over "
-                               f"{result.get('images', '?')} images"))
+        records.append(comment(f"smear slide {result.get('slide_id', '?')}: white-cell differential and red-cell "
+                               f"morphology over {result.get('images', '?')} images"))
     if result.get("kind") == "smear":
         records.append(comment(f"smear image {result.get('source', '?')}, detector {result.get('engine', '?')}"))
     if model:

@@ -106,13 +106,32 @@ def _differential_observations(result: dict) -> list[tuple[str, str, str, str, s
     return out
 
 
+def _morphology_observations(result: dict) -> list[tuple[str, str, str, str, str]]:
+    """A slide's red-cell morphology: each finding graded 1+ or more under its LOINC term of the
+    erythrocyte morphology panel (58408-6, a member of the manual differential panel), its grade as
+    the value; schistocytes as a percentage (ICSH reports them so) under a local code; the red cells
+    classified. No grade is sent from fewer red cells than grading needs (the flag says so)."""
+    found = result.get("findings") or {}
+    out = []
+    for got in found.values():  # in the order edgehema.smear.morphology.FINDINGS lists them
+        if got.get("grade") and got.get("loinc"):
+            out.append((got["loinc"], got.get("loinc_name", ""), "LN", got["grade"], ""))
+    schisto = found.get("schistocytes") or {}
+    if schisto.get("percent") is not None and not any(k == "too_few_red_cells" for k in result.get("flags") or []):
+        out.append(("EHM-SMEAR-SCHIST", "Schistocytes/100 erythrocytes on the smear", LOCAL, f"{schisto['percent']:.2f}", "%"))
+    out.append(("EHM-SMEAR-RBC-N", "Red cells classified by shape on the slide", LOCAL,
+                str(int(result.get("rbc_classified") or 0)), "{cells}"))
+    return out
+
+
 def observations(result: dict) -> list[tuple[str, str, str, str, str]]:
     """(code, name, coding system, value, UCUM unit) of every observation a result carries, for the
     HL7 and the ASTM messages alike: an event result's concentrations, RET %, counts and coincidence
     rate; a smear image's cell counts."""
     out = []
     if result.get("kind") == "smear_slide":
-        return _differential_observations(result)
+        return ((_differential_observations(result) if result.get("differential") is not None else [])
+                + (_morphology_observations(result) if result.get("findings") is not None else []))
     if result.get("kind") == "smear":
         counts = result.get("counts") or {}
         for key, code, name in SMEAR_COUNTS:
@@ -137,6 +156,14 @@ def observations(result: dict) -> list[tuple[str, str, str, str, str]]:
     if coincidence is not None:
         out.append(("EHM-COINC", "Coincidence events", LOCAL, f"{100 * coincidence:.2f}", "%"))
     return out
+
+
+def _numeric(value: str) -> bool:
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return False
 
 
 def build_oru(result: dict, control_id: str, *, sending_facility: str = "", receiving_application: str = "",
@@ -172,16 +199,19 @@ def build_oru(result: dict, control_id: str, *, sending_facility: str = "", rece
                                                      f"sha256 {model.get('sha256', '?')} on {model.get('backend', '?')}")]))
     elif result.get("kind") == "smear_slide":
         segments.append("|".join(["NTE", "1", "L", esc(f"smear slide {result.get('slide_id', '?')}: white-cell "
-                                                     f"differential over {result.get('images', '?')} images")]))
+                                                     f"differential and red-cell morphology over "
+                                                     f"{result.get('images', '?')} images")]))
     elif result.get("kind") == "smear":
         segments.append("|".join(["NTE", "1", "L", esc(f"smear image {result.get('source', '?')}, "
                                                      f"detector {result.get('engine', '?')}")]))
     for k, flag in enumerate(flags, start=2):
         detail = (result.get("flag_details") or {}).get(flag, "")
         segments.append("|".join(["NTE", str(k), "L", esc(f"FLAG {flag}: {detail}" if detail else f"FLAG {flag}")]))
-    obx = [(f"{code}^{name}^{system}", value, unit, "NM") for code, name, system, value, unit in observations(result)]
+    obx = [(f"{code}^{name}^{system}", value, unit, "NM" if _numeric(value) else "ST")
+           for code, name, system, value, unit in observations(result)]
     for k, (ident, value, unit, kind) in enumerate(obx, start=1):
-        segments.append("|".join(["OBX", str(k), kind, ident, "", value, f"{unit}^{unit}^UCUM", "", abnormal, "", "",
+        units = f"{unit}^{unit}^UCUM" if unit else ""  # an ordinal (a morphology grade, 2+) has none
+        segments.append("|".join(["OBX", str(k), kind, ident, "", esc(value), units, "", abnormal, "", "",
                                   status, "", "", observed]))
     picture = result.get("scattergram")
     if images and picture:

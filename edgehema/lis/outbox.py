@@ -83,8 +83,14 @@ def result_key(result: dict) -> str:
     source = stable.get("source")
     if isinstance(source, str) and not source.startswith("stream "):
         # The same file named from another folder (relative, absolute) is the same result.
-        stable["source"] = source.replace("\\", "/").rsplit("/", 1)[-1]
+        stable["source"] = _file_name(source)
+    if isinstance(stable.get("sources"), list):  # a smear slide: its images, however they were named
+        stable["sources"] = [_file_name(s) if isinstance(s, str) else s for s in stable["sources"]]
     return hashlib.sha256(json.dumps(stable, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _file_name(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ UNCLASSIFIED = "unclassified"
 #: What each task classifies: the detection class it runs on and the result keys it fills.
 TASKS = {"wbc_type": "wbc", "rbc_morphology": "rbc"}
 #: Shipped classifiers by task (edgehema/smear/models/).
-DEFAULT_CLASSIFIERS = {"wbc_type": "wbc-pbc-int8"}
+DEFAULT_CLASSIFIERS = {"wbc_type": "wbc-pbc-int8", "rbc_morphology": "rbc-chula-int8"}
 #: Agreement asked of an engine with the recorded answer (class probabilities).
 KNOWN_ANSWER_TOLERANCE = 0.03
 

@@ -7,7 +7,11 @@
   where none is found.
 
 Figures: the confusion matrix (rows: truth), per-class recall and precision, accuracy, balanced
-accuracy (the mean recall), the share unclassified; for the pipeline also the cells missed.
+accuracy (the mean recall over the classes the training card names, ``balanced_accuracy_over``:
+Chula's leftover class ``uncategorised`` is not one), the share unclassified; for the pipeline also
+the cells missed; for red-cell shapes also normal against abnormal (any other class, or unclassified).
+The set is split as the classifier's training card says (edgehema.smear.cell_sets: by class, or by
+whole field), so that its test part is the one the classifier never saw.
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from edgehema.exceptions import InputFileError
-from edgehema.smear.cell_sets import cell_set
+from edgehema.smear.cell_sets import cell_set, split_by
 
 MISSED = "missed"
 
 
-def _figures(truth: list[str], pred: list[str], classes: list[str], reported: list[str]) -> dict:
+def _figures(truth: list[str], pred: list[str], classes: list[str], reported: list[str], scored_classes=None) -> dict:
     rows, cols = classes, reported
     cm = np.zeros((len(rows), len(cols)), int)
     for t, p in zip(truth, pred):
@@ -34,7 +38,7 @@ def _figures(truth: list[str], pred: list[str], classes: list[str], reported: li
         if c in cols:
             column = cm[:, cols.index(c)].sum()
             precision[c] = round(float(cm[i, cols.index(c)] / column), 4) if column else None
-    scored = [r for r in recall.values() if r is not None]
+    scored = [r for c, r in recall.items() if r is not None and (scored_classes is None or c in scored_classes)]
     correct = sum(cm[i, cols.index(c)] for i, c in enumerate(rows) if c in cols)
     return {"cells": len(truth), "accuracy": round(float(correct / max(len(truth), 1)), 4),
             "balanced_accuracy": round(float(np.mean(scored)), 4) if scored else None,
@@ -56,7 +60,9 @@ def evaluate_cells(root: str | Path, split: str = "test", model: str = "auto", t
     if name is None:
         raise ValueError(f"no {task} classifier shipped")
     classifier = cells.open_classifier(name, task)
-    items = cell_set(root, split)
+    if mode == "pipeline" and task != "wbc_type":
+        raise ValueError(f"mode pipeline measures white-cell types only; {task}: mode classifier")
+    items = cell_set(root, split, by=split_by(classifier.folder.training))
     foreign = sorted({i.label for i in items} - set(classifier.classes))
     if foreign:
         raise InputFileError(root, f"holds classes the classifier does not know ({', '.join(foreign[:4])}); "
@@ -90,8 +96,13 @@ def evaluate_cells(root: str | Path, split: str = "test", model: str = "auto", t
     # truth classes the classifier reports under another name (a platelet: unclassified) are scored so
     truth = [classifier.folder.report_as.get(t, t) for t in truth]
     classes = sorted({classifier.folder.report_as.get(c, c) for c in classes})
-    out = _figures(truth, pred, classes, sorted(set(reported) | set(classes)))
-    out.update({"data": Path(root).name, "split": split, "mode": mode, "classifier": classifier.file,
+    over = classifier.folder.training.get("balanced_accuracy_over")
+    out = _figures(truth, pred, classes, sorted(set(reported) | set(classes)), set(over) if over else None)
+    if task == "rbc_morphology":
+        out["normal_vs_abnormal"] = round(float(np.mean([(t == "normal") == (p == "normal") for t, p in zip(truth, pred)])), 4)
+        out["balanced_accuracy_over"] = sorted(over) if over else classes
+    out.update({"data": Path(root).name, "split": split, "split_by": split_by(classifier.folder.training), "mode": mode,
+                "task": task, "classifier": classifier.file,
                 "engine": engine if mode == "pipeline" else None,
                 "seconds_per_cell": round((time.perf_counter() - t0) / max(len(items), 1), 5)})
     if mode == "pipeline":

@@ -310,7 +310,7 @@ def count_thresholds(engine: str) -> dict[str, float]:
 
 def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = None, stain: str = "auto",
             overlap: str = "none", um_per_px: float | None = None, microscope: str | Path | None = None,
-            species: str | None = None, wbc: str = "auto"):
+            species: str | None = None, wbc: str = "auto", rbc: str = "auto"):
     """(result, image, every detection with its score) for one smear image. ``stain``: normalise the
     colours to the training images' before detection ``auto`` (when the stain is unlike them),
     ``always`` or ``never`` (edgehema.smear.stain). ``overlap``: ``area`` counts a region of
@@ -319,8 +319,8 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     to the detector's scale first. An image too large to decode whole is read twice as a stream of
     rows (statistics, then detection); the image returned is then a preview of it, shrunk by the
     result's ``overlay_scale``, and no overlap correction is made (it needs the whole image; nor
-    above overlap.MAX_PIXELS). ``wbc``: the white-cell type classifier (edgehema.smear.cells):
-    ``auto`` the shipped one on the detector's engine family, ``none``, or a folder or file."""
+    above overlap.MAX_PIXELS). ``wbc``, ``rbc``: the white-cell type and red-cell shape classifiers
+    (edgehema.smear.cells): ``auto`` the shipped one for the detector's engine, ``none``, a path."""
     from edgehema.smear import overlap as O
     from edgehema.smear import stain as S
 
@@ -344,17 +344,18 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     preview_scale = min(1.0, PREVIEW_SIDE / max(source.width, source.height)) if streamed else 1.0
     preview: list | None = [] if streamed else None
     thresholds = count_thresholds(engine)
-    typer = wbc_classifier(engine, wbc)
+    typer, shaper = classifier_for("wbc_type", engine, wbc), classifier_for("rbc_morphology", engine, rbc)
+    typers = [c for c in (typer, shaper) if c is not None]
     if model_px is None:  # a detector made before the scale stage: the field as it comes
         every = detect_tiled(source, engine_for(engine), transform, preview, preview_scale,
-                             classify=cell_typer(typer, field_scale.rbc_px, thresholds))
+                             classify=cell_typer(typers, field_scale.rbc_px, thresholds))
     else:
         def detect(at, first: bool = False):
             # The tiles are at the detector's scale: their red cells are model_px across. A stream
             # is read once more for each detection after the first.
             rows = source if first or not streamed else open_rows(path)
             return detect_tiled(rows, engine_for(engine), transform, preview if first else None, preview_scale,
-                                at.factor(model_px), INPUT, SCALED_OVERLAP, cell_typer(typer, model_px, thresholds))
+                                at.factor(model_px), INPUT, SCALED_OVERLAP, cell_typer(typers, model_px, thresholds))
 
         every, field_scale = scaled_detection(detect, field_scale, thresholds)
     found = [d for d in every if d.score >= thresholds[d.kind]]
@@ -370,7 +371,7 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
     if model_px is not None:
         flags.update(field_scale.flags())
     detections = [d.to_dict() for d in found]
-    differential = None if typer is None else _differential(detections, one_cell, flags)
+    typed = _typed(detections, typer, shaper, one_cell, flags)
     result = {
         "kind": "smear",
         "sample_id": path.stem,
@@ -388,10 +389,8 @@ def analyse(path: str | Path, engine: str = "model", image: np.ndarray | None = 
         "engine": engine,
         "detector": detector_file(engine),
         "seconds": round(time.perf_counter() - t0, 4),
+        **typed,
     }
-    if typer is not None:
-        result["differential"] = differential
-        result["wbc_classifier"] = typer.file
     if streamed:
         result["decoded"] = "streamed"
         result["overlay_scale"] = round(preview_scale, 6)
@@ -460,26 +459,63 @@ def cell_image(image: np.ndarray, found: list[Detection], rbc_px: float, classif
     return Detection("wbc", w / 2 - half, h / 2 - half, w / 2 + half, h / 2 + half, 0.0, 1, name, round(prob, 4))
 
 
-def wbc_classifier(engine: str, wbc: str = "auto"):
-    """The white-cell type classifier an analysis runs (edgehema.smear.cells.CellClassifier), or
-    None: ``auto`` the shipped one (its int8 ONNX beside the int8 ONNX detector, ``model-onnx``;
-    else its TFLite where LiteRT runs here), ``none``, or a classifier folder or file."""
+def classifier_for(task: str, engine: str, choice: str = "auto"):
+    """The classifier of ``task`` an analysis runs (edgehema.smear.cells.CellClassifier), or None:
+    ``auto`` the shipped one (its int8 ONNX beside the int8 ONNX detector, ``model-onnx``; else its
+    TFLite where LiteRT runs here; None where none is shipped), ``none``, or a folder or file."""
     from edgehema.smear import cells
 
-    if wbc == "none":
+    if choice == "none":
         return None
-    name = cells.default_classifier("wbc_type", onnx_only=engine == "model-onnx") if wbc == "auto" else wbc
-    return None if name is None else cells.open_classifier(name, "wbc_type")
+    name = cells.default_classifier(task, onnx_only=engine == "model-onnx") if choice == "auto" else choice
+    return None if name is None else cells.open_classifier(name, task)
 
 
-def cell_typer(classifier, px_per_rbc: float, thresholds: dict[str, float]) -> Callable | None:
-    """The ``classify`` of detect_tiled: the classifier on each counted cell of a tile whose red
-    cells are ``px_per_rbc`` across."""
-    if classifier is None:
+def wbc_classifier(engine: str, wbc: str = "auto"):
+    """The white-cell type classifier an analysis runs, or None (classifier_for)."""
+    return classifier_for("wbc_type", engine, wbc)
+
+
+def cell_typer(classifiers: list, px_per_rbc: float, thresholds: dict[str, float]) -> Callable | None:
+    """The ``classify`` of detect_tiled: each classifier on the counted cells of its kind of a tile
+    whose red cells are ``px_per_rbc`` across."""
+    if not classifiers:
         return None
     from edgehema.smear.cells import TASKS
 
-    return partial(classifier.annotate, px_per_rbc=px_per_rbc, min_score=thresholds[TASKS[classifier.task]])
+    steps = [partial(c.annotate, px_per_rbc=px_per_rbc, min_score=thresholds[TASKS[c.task]]) for c in classifiers]
+
+    def classify(tile: np.ndarray, found: list[Detection]) -> list[Detection]:
+        for step in steps:
+            found = step(tile, found)
+        return found
+
+    return classify
+
+
+def _typed(detections: list[dict], typer, shaper, one_cell: Detection | None, flags: dict[str, str]) -> dict:
+    """The result's keys of the cell classifiers that ran: the image's white-cell differential and
+    red-cell morphology counts, the classifiers' files; their flags added to ``flags``."""
+    out: dict = {}
+    if typer is not None:
+        out["differential"] = _differential(detections, one_cell, flags)
+        out["wbc_classifier"] = typer.file
+    if shaper is not None:
+        out["morphology"] = _morphology(detections, flags)
+        out["rbc_classifier"] = shaper.file
+    return out
+
+
+def _morphology(detections: list[dict], flags: dict[str, str]) -> dict[str, int]:
+    """An image's counts per red-cell shape; its flag for many unclassified red cells added to
+    ``flags`` (grades and findings are the slide's: one field holds too few red cells)."""
+    from edgehema.smear.morphology import Morphology, image_counts
+
+    counted = image_counts(detections)
+    one = Morphology()
+    one.add(counted)
+    flags.update({k: v for k, v in one.flags(minimum=0).items() if k == "many_unclassified_red_cells"})
+    return counted
 
 
 def scaled_detection(detect: Callable, field_scale, thresholds: dict[str, float]):
@@ -520,15 +556,19 @@ def image_scale(image: np.ndarray, um_per_px: float | None = None, microscope: s
 def count_image(path: str | Path, engine: str = "model", image: np.ndarray | None = None,
                 stain: str = "auto", overlap: str = "none", um_per_px: float | None = None,
                 microscope: str | Path | None = None, species: str | None = None,
-                wbc: str = "auto") -> tuple[dict, np.ndarray]:
+                wbc: str = "auto", rbc: str = "auto") -> tuple[dict, np.ndarray]:
     """(result, image) for one smear image; the result in the smear schema (docs/smear.md)."""
-    result, image, _ = analyse(path, engine, image, stain, overlap, um_per_px, microscope, species, wbc)
+    result, image, _ = analyse(path, engine, image, stain, overlap, um_per_px, microscope, species, wbc, rbc)
     return result, image
 
 
 #: Short names of the white-cell types (overlay tags, tables).
 TYPE_TAGS = {"neutrophil": "NEUT", "lymphocyte": "LYMPH", "monocyte": "MONO", "eosinophil": "EOS", "basophil": "BASO",
              "ig": "IG", "erythroblast": "NRBC", "unclassified": "?"}
+#: Short names of the red-cell shapes (overlay tags on the abnormal ones, tables).
+SHAPE_TAGS = {"normal": "N", "macrocyte": "MAC", "microcyte": "MIC", "hypochromia": "HYPO", "spherocyte": "SPH",
+              "target": "TGT", "ovalocyte": "OVL", "elliptocyte": "ELL", "stomatocyte": "STO", "teardrop": "TDR",
+              "burr": "BUR", "schistocyte": "SCH", "uncategorised": "UNC", "unclassified": "?"}
 #: Overlay colours (BGR): RBC red, WBC blue, platelets green, as the counts in the corner.
 OVERLAY_COLOURS = {"rbc": (40, 40, 220), "wbc": (220, 80, 20), "plt": (30, 170, 30)}
 
@@ -545,6 +585,9 @@ def overlay(image: np.ndarray, result: dict) -> np.ndarray:
         if d.get("wbc_type"):  # the white cell's type above its box
             cv2.putText(out, TYPE_TAGS.get(d["wbc_type"], d["wbc_type"]), (x0, max(12, y0 - 4)),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.5, OVERLAY_COLOURS["wbc"], 2, cv2.LINE_AA)
+        if d.get("rbc_morphology") not in (None, "normal"):  # an abnormal red cell's shape inside its box
+            cv2.putText(out, SHAPE_TAGS.get(d["rbc_morphology"], d["rbc_morphology"]), (x0 + 2, min(y1 - 3, y0 + 14)),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, (20, 20, 120), 1, cv2.LINE_AA)
     lines = [f"{k.upper()} {result['counts'][k]}" for k in SMEAR_CLASSES] + [f"FLAG {f}" for f in result["flags"]]
     height = 22 * len(lines) + 10
     width = max(140, 10 + 11 * max(len(line) for line in lines))

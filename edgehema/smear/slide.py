@@ -1,11 +1,13 @@
-"""One slide's result from its images' results: the counts summed and the white-cell differential
-over all of them (edgehema.smear.differential), with the flags a laboratory acts on. A slide is the
+"""One slide's result from its images' results: the counts summed, the white-cell differential
+(edgehema.smear.differential) and the red-cell morphology with its ICSH grades
+(edgehema.smear.morphology) over all of them, with the flags a laboratory acts on. A slide is the
 images of one folder, or those named with ``smear --slide ID``."""
 
 from __future__ import annotations
 
 from edgehema.smear.detections import SMEAR_CLASSES
 from edgehema.smear.differential import Differential
+from edgehema.smear.morphology import Morphology
 
 
 class SlideAccumulator:
@@ -14,8 +16,10 @@ class SlideAccumulator:
     def __init__(self, slide_id: str):
         self.slide_id = slide_id
         self.differential = Differential()
+        self.morphology = Morphology()
         self.images = 0
         self.typed_images = 0
+        self.shaped_images = 0
         self.sources: list[str] = []
         self.counts = {k: 0 for k in SMEAR_CLASSES}
 
@@ -27,10 +31,15 @@ class SlideAccumulator:
         if result.get("differential") is not None:
             self.typed_images += 1
             self.differential.add(result["differential"])
+        if result.get("morphology") is not None:
+            self.shaped_images += 1
+            self.morphology.add(result["morphology"])
 
     def result(self) -> dict:
-        typed = self.typed_images > 0
+        typed, shaped = self.typed_images > 0, self.shaped_images > 0
         flags = self.differential.flags() if typed else {}
+        if shaped:
+            flags.update(self.morphology.flags())
         return {
             "kind": "smear_slide",
             "sample_id": self.slide_id,
@@ -41,6 +50,10 @@ class SlideAccumulator:
             "leukocytes": self.differential.leukocytes,
             "wbc_typed": self.differential.typed,
             "differential": self.differential.table() if typed else None,
+            "rbc_typed": self.morphology.typed,
+            "rbc_classified": self.morphology.classified,
+            "morphology": self.morphology.table() if shaped else None,
+            "findings": self.morphology.findings() if shaped else None,
             "flags": sorted(flags),
             "flag_details": flags,
         }

@@ -29,8 +29,17 @@ VERSION = "1.0.0"
 #: Train cells the int8 forms are calibrated on, per class.
 CALIBRATION_PER_CLASS = 24
 #: A cell whose most likely class is less likely than this is unclassified: its type is less
-#: likely than all the others together.
+#: likely than all the others together...
 UNSURE_BELOW = 0.5
+#: ... unless that leaves more than this share of val cells unclassified (classes that shade into
+#: each other, as red-cell shapes do: a cell between an ovalocyte and a normal one): then the
+#: threshold is the top probability below which this share of val cells lies.
+UNSURE_SHARE = 0.05
+
+
+def unsure_threshold(float_p: np.ndarray) -> float:
+    """The manifest's ``unsure_below`` from float's probabilities on val."""
+    return round(float(min(UNSURE_BELOW, np.quantile(float_p.max(1), UNSURE_SHARE))), 4)
 
 
 def card_of(source: Path) -> tuple[Path, dict]:
@@ -59,13 +68,14 @@ def inputs(data: Path, split: str, card: dict, per_class: int | None = None) -> 
     """(NCHW float32 crops as the device sees them, labels, classes) of a split, centred."""
     from edgehema.smear.cells import to_input
 
-    from export.training.cell_classifier import load, sample
+    from export.training.cell_classifier import load, sample, task_spec
 
-    images, labels, classes, _ = load(data, split, float(card["data_rbc_px"]))
+    spec = task_spec(card)
+    images, labels, classes, _ = load(data, split, spec)
     if per_class:
         keep = np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in range(len(classes))])
         images, labels = [images[i] for i in keep], labels[keep]
-    return to_input(np.stack([sample(i, None) for i in images])), labels, classes
+    return to_input(np.stack([sample(i, None, spec) for i in images])), labels, classes
 
 
 def _task(model: Path) -> str:
@@ -124,39 +134,42 @@ def export_cells(source: Path, target: str, data: Path, out_dir: Path) -> tuple[
                     per_channel=True, reduce_range=False, nodes_to_exclude=head, calibrate_method=CalibrationMethod.MinMax)
     val_x, val_y, _ = inputs(data, "val", card)
     float_p = _float_predict(out_dir / "model-float.onnx", val_x)
-    float_report = {**figures(val_y, float_p.argmax(1), classes), "cells": int(len(val_y))}
-    float_answer = _known_answer_float(out_dir / "model-float.onnx")
-    _write(out_dir, card, classes, float_report, float_answer, data)
+    skip = tuple(c for c in classes if c not in card.get("balanced_accuracy_over", classes))
+    float_report = {**figures(val_y, float_p.argmax(1), classes, skip), "cells": int(len(val_y))}
+    float_answer = _known_answer_float(out_dir / "model-float.onnx", int(card["input"]))
+    _write(out_dir, card, classes, float_report, float_answer, data, unsure_threshold(float_p))
     cells.open_classifier.cache_clear()
     failures, lines = [], []
-    report = _measure(out_dir, val_x, val_y, classes, float_p, float_report, float_answer, "int8 ONNX", failures, lines)
+    report = _measure(out_dir, val_x, val_y, (classes, skip), float_p, float_report, float_answer, "int8 ONNX", failures, lines)
     manifest = amend(SmearFolder.load(out_dir).manifest, evaluation={"data": f"{data.name} val", "float": float_report,
                                                                      "int8": report})
     write_manifest(out_dir, manifest)
     if target == "tflite-int8":
-        _add_tflite(out_dir, calib, val_x, val_y, classes, float_p, float_report, float_answer, failures, lines)
+        _add_tflite(out_dir, calib, val_x, val_y, (classes, skip), float_p, float_report, float_answer, failures, lines)
     manifest = amend(SmearFolder.load(out_dir).manifest, gates={"limits": GATES, "failed": list(failures)})
     write_manifest(out_dir, manifest)
     cells.open_classifier.cache_clear()
     return out_dir, failures, lines
 
 
-def _known_answer_float(float_model: Path) -> dict:
+def _known_answer_float(float_model: Path, size: int) -> dict:
     import onnxruntime as ort
 
     from edgehema.smear import cells
 
-    return cells.known_answer(ort.InferenceSession(str(float_model), providers=["CPUExecutionProvider"]))
+    return cells.known_answer(ort.InferenceSession(str(float_model), providers=["CPUExecutionProvider"]), size)
 
 
-def _measure(target: Path, val_x, val_y, classes, float_p, float_report, float_answer, what: str,
+def _measure(target: Path, val_x, val_y, classes_skip: tuple, float_p, float_report, float_answer, what: str,
              failures: list, lines: list) -> dict:
+    """The int8 form at ``target`` on val against float; ``classes_skip``: (classes, those not in the
+    balanced accuracy)."""
     from edgehema.smear import cells
     from export.training.cell_classifier import figures
 
     cells.open_classifier.cache_clear()
     p = _predict(target, val_x)
-    report = {**figures(val_y, p.argmax(1), classes), "cells": int(len(val_y)),
+    report = {**figures(val_y, p.argmax(1), *classes_skip), "cells": int(len(val_y)),
               "agreement_with_float": round(float((p.argmax(1) == float_p.argmax(1)).mean()), 4)}
     if report["agreement_with_float"] < GATES["agreement"]:
         failures.append(f"{what}: agrees with float on {report['agreement_with_float']:.2%} of val cells "
@@ -164,7 +177,7 @@ def _measure(target: Path, val_x, val_y, classes, float_p, float_report, float_a
     if float_report["balanced_accuracy"] - report["balanced_accuracy"] > GATES["balanced_accuracy"]:
         failures.append(f"{what}: balanced accuracy {report['balanced_accuracy']:.4f}, float {float_report['balanced_accuracy']:.4f}")
     c = cells.open_classifier(str(target), _task(target))
-    got = cells.known_answer(c.engine)["probabilities"]
+    got = cells.known_answer(c.engine, val_x.shape[-1])["probabilities"]
     off = max(abs(a - b) for a, b in zip(got, float_answer["probabilities"]))
     if off > GATES["known_answer"]:
         failures.append(f"{what}: known answer {off:.3f} from float's")
@@ -174,21 +187,23 @@ def _measure(target: Path, val_x, val_y, classes, float_p, float_report, float_a
     return report
 
 
-def _write(out_dir: Path, card: dict, classes: list[str], float_report: dict, float_answer: dict, data: Path) -> None:
+def _write(out_dir: Path, card: dict, classes: list[str], float_report: dict, float_answer: dict, data: Path,
+           unsure_below: float) -> None:
     import onnxruntime as ort
 
     from edgehema.smear import cells
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the graph's own arithmetic
-    answer = cells.known_answer(ort.InferenceSession(str(out_dir / SMEAR_GRAPH), opts, providers=["CPUExecutionProvider"]))
+    answer = cells.known_answer(ort.InferenceSession(str(out_dir / SMEAR_GRAPH), opts, providers=["CPUExecutionProvider"]),
+                                int(card["input"]))
     manifest = {
         "kind": "smear", "task": card["task"], "name": f"edgehema-{card['task'].replace('_', '-')}-{out_dir.name}",
         "version": VERSION,
         "description": f"{card['task']} classifier of single cells trained on {card['data']} train; int8 (QDQ)",
         "classes": classes, "input": {"width": card["input"], "height": card["input"], "layout": "NCHW RGB 0-1"},
         "crop": {"rbc_diameters": card["crop_rbc_diameters"], "rbc_px": card["model_rbc_px"]},
-        "unsure_below": UNSURE_BELOW, "report_as": card.get("report_as", {}),
+        "unsure_below": unsure_below, "report_as": card.get("report_as", {}),
         "split": card.get("split"),
         "sha256": hashlib.sha256((out_dir / SMEAR_GRAPH).read_bytes()).hexdigest(),
         "float_sha256": hashlib.sha256((out_dir / "model-float.onnx").read_bytes()).hexdigest(),
@@ -204,7 +219,7 @@ def _write(out_dir: Path, card: dict, classes: list[str], float_report: dict, fl
     write_manifest(out_dir, amend({}, **manifest))
 
 
-def _add_tflite(out_dir: Path, calib, val_x, val_y, classes, float_p, float_report, float_answer, failures, lines) -> None:
+def _add_tflite(out_dir: Path, calib, val_x, val_y, classes_skip, float_p, float_report, float_answer, failures, lines) -> None:
     from edgehema.smear import cells
 
     from export.smear_detector.tflite import convert_with
@@ -214,8 +229,8 @@ def _add_tflite(out_dir: Path, calib, val_x, val_y, classes, float_p, float_repo
     from edgehema.smear.litert import SmearInterpreter
 
     engine = SmearInterpreter(out_dir / "model.tflite", member["outputs"], order=("probabilities",))
-    member["known_answer"] = cells.known_answer(engine)
+    member["known_answer"] = cells.known_answer(engine, calib.shape[-1])
     write_manifest(out_dir, amend(SmearFolder.load(out_dir).manifest, tflite=member))
-    report = _measure(out_dir / "model.tflite", val_x, val_y, classes, float_p, float_report, float_answer,
+    report = _measure(out_dir / "model.tflite", val_x, val_y, classes_skip, float_p, float_report, float_answer,
                       "int8 TFLite", failures, lines)
     write_manifest(out_dir, amend(SmearFolder.load(out_dir).manifest, tflite={**member, "evaluation": report}))
