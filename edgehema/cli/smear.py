@@ -288,14 +288,16 @@ def evaluate_smear(
     rbc: List[str] = typer.Option(["auto"], "--rbc", help="With --cells --morphology: classifier(s) to measure (auto, a folder, FOLDER/model.tflite)."),
     mode: str = typer.Option("classifier", "--mode", help="With --cells: classifier (the centre crop at the set's scale) or pipeline (each image counted as smear counts it)."),
     wbc_stability: bool = typer.Option(False, "--wbc-stability", help="Measure how often the white cells found on --data's fields keep their type at other magnifications and stains."),
+    rbc_stability: bool = typer.Option(False, "--rbc-stability", help="The same for the red cells' shapes (--rbc), and the shapes given on --data's fields."),
 ) -> None:
     """Per class AP@0.5 and mAP, precision and recall, and per-image count errors on an annotated set;
     with --cells, a cell classifier's confusion matrix, recall, precision and balanced accuracy."""
     if cells is not None:
         task, models = ("rbc_morphology", rbc) if morphology else ("wbc_type", wbc)
         return _evaluate_cells(cells, "test" if split == "val" else split, models, mode, engine[0], as_json, task)
-    if wbc_stability:
-        return _wbc_stability(data, split, engine[0], as_json, wbc[0])
+    if wbc_stability or rbc_stability:
+        return _wbc_stability(data, split, engine[0], as_json, rbc[0] if rbc_stability else wbc[0],
+                              "rbc_morphology" if rbc_stability else "wbc_type")
     from functools import partial
 
     from edgehema.smear.evaluate import evaluate
@@ -348,21 +350,23 @@ def evaluate_smear(
         Column("images/s", keep=3)], rows, sys.stdout)
 
 
-def _wbc_stability(data: Path, split: str, engine: str, as_json: bool, wbc: str = "auto") -> None:
+def _wbc_stability(data: Path, split: str, engine: str, as_json: bool, wbc: str = "auto", task: str = "wbc_type") -> None:
     from edgehema.smear.annotations import annotated_set
     from edgehema.smear.evaluate_cells import type_stability
 
     annotated_set(data, split)
     _check_engine(engine)
-    r = type_stability(data, split, engine, wbc=wbc)
+    r = type_stability(data, split, engine, wbc=wbc, task=task)
     if as_json:
         typer.echo(json.dumps(r))
         return
     rows = [[name, str(t["matched"]), str(t["unmatched"]), "-" if t["same_type"] is None else f"{100 * t['same_type']:.1f} %"]
             for name, t in r["changes"].items()]
-    render(f"{r['data']} {r['split']}: {r['white_cells']} white cells typed as the fields are; the same cells changed",
+    what = "white cells typed" if task == "wbc_type" else "red cells given a shape"
+    given = ", ".join(f"{c} {n}" for c, n in sorted(r["given"].items(), key=lambda kv: -kv[1]))
+    render(f"{r['data']} {r['split']}: {r['cells']} {what} as the fields are ({given}); the same cells changed",
            [Column("change", "left", keep=9), Column("found again", keep=5), Column("not found", keep=5),
-            Column("same type", keep=6)], rows, sys.stdout)
+            Column("same class", keep=6)], rows, sys.stdout)
 
 
 def _evaluate_cells(root: Path, split: str, models: List[str], mode: str, engine: str, as_json: bool,

@@ -76,7 +76,7 @@ SMEAR_MEMBERS = frozenset({
     "training", "quantization", "known_answer", "evaluation_bccd_val", "bytes", "stain_reference", "tflite",
     "parity_bccd_val", "gates", "scale", "evaluation", "count_thresholds", "parity",
     # per-cell classifiers (edgehema.smear.cells): what they tell, how they crop, when unsure
-    "task", "crop", "unsure_below", "report_as", "split", "float_known_answer"})
+    "task", "crop", "unsure_below", "report_as", "split", "float_known_answer", "views"})
 #: ``amend(manifest, member=DROP)`` removes a member.
 DROP = object()
 
@@ -501,6 +501,9 @@ class SmearFolder:
     crop_rbc: float | None = None
     unsure_below: float = 0.0
     report_as: dict[str, str] = field(default_factory=dict)
+    #: Views of each cell a classifier averages its probabilities over (the crop, mirrored, turned):
+    #: a cell has no up, and the average is steadier, int8 as float.
+    views: int = 1
     #: The export's release gates: limits, and the ones this folder failed.
     gates: dict[str, Any] | None = None
 
@@ -539,13 +542,17 @@ class SmearFolder:
         try:
             crop_rbc = float(crop["rbc_diameters"]) if crop else None
             unsure = float(m.get("unsure_below", 0.0))
+            views = int(m.get("views", 1))
+            if views not in (1, 2, 4, 8):
+                raise ValueError(f"views {views}: 1, 2, 4 or 8")
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{mpath}: crop needs rbc_diameters, unsure_below a number ({exc})") from None
+            raise BundleError(f"{mpath}: crop needs rbc_diameters, unsure_below and views numbers ({exc})") from None
         report_as = obj(m.get("report_as"), "report_as") or {}
         if not isinstance(task, str) or (task and not m.get("classes")):
             raise BundleError(f"{mpath}: task must be a name, and a classifier must list its classes")
         return cls(
-            task=task, crop_rbc=crop_rbc, gates=obj(m.get("gates"), "gates"), unsure_below=unsure, report_as={str(k): str(v) for k, v in report_as.items()},
+            task=task, crop_rbc=crop_rbc, gates=obj(m.get("gates"), "gates"), unsure_below=unsure, views=views,
+            report_as={str(k): str(v) for k, v in report_as.items()},
             path=directory, digest=hashlib.sha256(raw).hexdigest(), manifest=m, name=str(m.get("name", directory.name)),
             version=str(m.get("version", "-")), classes=tuple(m.get("classes") or ()), input_size=size, rbc_px=rbc_px,
             count_thresholds=_thresholds(mpath, obj(m.get("count_thresholds"), "count_thresholds")),

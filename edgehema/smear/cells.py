@@ -60,6 +60,25 @@ def to_input(crops: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(crops[..., ::-1].astype(np.float32).transpose(0, 3, 1, 2) * (1.0 / 255.0))
 
 
+def views_of(x: np.ndarray, views: int) -> list[np.ndarray]:
+    """The first ``views`` of a batch of NCHW crops: as it is, mirrored, turned a quarter either way,
+    flipped upside down, turned half, and the two transposes (a cell has no up)."""
+    ops = (lambda a: a, lambda a: a[..., ::-1], lambda a: np.rot90(a, 1, (2, 3)), lambda a: np.rot90(a, 3, (2, 3)),
+           lambda a: a[..., ::-1, :], lambda a: np.rot90(a, 2, (2, 3)), lambda a: np.swapaxes(a, 2, 3),
+           lambda a: np.rot90(np.swapaxes(a, 2, 3), 2, (2, 3)))
+    return [np.ascontiguousarray(op(x)) for op in ops[:views]]
+
+
+def run_views(engine, x: np.ndarray, views: int = 1) -> np.ndarray:
+    """Probabilities of NCHW crops ``x``, one cell at a time (the graphs take a batch of one),
+    averaged over ``views`` views of each."""
+    name = engine.get_inputs()[0].name
+    if not len(x):
+        return np.zeros((0, 0), np.float32)
+    return np.mean([np.concatenate([engine.run(None, {name: v[i:i + 1]})[0] for i in range(len(v))])
+                    for v in views_of(x, views)], axis=0)
+
+
 def known_answer_cell(size: int = CELL_INPUT) -> np.ndarray:
     """A fixed synthetic cell (BGR): pale slide, pink red cells at the corners, one lobed
     dark-violet nucleus in a lilac cytoplasm at the centre. Drawn from fixed numbers."""
@@ -91,10 +110,9 @@ class CellClassifier:
         return self.folder.classes
 
     def probabilities(self, crops: np.ndarray) -> np.ndarray:
-        x = to_input(crops)
-        name = self.engine.get_inputs()[0].name
-        return np.concatenate([self.engine.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))]) \
-            if len(x) else np.zeros((0, len(self.classes)), np.float32)
+        if not len(crops):
+            return np.zeros((0, len(self.classes)), np.float32)
+        return run_views(self.engine, to_input(crops), self.folder.views)
 
     def label(self, p: np.ndarray) -> tuple[str, float]:
         """(reported class, its probability) for one cell's probabilities."""

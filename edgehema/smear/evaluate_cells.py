@@ -111,15 +111,18 @@ def evaluate_cells(root: str | Path, split: str = "test", model: str = "auto", t
 
 
 def type_stability(root: str | Path, split: str = "val", engine: str = "model", magnifications=(0.5, 0.75, 1.5, 2.0),
-                   restains: dict | None = None, wbc: str = "auto") -> dict:
-    """How often a white cell found in a whole field keeps its type when the field is seen at another
-    magnification or restained (the scale and stain changes of other laboratories' microscopes):
-    each val field counted as it is and changed; its white cells matched by box (IoU >= 0.5, boxes
-    brought back to the field's pixels); the share of matched cells given the same type."""
+                   restains: dict | None = None, wbc: str = "auto", task: str = "wbc_type") -> dict:
+    """How often a cell found in a whole field keeps its class (``task``: a white cell its type, a
+    red cell its shape, by the classifier ``wbc``) when the field is seen at another magnification
+    or restained (the scale and stain changes of other laboratories' microscopes): each val field
+    counted as it is and changed; its cells matched by box (IoU >= 0.5, boxes brought back to the
+    field's pixels); the share of matched cells given the same class; and the classes given on the
+    fields as they are."""
     import cv2
 
     from edgehema.smear.annotations import annotated_set
-    from edgehema.smear.detections import Detection, iou
+    from edgehema.smear.cells import TASKS
+    from edgehema.smear.detections import TYPE_KEYS, Detection, iou
     from edgehema.smear.image_io import read_image
     from edgehema.smear.pipeline import analyse
     from edgehema.smear.stain import restain
@@ -129,16 +132,21 @@ def type_stability(root: str | Path, split: str = "val", engine: str = "model", 
                                                       "pale spread x0.5": {"contrast": 0.5}}
     changes = [(f"{m:g}x", m, None) for m in magnifications] + [(n, 1.0, kw) for n, kw in restains.items()]
     tally = {name: {"matched": 0, "same": 0, "unmatched": 0} for name, _, _ in changes}
-    cells_seen = 0
+    cells_seen, given = 0, {}
+    kind = TASKS[task]
+    key = TYPE_KEYS[kind]
+    choose = {"wbc": wbc, "rbc": "none"} if task == "wbc_type" else {"wbc": "none", "rbc": wbc}
 
     def wbcs(result, scale):
-        return [(Detection("wbc", *(v / scale for v in d["box"])), d["wbc_type"]) for d in result["detections"]
-                if d["class"] == "wbc" and "wbc_type" in d]
+        return [(Detection(kind, *(v / scale for v in d["box"])), d[key]) for d in result["detections"]
+                if d["class"] == kind and key in d]
 
     for item in annotated_set(root, split):
         image = read_image(item.path)
-        base = wbcs(analyse(item.path, engine, image, wbc=wbc)[0], 1.0)
+        base = wbcs(analyse(item.path, engine, image, **choose)[0], 1.0)
         cells_seen += len(base)
+        for _, c in base:
+            given[c] = given.get(c, 0) + 1
         if not base:
             continue
         for name, m, kw in changes:
@@ -146,7 +154,7 @@ def type_stability(root: str | Path, split: str = "val", engine: str = "model", 
                                                         interpolation=cv2.INTER_AREA if m < 1 else cv2.INTER_CUBIC)
             if kw:
                 changed = restain(changed, **kw)
-            other = wbcs(analyse(item.path, engine, changed, wbc=wbc)[0], m)
+            other = wbcs(analyse(item.path, engine, changed, **choose)[0], m)
             for box, kind in base:
                 match = max(other, key=lambda o: iou(o[0], box), default=None)
                 if match is None or iou(match[0], box) < 0.5:
@@ -154,6 +162,7 @@ def type_stability(root: str | Path, split: str = "val", engine: str = "model", 
                 else:
                     tally[name]["matched"] += 1
                     tally[name]["same"] += match[1] == kind
-    return {"data": Path(root).name, "split": split, "engine": engine, "wbc": wbc, "white_cells": cells_seen,
+    return {"data": Path(root).name, "split": split, "engine": engine, "task": task, "classifier": wbc,
+            "wbc": wbc, "white_cells": cells_seen, "cells": cells_seen, "given": dict(sorted(given.items())),
             "changes": {n: {**t, "same_type": round(t["same"] / t["matched"], 4) if t["matched"] else None}
                         for n, t in tally.items()}}

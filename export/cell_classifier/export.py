@@ -78,22 +78,30 @@ def inputs(data: Path, split: str, card: dict, per_class: int | None = None) -> 
     return to_input(np.stack([sample(i, None, spec) for i in images])), labels, classes
 
 
+def _views(card: dict) -> int:
+    from export.training.cell_classifier import task_spec
+
+    return task_spec(card)["views"]
+
+
 def _task(model: Path) -> str:
     return SmearFolder.load(model.parent if model.suffix == ".tflite" else model).task
 
 
 def _predict(model: Path, x: np.ndarray) -> np.ndarray:
+    """The device's probabilities: the int8 form as it runs there, over its folder's views."""
     from edgehema.smear import cells
 
     c = cells.open_classifier(str(model), _task(model))
-    return np.concatenate([c.engine.run(None, {c.engine.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(len(x))])
+    return cells.run_views(c.engine, x, c.folder.views)
 
 
-def _float_predict(float_model: Path, x: np.ndarray) -> np.ndarray:
+def _float_predict(float_model: Path, x: np.ndarray, views: int = 1) -> np.ndarray:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(float_model), providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {"image": x[i:i + 1]})[0] for i in range(len(x))])
+    from edgehema.smear import cells
+
+    return cells.run_views(ort.InferenceSession(str(float_model), providers=["CPUExecutionProvider"]), x, views)
 
 
 def export_cells(source: Path, target: str, data: Path, out_dir: Path) -> tuple[Path, list[str], list[str]]:
@@ -133,7 +141,8 @@ def export_cells(source: Path, target: str, data: Path, out_dir: Path) -> tuple[
                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     per_channel=True, reduce_range=False, nodes_to_exclude=head, calibrate_method=CalibrationMethod.MinMax)
     val_x, val_y, _ = inputs(data, "val", card)
-    float_p = _float_predict(out_dir / "model-float.onnx", val_x)
+    views = _views(card)
+    float_p = _float_predict(out_dir / "model-float.onnx", val_x, views)
     skip = tuple(c for c in classes if c not in card.get("balanced_accuracy_over", classes))
     float_report = {**figures(val_y, float_p.argmax(1), classes, skip), "cells": int(len(val_y))}
     float_answer = _known_answer_float(out_dir / "model-float.onnx", int(card["input"]))
@@ -203,7 +212,7 @@ def _write(out_dir: Path, card: dict, classes: list[str], float_report: dict, fl
         "description": f"{card['task']} classifier of single cells trained on {card['data']} train; int8 (QDQ)",
         "classes": classes, "input": {"width": card["input"], "height": card["input"], "layout": "NCHW RGB 0-1"},
         "crop": {"rbc_diameters": card["crop_rbc_diameters"], "rbc_px": card["model_rbc_px"]},
-        "unsure_below": unsure_below, "report_as": card.get("report_as", {}),
+        "unsure_below": unsure_below, "report_as": card.get("report_as", {}), "views": _views(card),
         "split": card.get("split"),
         "sha256": hashlib.sha256((out_dir / SMEAR_GRAPH).read_bytes()).hexdigest(),
         "float_sha256": hashlib.sha256((out_dir / "model-float.onnx").read_bytes()).hexdigest(),

@@ -45,14 +45,15 @@ from export.training.torch_run import checkpoint, deterministic, resume, save, s
 #: equivalent diameter 38.6 px by Otsu on green, 40 px as a box), the classes reported under another
 #: name, the crop's side in red-cell diameters, the network's input side, the scale jitter, the
 #: split (edgehema.smear.cell_sets), how an epoch draws cells, the classes the epoch is not chosen on,
-#: the network's width (export.cell_classifier.network).
+#: the network's width (export.cell_classifier.network), the views of each cell the device averages
+#: (edgehema.smear.cells.views_of).
 TASKS = {
     "wbc_type": {"rbc_px": 71.0, "report_as": {"platelet": "unclassified"}, "crop_rbc": CROP_RBC,
                  "input": CELL_INPUT, "scale_jitter": (0.85, 1.18), "split_by": "class", "draw": "uniform",
-                 "not_chosen_on": (), "width": 1.0},
+                 "not_chosen_on": (), "width": 1.0, "views": 1},
     "rbc_morphology": {"rbc_px": 40.0, "report_as": {}, "crop_rbc": 1.6, "input": 64,
                        "scale_jitter": (0.95, 1.05), "split_by": "field", "draw": "sqrt_balanced",
-                       "not_chosen_on": ("uncategorised",), "width": 1.5},
+                       "not_chosen_on": ("uncategorised",), "width": 1.5, "views": 1},
 }
 SHIFT = 0.08
 
@@ -84,7 +85,7 @@ def task_spec(card_or_task: dict | str) -> dict:
     card = card_or_task
     spec = dict(TASKS[card["task"]])
     spec.update(rbc_px=float(card["data_rbc_px"]), crop_rbc=float(card.get("crop_rbc_diameters", spec["crop_rbc"])),
-                input=int(card.get("input", spec["input"])))
+                input=int(card.get("input", spec["input"])), views=int(card.get("views", spec["views"])))
     spec["split_by"] = split_by(card)
     return spec
 
@@ -196,7 +197,7 @@ def train(task: str, data: Path, epochs: int, out: Path, seed: int = SEED, batch
                                                       "by": spec["split_by"], "module": "edgehema.smear.cell_sets"},
             "data_rbc_px": spec["rbc_px"], "model_rbc_px": MODEL_RBC_PX, "crop_rbc_diameters": spec["crop_rbc"],
             "input": spec["input"], "scale_jitter": list(spec["scale_jitter"]), "report_as": spec["report_as"],
-            "draw": spec["draw"], "width": spec["width"], "balanced_accuracy_over": [c for c in classes if c not in spec["not_chosen_on"]],
+            "draw": spec["draw"], "width": spec["width"], "views": spec["views"], "balanced_accuracy_over": [c for c in classes if c not in spec["not_chosen_on"]],
             "seconds": round(time.perf_counter() - t0, 1), "chosen_epoch": state["best"]["epoch"],
             "val_at_chosen_epoch": state["best"]["val"], "weights": int(sum(p.numel() for p in model.parameters()))}
     (out / "training.json").write_text(json.dumps(card, indent=1) + "\n")
