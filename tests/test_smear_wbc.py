@@ -176,7 +176,7 @@ def test_smear_reports_each_white_cell_type_and_the_slide_differential(tmp_path)
     one = [json.loads(x) for x in proc.stdout.splitlines()]
     assert len(one) == 1 and "differential" not in one[0] and all("wbc_type" not in d for d in one[0]["detections"])
     proc = run("smear", str(slide), "--csv")
-    assert proc.stdout.splitlines()[0].endswith(",neutrophil,lymphocyte,monocyte,eosinophil,basophil,ig,erythroblast,unclassified")
+    assert ",seconds,neutrophil,lymphocyte,monocyte,eosinophil,basophil,ig,erythroblast,unclassified" in proc.stdout.splitlines()[0]
     assert proc.stdout.splitlines()[-1].startswith("slide:slide-7,")
     proc = run("smear", str(slide))
     assert "slide slide-7: differential over" in proc.stdout
