@@ -239,3 +239,18 @@ def test_a_slide_reaches_the_lis_once_across_re_runs_named_another_way(tmp_path)
         assert sorted(sid for _, sid in peer.received) == ["f0", "f1", "slide-9"] and not peer.invalid
     finally:
         peer.close()
+
+
+def test_size_findings_from_estimated_scales_are_flagged_relative():
+    from edgehema.smear.slide import SlideAccumulator
+
+    def slide(source):
+        acc = SlideAccumulator("S")
+        acc.add({"source": "a.jpg", "counts": {"rbc": 1100, "wbc": 0, "plt": 0}, "scale": {"source": source},
+                 "morphology": {"normal": 850, "macrocyte": 250}})
+        return acc.result()
+
+    relative, given = slide("estimated"), slide("given")
+    assert relative["findings"]["macrocytes"]["grade"] == "2+" == given["findings"]["macrocytes"]["grade"]
+    assert "rbc_size_relative" in relative["flags"] and relative["rbc_size_reference"] == "each field's red cells"
+    assert "rbc_size_relative" not in given["flags"] and given["rbc_size_reference"] == "physical"

@@ -22,6 +22,7 @@ class SlideAccumulator:
         self.shaped_images = 0
         self.sources: list[str] = []
         self.counts = {k: 0 for k in SMEAR_CLASSES}
+        self.scale_estimated = False
 
     def add(self, result: dict) -> None:
         self.images += 1
@@ -34,12 +35,17 @@ class SlideAccumulator:
         if result.get("morphology") is not None:
             self.shaped_images += 1
             self.morphology.add(result["morphology"])
+            self.scale_estimated |= (result.get("scale") or {}).get("source") in ("estimated", "assumed")
 
     def result(self) -> dict:
         typed, shaped = self.typed_images > 0, self.shaped_images > 0
         flags = self.differential.flags() if typed else {}
         if shaped:
             flags.update(self.morphology.flags())
+            sized = [f for f in ("macrocytes", "microcytes", "anisocytosis") if self.morphology.findings()[f]["grade"]]
+            if sized and self.scale_estimated:
+                flags["rbc_size_relative"] = (f"{', '.join(sized)} judged against each field's own red cells (its scale "
+                                              "estimated from them): give --um-per-px or --microscope for a physical size")
         return {
             "kind": "smear_slide",
             "sample_id": self.slide_id,
@@ -54,6 +60,7 @@ class SlideAccumulator:
             "rbc_classified": self.morphology.classified,
             "morphology": self.morphology.table() if shaped else None,
             "findings": self.morphology.findings() if shaped else None,
+            "rbc_size_reference": None if not shaped else "each field's red cells" if self.scale_estimated else "physical",
             "flags": sorted(flags),
             "flag_details": flags,
         }
