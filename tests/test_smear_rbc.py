@@ -104,7 +104,8 @@ def test_the_split_keeps_each_field_on_one_side():
 def test_the_shipped_classifier_opens_with_its_known_answer():
     c = cells.open_classifier(SHIPPED, "rbc_morphology")
     assert c.folder.task == "rbc_morphology" and "target" in c.classes and len(c.classes) == 13
-    assert c.folder.input_size == (64, 64) and c.crop_diameters() == pytest.approx(1.6)
+    assert c.folder.input_size == (64, 64) and c.crop_diameters() == pytest.approx(1.6) and c.folder.views == 2
+    assert c.folder.known_answer["input"] == "known_answer_red_cell/1" and 0 < c.folder.unsure_below <= 0.5
     assert cells.check_known_answer(c.engine, c.folder.known_answer, 64) is None
     assert c.folder.training["split"]["by"] == "field"
     t = cells.open_classifier(f"{SHIPPED}/model.tflite", "rbc_morphology")

@@ -78,10 +78,14 @@ def inputs(data: Path, split: str, card: dict, per_class: int | None = None) -> 
     return to_input(np.stack([sample(i, None, spec) for i in images])), labels, classes
 
 
-def _views(card: dict) -> int:
+def _spec(card: dict) -> dict:
     from export.training.cell_classifier import task_spec
 
-    return task_spec(card)["views"]
+    return task_spec(card)
+
+
+def _views(card: dict) -> int:
+    return _spec(card)["views"]
 
 
 def _task(model: Path) -> str:
@@ -139,13 +143,15 @@ def export_cells(source: Path, target: str, data: Path, out_dir: Path) -> tuple[
     head = [n.name for n in onnx.load(str(out_dir / "model-float.onnx")).graph.node if n.op_type in ("Gemm", "MatMul", "Softmax")]
     quantize_static(str(out_dir / "model-float.onnx"), str(out_dir / SMEAR_GRAPH), Reader(),
                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    per_channel=True, reduce_range=False, nodes_to_exclude=head, calibrate_method=CalibrationMethod.MinMax)
+                    per_channel=True, reduce_range=False, nodes_to_exclude=head,
+                    calibrate_method=CalibrationMethod.Percentile if _spec(card)["calibration"] == "percentile"
+                    else CalibrationMethod.MinMax)
     val_x, val_y, _ = inputs(data, "val", card)
     views = _views(card)
     float_p = _float_predict(out_dir / "model-float.onnx", val_x, views)
     skip = tuple(c for c in classes if c not in card.get("balanced_accuracy_over", classes))
     float_report = {**figures(val_y, float_p.argmax(1), classes, skip), "cells": int(len(val_y))}
-    float_answer = _known_answer_float(out_dir / "model-float.onnx", int(card["input"]))
+    float_answer = _known_answer_float(out_dir / "model-float.onnx", int(card["input"]), card["task"])
     _write(out_dir, card, classes, float_report, float_answer, data, unsure_threshold(float_p))
     cells.open_classifier.cache_clear()
     failures, lines = [], []
@@ -161,12 +167,13 @@ def export_cells(source: Path, target: str, data: Path, out_dir: Path) -> tuple[
     return out_dir, failures, lines
 
 
-def _known_answer_float(float_model: Path, size: int) -> dict:
+def _known_answer_float(float_model: Path, size: int, task: str) -> dict:
     import onnxruntime as ort
 
     from edgehema.smear import cells
 
-    return cells.known_answer(ort.InferenceSession(str(float_model), providers=["CPUExecutionProvider"]), size)
+    return cells.known_answer(ort.InferenceSession(str(float_model), providers=["CPUExecutionProvider"]), size,
+                              cells.KNOWN_ANSWER_INPUT[task])
 
 
 def _measure(target: Path, val_x, val_y, classes_skip: tuple, float_p, float_report, float_answer, what: str,
@@ -186,7 +193,7 @@ def _measure(target: Path, val_x, val_y, classes_skip: tuple, float_p, float_rep
     if float_report["balanced_accuracy"] - report["balanced_accuracy"] > GATES["balanced_accuracy"]:
         failures.append(f"{what}: balanced accuracy {report['balanced_accuracy']:.4f}, float {float_report['balanced_accuracy']:.4f}")
     c = cells.open_classifier(str(target), _task(target))
-    got = cells.known_answer(c.engine, val_x.shape[-1])["probabilities"]
+    got = cells.known_answer(c.engine, val_x.shape[-1], float_answer["input"])["probabilities"]
     off = max(abs(a - b) for a, b in zip(got, float_answer["probabilities"]))
     if off > GATES["known_answer"]:
         failures.append(f"{what}: known answer {off:.3f} from float's")
@@ -205,7 +212,7 @@ def _write(out_dir: Path, card: dict, classes: list[str], float_report: dict, fl
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the graph's own arithmetic
     answer = cells.known_answer(ort.InferenceSession(str(out_dir / SMEAR_GRAPH), opts, providers=["CPUExecutionProvider"]),
-                                int(card["input"]))
+                                int(card["input"]), float_answer["input"])
     manifest = {
         "kind": "smear", "task": card["task"], "name": f"edgehema-{card['task'].replace('_', '-')}-{out_dir.name}",
         "version": VERSION,
@@ -220,7 +227,8 @@ def _write(out_dir: Path, card: dict, classes: list[str], float_report: dict, fl
         "quantization": {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                          "activations": "int8 per tensor", "weights": "int8 per channel",
                          "float": ["classifying layer (Gemm) and softmax"],
-                         "calibration": f"{CALIBRATION_PER_CLASS} {data.name} train cells per class"},
+                         "calibration": f"{CALIBRATION_PER_CLASS} {data.name} train cells per class, "
+                                        f"{_spec(card)['calibration']}"},
         "known_answer": answer, "float_known_answer": float_answer,
         "evaluation": {"data": f"{data.name} val", "float": float_report},
         "bytes": {"int8": (out_dir / SMEAR_GRAPH).stat().st_size, "float": (out_dir / "model-float.onnx").stat().st_size},
@@ -238,7 +246,7 @@ def _add_tflite(out_dir: Path, calib, val_x, val_y, classes_skip, float_p, float
     from edgehema.smear.litert import SmearInterpreter
 
     engine = SmearInterpreter(out_dir / "model.tflite", member["outputs"], order=("probabilities",))
-    member["known_answer"] = cells.known_answer(engine, calib.shape[-1])
+    member["known_answer"] = cells.known_answer(engine, calib.shape[-1], float_answer["input"])
     write_manifest(out_dir, amend(SmearFolder.load(out_dir).manifest, tflite=member))
     report = _measure(out_dir / "model.tflite", val_x, val_y, classes_skip, float_p, float_report, float_answer,
                       "int8 TFLite", failures, lines)

@@ -46,14 +46,16 @@ from export.training.torch_run import checkpoint, deterministic, resume, save, s
 #: name, the crop's side in red-cell diameters, the network's input side, the scale jitter, the
 #: split (edgehema.smear.cell_sets), how an epoch draws cells, the classes the epoch is not chosen on,
 #: the network's width (export.cell_classifier.network), the views of each cell the device averages
-#: (edgehema.smear.cells.views_of).
+#: (edgehema.smear.cells.views_of), the int8 activations' calibration (onnxruntime's MinMax, or its
+#: Percentile 99.999: on Chula val it kept float's class on 99.03 % of cells where MinMax kept 98.97 %).
 TASKS = {
     "wbc_type": {"rbc_px": 71.0, "report_as": {"platelet": "unclassified"}, "crop_rbc": CROP_RBC,
                  "input": CELL_INPUT, "scale_jitter": (0.85, 1.18), "split_by": "class", "draw": "uniform",
-                 "not_chosen_on": (), "width": 1.0, "views": 1},
+                 "not_chosen_on": (), "width": 1.0, "views": 1, "calibration": "minmax"},
     "rbc_morphology": {"rbc_px": 40.0, "report_as": {}, "crop_rbc": 1.6, "input": 64,
                        "scale_jitter": (0.95, 1.05), "split_by": "field", "draw": "sqrt_balanced",
-                       "not_chosen_on": ("uncategorised",), "width": 1.5, "views": 1},
+                       "not_chosen_on": ("uncategorised",), "width": 1.5, "views": 2,
+                       "calibration": "percentile"},
 }
 SHIFT = 0.08
 
