@@ -255,3 +255,35 @@ def test_size_findings_from_estimated_scales_are_flagged_relative():
     assert relative["findings"]["macrocytes"]["grade"] == "2+" == given["findings"]["macrocytes"]["grade"]
     assert "rbc_size_relative" in relative["flags"] and relative["rbc_size_reference"] == "each field's red cells"
     assert "rbc_size_relative" not in given["flags"] and given["rbc_size_reference"] == "physical"
+
+
+@needs_bccd
+def test_shape_stability_matches_red_cells_across_a_magnification(tmp_path):
+    """--rbc-stability on a one-field set: the red cells are found again at 0.75x and matched by box."""
+    from edgehema.smear.evaluate_cells import type_stability
+
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "Annotations").mkdir()
+    shutil.copy(BCCD / "JPEGImages" / "BloodImage_00001.jpg", tmp_path / "JPEGImages")
+    shutil.copy(BCCD / "Annotations" / "BloodImage_00001.xml", tmp_path / "Annotations")
+    (tmp_path / "val.txt").write_text("BloodImage_00001\n")
+    r = type_stability(tmp_path, "val", magnifications=(0.75,), restains={}, task="rbc_morphology")
+    assert r["task"] == "rbc_morphology" and r["cells"] >= 10 and sum(r["given"].values()) == r["cells"]
+    t = r["changes"]["0.75x"]
+    assert t["matched"] >= 0.7 * r["cells"] and t["same_type"] is not None
+
+
+def test_a_slide_unlike_the_training_gets_no_grade_and_no_finding_flag():
+    """A third of the red cells unclassified (as on BCCD's fields): the shapes given are not trusted."""
+    from edgehema.lis.hl7_message import build_oru
+    from edgehema.smear.slide import SlideAccumulator
+
+    acc = SlideAccumulator("S-5")
+    acc.add({"source": "a.jpg", "counts": {"rbc": 1600, "wbc": 0, "plt": 0},
+             "morphology": {"normal": 300, "schistocyte": 300, "spherocyte": 400, "unclassified": 600}})
+    slide = acc.result()
+    assert all(f["grade"] is None for f in slide["findings"].values())
+    assert "rbc_morphology_unreliable" in slide["flags"] and "schistocytes_present" not in slide["flags"]
+    assert not any(k.endswith("_present") for k in slide["flags"])
+    text = build_oru(slide, "3")
+    assert "EHM-SMEAR-SCHIST" not in text and "802-9" not in text and "FLAG rbc_morphology_unreliable" in text

@@ -117,7 +117,8 @@ def _morphology_observations(result: dict) -> list[tuple[str, str, str, str, str
         if got.get("grade") and got.get("loinc"):
             out.append((got["loinc"], got.get("loinc_name", ""), "LN", got["grade"], ""))
     schisto = found.get("schistocytes") or {}
-    if schisto.get("percent") is not None and not any(k == "too_few_red_cells" for k in result.get("flags") or []):
+    withheld = {"too_few_red_cells", "rbc_morphology_unreliable"} & set(result.get("flags") or [])
+    if schisto.get("percent") is not None and not withheld:
         out.append(("EHM-SMEAR-SCHIST", "Schistocytes/100 erythrocytes on the smear", LOCAL, f"{schisto['percent']:.2f}", "%"))
     out.append(("EHM-SMEAR-RBC-N", "Red cells classified by shape on the slide", LOCAL,
                 str(int(result.get("rbc_classified") or 0)), "{cells}"))

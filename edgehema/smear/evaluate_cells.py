@@ -155,13 +155,13 @@ def type_stability(root: str | Path, split: str = "val", engine: str = "model", 
             if kw:
                 changed = restain(changed, **kw)
             other = wbcs(analyse(item.path, engine, changed, **choose)[0], m)
-            for box, kind in base:
+            for box, given_class in base:
                 match = max(other, key=lambda o: iou(o[0], box), default=None)
                 if match is None or iou(match[0], box) < 0.5:
                     tally[name]["unmatched"] += 1
                 else:
                     tally[name]["matched"] += 1
-                    tally[name]["same"] += match[1] == kind
+                    tally[name]["same"] += match[1] == given_class
     return {"data": Path(root).name, "split": split, "engine": engine, "task": task, "classifier": wbc,
             "wbc": wbc, "white_cells": cells_seen, "cells": cells_seen, "given": dict(sorted(given.items())),
             "changes": {n: {**t, "same_type": round(t["same"] / t["matched"], 4) if t["matched"] else None}

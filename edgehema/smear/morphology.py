@@ -17,7 +17,9 @@ Below 1+ a finding is not reported (it is within what normal blood shows).
 
 The percentages are of the red cells classified (unclassified cells and the leftover class
 ``uncategorised`` are counted, not graded). Grades need MIN_RED_CELLS classified red cells (ICSH's
-count for schistocytes); with fewer the percentages are given and the slide is flagged.
+count for schistocytes); with fewer the percentages are given and the slide is flagged. A slide with
+more than UNRELIABLE_UNCLASSIFIED of its red cells unclassified gets no grade either (flag
+``rbc_morphology_unreliable``): the classifier does not know such cells.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ MIN_RED_CELLS = 1000
 #: slide holds cells unlike the trained shapes, or the detector was fooled.
 MANY_UNCLASSIFIED = 0.10
 MIN_UNCLASSIFIED = 10
+#: Beyond this share unclassified (three times the 5 % the shipped classifier leaves on its own val
+#: and test cells) the slide is unlike what the classifier was trained on and its shapes are not to
+#: be trusted: no grade, no finding flag. Measured: BCCD's crowded fields (another laboratory,
+#: camera and magnification) leave 33 % unclassified and call a fifth of the rest schistocytes.
+UNRELIABLE_UNCLASSIFIED = 0.15
 
 _POIKILOCYTES = ("spherocyte", "target", "ovalocyte", "elliptocyte", "stomatocyte", "teardrop", "burr", "schistocyte")
 FINDINGS = (
@@ -82,6 +89,8 @@ FLAG_TEXT = {
     "present": "{name} {grade} ({percent:.1f} % of {cells} red cells): review the smear",
     "too_few_red_cells": "only {cells} red cells classified (grading counts at least 1,000): the grades are not given",
     "many_unclassified_red_cells": "{unclassified} of {cells} red cells unlike any trained shape ({share:.0%}): review them",
+    "rbc_morphology_unreliable": "{unclassified} of {cells} red cells unlike any trained shape ({share:.0%}, above 15 %): "
+                                 "the slide is unlike the classifier's training; no grade given, review the smear",
 }
 
 
@@ -124,6 +133,11 @@ class Morphology:
     def typed(self) -> int:
         return sum(self.counts.values())
 
+    @property
+    def unreliable(self) -> bool:
+        u = self.counts[UNCLASSIFIED]
+        return u >= MIN_UNCLASSIFIED and u > UNRELIABLE_UNCLASSIFIED * self.typed
+
     def table(self) -> dict[str, dict]:
         """Per class: count, percent of the classified red cells and its 95 % interval."""
         n, out = self.classified, {}
@@ -138,16 +152,17 @@ class Morphology:
         return out
 
     def findings(self, minimum: int = MIN_RED_CELLS) -> dict[str, dict]:
-        """Per finding: count, percent, its 95 % interval, its grade (None below 1+ or with fewer
-        than ``minimum`` red cells classified), its LOINC term."""
+        """Per finding: count, percent, its 95 % interval, its grade (None below 1+, with fewer
+        than ``minimum`` red cells classified, or on a slide too unlike the training), its LOINC term."""
         n, out = self.classified, {}
+        gradable = n >= minimum and not self.unreliable
         for f in FINDINGS:
             k = sum(self.counts[c] for c in f.classes)
             pct = 100 * k / n if n else None
             lo, hi = binomial_ci(k, n)
             out[f.name] = {"count": k, "percent": None if pct is None else round(pct, 2),
                            "ci95": [round(100 * lo, 2), round(100 * hi, 2)] if n else None,
-                           "grade": grade(f, pct) if pct is not None and n >= minimum else None,
+                           "grade": grade(f, pct) if pct is not None and gradable else None,
                            "loinc": f.loinc, "loinc_name": f.loinc_name}
         return out
 
@@ -155,7 +170,7 @@ class Morphology:
         n, out = self.classified, {}
         found = self.findings(minimum)
         s = found["schistocytes"]
-        if n and n >= minimum and s["percent"] > SCHISTOCYTES_SIGNIFICANT:
+        if n and n >= minimum and not self.unreliable and s["percent"] > SCHISTOCYTES_SIGNIFICANT:
             out["schistocytes_present"] = FLAG_TEXT["schistocytes_present"].format(percent=s["percent"], cells=n)
         for f in FINDINGS:
             # the specific poikilocytes graded 1+ or more: each its own flag; the summary terms
@@ -165,6 +180,9 @@ class Morphology:
                 out[f"{f.name}_present"] = FLAG_TEXT["present"].format(
                     name=f.name.replace("_", " "), grade=g, percent=found[f.name]["percent"], cells=n)
         u = self.counts[UNCLASSIFIED]
+        if self.unreliable:
+            out["rbc_morphology_unreliable"] = FLAG_TEXT["rbc_morphology_unreliable"].format(
+                unclassified=u, cells=self.typed, share=u / self.typed)
         if u >= MIN_UNCLASSIFIED and u > MANY_UNCLASSIFIED * max(self.typed, 1):
             out["many_unclassified_red_cells"] = FLAG_TEXT["many_unclassified_red_cells"].format(
                 unclassified=u, cells=self.typed, share=u / self.typed)
