@@ -129,10 +129,10 @@ def test_models_and_info_commands():
     proc = run("models")
     assert proc.returncode == 0
     for name in ("reference", "reference-int8", "reference-tflite-int8", "supervised-mlp", "bccd-int8", "txl-pbc-int8",
-                 "wbc-pbc-int8"):
+                 "wbc-pbc-int8", "rbc-chula-int8"):
         assert name in proc.stdout
-    # the four event bundles; the two smear detectors and the white-cell classifier, ONNX and TFLite each
-    assert proc.stdout.count("verified") == 10
+    # the four event bundles; the two smear detectors and the two cell classifiers, ONNX and TFLite each
+    assert proc.stdout.count("verified") == 12
     assert "bccd-int8/model.tflite" in proc.stdout and "txl-pbc-int8 (smear default)" in proc.stdout
     proc = run("info", "reference-int8")
     assert proc.returncode == 0 and "hashes: verified" in proc.stdout and "parity vs float: label agreement" in proc.stdout
