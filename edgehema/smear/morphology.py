@@ -13,7 +13,8 @@ grade 1+ at 11-20 %, 2+ at 21-50 %, 3+ above 50 %; the specific poikilocytes (sp
 cells, ovalocytes, elliptocytes, stomatocytes, teardrop cells, echinocytes / burr cells) grade 1+ at
 5-20 %, 2+ at 21-50 %, 3+ above 50 %. Schistocytes are not graded but reported as a percentage of
 at least 1,000 red cells; above 1 % they are a robust sign of thrombotic microangiopathy.
-Below 1+ a finding is not reported (it is within what normal blood shows).
+Below 1+ a finding is not reported (it is within what normal blood shows). These scales were
+written without the paper's text at hand (docs/smear.md): compare them with your copy.
 
 The percentages are of the red cells classified (unclassified cells and the leftover class
 ``uncategorised`` are counted, not graded). Grades need MIN_RED_CELLS classified red cells (ICSH's
