@@ -11,7 +11,8 @@ are counted, never given a type, and their share of the typed cells is reported.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+
+from edgehema.smear.tally import Tally, count_types
 
 #: Leukocyte types, in the order a differential lists them.
 LEUKOCYTES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "ig")
@@ -36,12 +37,7 @@ FLAG_TEXT = {
 
 def image_counts(detections: list[dict]) -> dict[str, int]:
     """Counts per type of one image's white-cell detections (result dicts with ``wbc_type``)."""
-    out = {t: 0 for t in TYPES}
-    for d in detections:
-        t = d.get("wbc_type")
-        if d.get("class") == "wbc" and t is not None:
-            out[t if t in out else UNCLASSIFIED] += 1
-    return out
+    return count_types(detections, "wbc", "wbc_type", TYPES)
 
 
 def _binomial_cdf(k: int, n: int, p: float) -> float:
@@ -80,25 +76,14 @@ def binomial_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return lower, upper
 
 
-@dataclass
-class Differential:
+class Differential(Tally):
     """Counts per type over any number of images (one slide), and what a laboratory reads off them."""
 
-    counts: dict[str, int] = field(default_factory=lambda: {t: 0 for t in TYPES})
-    images: int = 0
-
-    def add(self, per_type: dict[str, int]) -> None:
-        self.images += 1
-        for t, n in per_type.items():
-            self.counts[t if t in self.counts else UNCLASSIFIED] += int(n)
+    CLASSES = TYPES
 
     @property
     def leukocytes(self) -> int:
         return sum(self.counts[t] for t in LEUKOCYTES)
-
-    @property
-    def typed(self) -> int:
-        return sum(self.counts.values())
 
     def table(self) -> dict[str, dict]:
         """Per type: count, percent and 95 % interval (of the leukocytes; erythroblasts per 100

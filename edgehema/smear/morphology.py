@@ -25,9 +25,10 @@ more than UNRELIABLE_UNCLASSIFIED of its red cells unclassified gets no grade ei
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from edgehema.smear.differential import binomial_ci
+from edgehema.smear.tally import Tally, count_types
 
 NORMAL = "normal"
 UNCLASSIFIED = "unclassified"
@@ -104,35 +105,19 @@ def grade(finding: Finding, percent: float) -> str | None:
 
 
 def image_counts(detections: list[dict]) -> dict[str, int]:
-    """Counts per shape class of one image's red-cell detections (result dicts with ``rbc_morphology``)."""
-    out = {c: 0 for c in CLASSES}
-    for d in detections:
-        t = d.get("rbc_morphology")
-        if d.get("class") == "rbc" and t is not None:
-            out[t if t in out else UNCLASSIFIED] += 1
-    return out
+    """Counts per class of one image's red-cell detections (result dicts with ``rbc_morphology``)."""
+    return count_types(detections, "rbc", "rbc_morphology", CLASSES)
 
 
-@dataclass
-class Morphology:
+class Morphology(Tally):
     """Counts per shape class over any number of images (one slide), and the graded findings."""
 
-    counts: dict[str, int] = field(default_factory=lambda: {c: 0 for c in CLASSES})
-    images: int = 0
-
-    def add(self, per_class: dict[str, int]) -> None:
-        self.images += 1
-        for c, n in per_class.items():
-            self.counts[c if c in self.counts else UNCLASSIFIED] += int(n)
+    CLASSES = CLASSES
 
     @property
     def classified(self) -> int:
         """Red cells given a shape (the denominator of every percentage)."""
         return sum(n for c, n in self.counts.items() if c not in (UNCLASSIFIED, LEFTOVER))
-
-    @property
-    def typed(self) -> int:
-        return sum(self.counts.values())
 
     @property
     def unreliable(self) -> bool:
