@@ -14,9 +14,10 @@ classes -> a result        :mod:`edgehema.counts` (counting, plausibility, resul
 result -> out              :mod:`edgehema.sinks`, :mod:`edgehema.lis`
 images -> counts           :mod:`edgehema.smear`
 accuracy                   :mod:`edgehema.evaluation`
+method verification        :mod:`edgehema.validation` (``validate``: plan, limits, statistics, report)
 many devices               :mod:`edgehema.fleet` (``fleet`` extra)
 commands                   :mod:`edgehema.cli`
-shared helpers             :mod:`edgehema._utils` (arrays, SQLite, TOML, rate-limited log lines)
+shared helpers             :mod:`edgehema._utils` (arrays, SQLite, TOML, rate-limited log lines, SVG plots)
 =========================  ==================================================================
 
 The public API is re-exported here; every error a user can cause is an :class:`EdgehemaError`.

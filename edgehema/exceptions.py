@@ -68,3 +68,12 @@ class LisRejected(EdgehemaError):
 class SignatureError(BundleError):
     """A bundle's signature is missing, made by a key the device does not trust, or does not verify;
     or a signing key cannot be read."""
+
+
+class ValidationPlanError(EdgehemaError):
+    """A method-verification plan (or its limits file) cannot be run as written: one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__(self.problems[0] if len(self.problems) == 1 else
+                         f"{len(self.problems)} problems in the plan; the first: {self.problems[0]}")

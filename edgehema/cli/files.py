@@ -35,6 +35,8 @@ def simulate(
     gain: float = typer.Option(1.0, "--gain", min=0.1, help="Static detector gain factor on every channel (calibration offset)."),
     gain_drift: float = typer.Option(0.0, "--gain-drift", min=-0.9, help="Linear gain drift over each sample, e.g. 0.1 = +10 % by its end."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Also write per-event truth (class, cells per event) as CSV (single sample)."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="Make a method verification's files and their plan (--out is a folder; OUT/plan.csv for edgehema validate): repeatability, carryover, linearity, comparison, loq, a comma-separated list, or all."),
+    carryover: float = typer.Option(0.003, "--carryover", min=0.0, max=0.5, help="With --experiment: the fraction of each run the instrument leaves for the next (0.003 = 0.3 %)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Generate synthetic blood samples with per-event ground truth."""
@@ -49,6 +51,9 @@ def simulate(
     ins = InstrumentSettings(gain=gain, gain_drift=gain_drift)
     if dilution is not None:
         ins = replace(ins, dilution=dilution)
+    if experiment is not None:
+        _simulate_experiments(out_path, experiment, species, seed, events, carryover, ins, quiet)
+        return
     sim = SampleSimulator(species=species, pathology=pathology, instrument=ins, profile=profile, seed=seed)
     _check_simulation_target(out_path, samples, fmt)
     if samples > 1:
@@ -80,6 +85,26 @@ def simulate(
     elapsed = time.perf_counter() - t0
     if not quiet:
         _print_simulation(results, elapsed)
+
+
+def _simulate_experiments(out_path: Path, experiment: str, species: str, seed: int, events: int, carryover: float,
+                          ins, quiet: bool) -> None:
+    from edgehema.simulator.experiments import EXPERIMENTS, write_experiments
+
+    if out_path.exists() and not out_path.is_dir():
+        raise EdgehemaError(f"{out_path}: is a file; with --experiment, --out names a folder")
+    if not out_path.parent.is_dir():
+        raise EdgehemaError(f"{out_path}: the folder {out_path.parent} does not exist")
+    names = list(EXPERIMENTS) if experiment == "all" else [e.strip() for e in experiment.split(",") if e.strip()]
+    events = 100_000 if events == 150_000 else events  # a verification's runs: 100,000 events a normal sample
+    t0 = time.perf_counter()
+    plan = write_experiments(out_path, names, species=species, seed=seed, events=events, carryover=carryover,
+                             instrument=ins)
+    if not quiet:
+        with open(plan, encoding="utf-8") as fh:
+            runs = sum(1 for _ in fh) - 1
+        out.print(f"wrote {runs} runs of {', '.join(names)} under {out_path} in {time.perf_counter() - t0:.1f} s; "
+                  f"the plan: {plan} (edgehema validate {plan})")
 
 
 #: File names the readers recognise (``inspect`` and ``classify`` read what ``simulate`` writes).

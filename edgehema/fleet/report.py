@@ -13,7 +13,9 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass, field
+from edgehema._utils.svg import Plot
 from edgehema.exceptions import EdgehemaError
+from edgehema.validation.statistics import BlandAltman as Agreement
 
 #: Analytes compared: (column, label, unit of the difference, relative difference?)
 ANALYTES = (("rbc_per_ul", "RBC", "%", True), ("plt_per_ul", "PLT", "%", True), ("retic_percent", "RET", "pt", False))
@@ -29,17 +31,6 @@ DEFAULT_THRESHOLDS = {"bias_rbc": 1.0, "bias_plt": 3.0, "bias_retic": 0.2, "loa_
                       "loa_retic": 0.5, "crossing_pct": 1.0, "flag_change_pct": 2.0}
 #: Groups smaller than this are listed but not judged (their limits of agreement mean little).
 MIN_GROUP = 10
-
-
-@dataclass
-class Agreement:
-    n: int
-    bias: float
-    sd: float
-
-    @property
-    def loa(self) -> tuple[float, float]:
-        return self.bias - 1.96 * self.sd, self.bias + 1.96 * self.sd
 
 
 @dataclass
@@ -254,31 +245,11 @@ def _bland_altman_svg(group: Group, column: str, label: str, unit: str, relative
         d = diff(new[column], old[column], relative)
         if d is not None:
             pts.append(((float(new[column]) + float(old[column])) / 2, d))
-    w, h, m = 420, 260, 50
     if not pts:
         return f"<p>{label}: no pairs</p>"
     a = group.agreement(column, relative)
     lo, hi = a.loa
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts] + [lo, hi, 0.0]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-
-    def X(v):
-        return m + (v - x0) / (x1 - x0) * (w - 2 * m)
-
-    def Y(v):
-        return h - m - (v - y0) / (y1 - y0) * (h - 2 * m)
-
-    svg = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' style='margin:4px;border:1px solid #ddd'>",
-           f"<text x='{w / 2}' y='16' text-anchor='middle' font-size='13'>{label}: new - baseline ({unit}) vs mean</text>"]
-    for v, colour, text in ((a.bias, "#06c", f"bias {a.bias:+.2f}"), (lo, "#c60", f"{lo:+.2f}"), (hi, "#c60", f"{hi:+.2f}"),
-                            (0.0, "#999", "")):
-        svg.append(f"<line x1='{m}' x2='{w - m}' y1='{Y(v):.1f}' y2='{Y(v):.1f}' stroke='{colour}' stroke-dasharray='4 3'/>")
-        if text:
-            svg.append(f"<text x='{w - m + 3}' y='{Y(v) + 4:.1f}' font-size='10' fill='{colour}'>{text}</text>")
-    for x, y in pts:
-        svg.append(f"<circle cx='{X(x):.1f}' cy='{Y(y):.1f}' r='2.2' fill='#333' fill-opacity='0.6'/>")
-    svg.append(f"<text x='{m}' y='{h - 12}' font-size='10'>{x0:.4g}</text>"
-               f"<text x='{w - m}' y='{h - 12}' font-size='10' text-anchor='end'>{x1:.4g}</text></svg>")
-    return "".join(svg)
+    plot = Plot(f"{label}: new - baseline ({unit}) vs mean", "mean of the pair", f"difference ({unit})", 420, 260)
+    plot.hline(0.0, "#999").hline(a.bias, "#06c", f"bias {a.bias:+.2f}")
+    plot.hline(lo, "#c60", f"{lo:+.2f}").hline(hi, "#c60", f"{hi:+.2f}")
+    return plot.points([p[0] for p in pts], [p[1] for p in pts]).svg()

@@ -1,0 +1,82 @@
+"""``validate``: the laboratory's method verification (precision, carry-over, linearity, comparison,
+limit of quantitation) from the device's own results on a plan of event files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgehema import __version__
+from edgehema.batch import BatchJob, classify_files
+from edgehema.cli._app import app, error, open_classifier, open_output, progress
+from edgehema.exceptions import ValidationPlanError
+from edgehema.sinks.text_table import Column, render
+from edgehema.validation import load_limits, read_plan, verify
+from edgehema.validation.report import tables, write_html
+
+
+@app.command()
+def validate(
+    plan_path: Path = typer.Argument(..., metavar="PLAN.csv", help="The plan: columns file, experiment, group, order, and optional ref_rbc_per_ul, ref_plt_per_ul, ref_retic_percent, ref_retic_per_ul (docs/validation.md)."),
+    limits_path: Optional[Path] = typer.Option(None, "--limits", help="TOML file with the laboratory's own limits (only what it changes; the defaults and their sources: edgehema/validation/limits.toml)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: repeatability, carryover, linearity, comparison, loq, verdict."),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="Also write one self-contained HTML page with a plot per experiment."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model bundle directory or shipped name (default: reference-tflite-int8)."),
+    backend: str = typer.Option("auto", "--backend", help="Inference backend: onnx, tflite (LiteRT), or auto."),
+    adapt: bool = typer.Option(True, "--adapt/--no-adapt", help="Refine the latent mixtures on each sample (as classify does)."),
+    jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes (0: one per core, at most 2 here)."),
+) -> None:
+    """Verify the method on a plan of event files; exit status 1 when any figure fails its limit.
+
+    A plan with problems (a missing file, an unknown experiment, too few replicates, a carry-over
+    sequence out of order) is one line per problem and exit status 1, before anything is classified.
+    """
+    try:
+        limits = load_limits(limits_path)
+        plan = read_plan(plan_path, limits)
+    except ValidationPlanError as exc:
+        for line in exc.problems:
+            error(line)
+        raise typer.Exit(1)
+    clf = open_classifier(model, backend, adapt)
+    run = {"model": f"{clf.bundle.name} {clf.bundle.version}", "engine": clf.backend_name,
+           "software": __version__, "limits": limits.source, "plan": str(plan_path)}
+    job = BatchJob(model, backend, adapt, None, None, None, None)
+    results: dict[Path, dict | None] = {}
+    paths = [str(p) for p in plan.files]
+    with progress(len(paths)) as advance:
+        for path, status, value in classify_files(paths, job, jobs, progress=advance):
+            if status == "ok":
+                results[Path(path)] = value
+            else:
+                error(str(value))
+                results[Path(path)] = None
+    verification = verify(plan, results, limits, run)
+    if html_path is not None:
+        stream = open_output(html_path)
+        stream.close()
+        write_html(verification, html_path, str(plan_path))
+    if as_json:
+        typer.echo(json.dumps(verification.to_dict()))
+    else:
+        _print(verification)
+    if verification.verdict != "pass":
+        raise typer.Exit(1)
+
+
+def _print(v) -> None:
+    for title, headers, rows in tables(v):
+        columns = [Column(h, "left" if k < 2 else "right", keep=len(headers) - k) for k, h in enumerate(headers)]
+        render(title, columns, rows, sys.stdout)
+        sys.stdout.write("\n")
+    for line in v.problems:
+        error(line)
+    run = v.run
+    sys.stdout.write(f"model {run['model']} on {run['engine']}, edgehema {run['software']}, limits: {run['limits']}\n")
+    failed = sum(not item["pass"] for _, item in v.items())
+    sys.stdout.write(f"verdict: {v.verdict.upper()}" + (f" ({failed} figure(s) outside their limits)" if failed else "")
+                     + "\n")
