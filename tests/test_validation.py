@@ -342,3 +342,22 @@ def test_simulate_experiment_writes_the_files_and_plan_and_refuses_unknown_ones(
     assert all((tmp_path / "v" / r["file"]).is_file() for r in rows)
     proc = run("simulate", "--experiment", "precision", "--out", tmp_path / "w")
     assert proc.returncode == 1 and "unknown experiment(s) precision" in proc.stderr
+
+
+def test_stream_archives_are_runs_too(tmp_path):
+    from edgehema.simulator.emulator import InstrumentEmulator, write_file
+
+    rows = []
+    for k in range(5):
+        write_file(InstrumentEmulator("dog", samples=1, events=8000, seed=40 + k), str(tmp_path / f"run{k}.ehw"))
+        rows.append([f"run{k}.ehw", "repeatability", "dog", ""])
+    write_file(InstrumentEmulator("dog", samples=2, events=4000, seed=50), str(tmp_path / "two.ehw"))
+    plan = _write_plan(tmp_path / "plan.csv", rows)
+    proc = run("validate", plan, "--json")
+    d = json.loads(proc.stdout)
+    rbc = [i for i in d["repeatability"] if i["analyte"] == "RBC"][0]
+    assert rbc["n"] == 5 and all(v > 1e6 for v in rbc["values"])  # replayed, counted, concentrations known
+    plan = _write_plan(tmp_path / "plan2.csv", rows[:4] + [["two.ehw", "repeatability", "dog", ""]])
+    proc = run("validate", plan, "--json")
+    assert proc.returncode == 1
+    assert [line for line in proc.stderr.splitlines() if "two.ehw: holds 2 samples" in line]

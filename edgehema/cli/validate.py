@@ -15,8 +15,12 @@ from edgehema.batch import BatchJob, classify_files
 from edgehema.cli._app import app, error, open_classifier, open_output, progress
 from edgehema.exceptions import ValidationPlanError
 from edgehema.sinks.text_table import Column, render
+from edgehema.stream.runner import replay_bytes
 from edgehema.validation import load_limits, read_plan, verify
 from edgehema.validation.report import tables, write_html
+
+#: A stream archive (frames as the instrument sent them), replayed as ``edgehema replay`` does.
+ARCHIVE_SUFFIX = ".ehw"
 
 
 @app.command()
@@ -45,16 +49,7 @@ def validate(
     clf = open_classifier(model, backend, adapt)
     run = {"model": f"{clf.bundle.name} {clf.bundle.version}", "engine": clf.backend_name,
            "software": __version__, "limits": limits.source, "plan": str(plan_path)}
-    job = BatchJob(model, backend, adapt, None, None, None, None)
-    results: dict[Path, dict | None] = {}
-    paths = [str(p) for p in plan.files]
-    with progress(len(paths)) as advance:
-        for path, status, value in classify_files(paths, job, jobs, progress=advance):
-            if status == "ok":
-                results[Path(path)] = value
-            else:
-                error(str(value))
-                results[Path(path)] = None
+    results = _results(plan.files, clf, BatchJob(model, backend, adapt, None, None, None, None), jobs)
     verification = verify(plan, results, limits, run)
     if html_path is not None:
         stream = open_output(html_path)
@@ -66,6 +61,31 @@ def validate(
         _print(verification)
     if verification.verdict != "pass":
         raise typer.Exit(1)
+
+
+def _results(files: list[Path], clf, job: BatchJob, jobs: int) -> dict[Path, dict | None]:
+    """Each file's result (None, with one error line, where it has none): event files classified in
+    worker processes, stream archives (.ehw) replayed exactly as the stream computed them."""
+    results: dict[Path, dict | None] = {}
+    archives = [p for p in files if p.suffix.lower() == ARCHIVE_SUFFIX]
+    for path in archives:
+        try:
+            samples = replay_bytes(path.read_bytes(), clf)
+        except OSError as exc:
+            samples, why = [], f"cannot read: {exc.strerror}"
+        else:
+            why = (f"holds {len(samples)} samples; a plan row is one run: one sample per archive" if samples
+                   else "no sample in this archive (not an edgehema frame stream?)")
+        results[path] = samples[0] if len(samples) == 1 else None
+        if len(samples) != 1:
+            error(f"{path}: {why}")
+    paths = [str(p) for p in files if p.suffix.lower() != ARCHIVE_SUFFIX]
+    with progress(len(paths)) as advance:
+        for path, status, value in classify_files(paths, job, jobs, progress=advance):
+            if status != "ok":
+                error(str(value))
+            results[Path(path)] = value if status == "ok" else None
+    return results
 
 
 def _print(v) -> None:
