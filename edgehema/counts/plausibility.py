@@ -73,6 +73,25 @@ FLAG_TEXT = {
 }
 
 
+#: The data checks an adaptation is judged by, most severe first: those that say the red-cell or
+#: platelet count is wrong (physics: coincidences against Poisson occupancy; platelet stain uptake),
+#: then the one that says only RET may be (the stain signal's tail). ``population_not_recognised``
+#: is not among them: it measures the adaptation itself.
+COUNT_CHECKS = ("coincidence_implausible", "plt_interference_debris", "plt_interference_lipid")
+RETIC_CHECKS = ("retic_abnormal_distribution",)
+
+ADAPTATION_REJECTED = ("per-sample adaptation rejected: adapted, the sample fails {failed}, which the trained "
+                       "populations pass; the unadapted assignment is reported (adaptation would have moved the "
+                       "red-cell components {shift:.2f}): the sample is unlike the model's training, review by a "
+                       "validated method")
+
+
+def severity(flags) -> tuple[int, int]:
+    """How implausible a sample is by the model's own data checks: (count checks failed, RET checks
+    failed), compared in that order (a wrong RBC or PLT count outweighs a doubtful RET)."""
+    return sum(f in flags for f in COUNT_CHECKS), sum(f in flags for f in RETIC_CHECKS)
+
+
 def _cols(profile: Profile, *names: str) -> list[int] | None:
     idx = {n.lower(): i for i, n in enumerate(profile.feature_names)}
     out = [idx.get(n) for n in names]

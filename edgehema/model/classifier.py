@@ -31,6 +31,9 @@ class EventInference:
     labels: np.ndarray  # (n,) argmax
     recon_err: np.ndarray | None = None  # stage-1 reconstruction error (out-of-distribution score)
     adaptation: dict = field(default_factory=dict)
+    #: The latents (z1, z2) of an adapted sample, so that its unadapted assignment can be made when
+    #: the adaptation is judged (counts.result); None otherwise.
+    latents: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
 
 class Classifier:
@@ -144,4 +147,12 @@ class Classifier:
                 "stage2_mean_shift": float(np.linalg.norm(gmm.means - self.gmm.means, axis=1).max()),
             }
         p, labels = assign_events(z1, z2, centroids, self.alpha, gmm, self.stage1_classes, self.stage2_classes)
-        return EventInference(p, labels, recon_err, info)
+        return EventInference(p, labels, recon_err, info, (z1, z2) if info["adapted"] else None)
+
+    def unadapted(self, inf: EventInference) -> EventInference | None:
+        """The trained populations' assignment of an adapted sample (None: it was not adapted)."""
+        if inf.latents is None:
+            return None
+        z1, z2 = inf.latents
+        p, labels = assign_events(z1, z2, self.centroids, self.alpha, self.gmm, self.stage1_classes, self.stage2_classes)
+        return EventInference(p, labels, inf.recon_err, {"adapted": False})
