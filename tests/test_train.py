@@ -519,3 +519,52 @@ def test_the_shipped_models_carry_their_stain_skew_limit():
     for name in ("reference", "reference-int8", "reference-tflite-int8"):
         t = Bundle.load(name).manifest["thresholds"]
         assert t["rbc_stain_skew_max"] == 0.0117 and t["stage2_shift_training"]["samples"] == 40
+
+
+def test_flag_rates_count_false_alarms_on_samples_that_meet_their_reference():
+    from export.training import crossval
+
+    def pred(rbc_err, plt_err, ret_err, flags):
+        return crossval.Prediction("s", "f", 0, 5e6, 300e3, 1.0, 5e6 * (1 + rbc_err / 100), 300e3 * (1 + plt_err / 100),
+                                   1.0 + ret_err, None, None, flags)
+
+    preds = [pred(0.5, 3, 0.1, "retic_abnormal_distribution species_not_validated"), pred(-1, -5, 0.0, ""),
+             pred(0.2, 1, 0.2, ""), pred(0.1, 2, 0.1, "plt_interference_debris"),
+             pred(9.0, 0, 0.0, "retic_abnormal_distribution plt_interference_debris"),  # outside: not a false alarm
+             crossval.Prediction("u", "g", -1, None, None, None, 5e6, 3e5, 1.0, None, None, "retic_abnormal_distribution")]
+    r = crossval.flag_rates(preds)
+    assert r["samples_meeting_reference"] == 4 and r["of"] == 5
+    assert r["flags"] == {"plt_interference_debris": {"fired": 1, "rate": 0.25},
+                          "retic_abnormal_distribution": {"fired": 1, "rate": 0.25}}
+    assert r["defects"] == ["plt_interference_debris", "retic_abnormal_distribution"]  # 25 % > 5 %
+    lines = crossval.format_flag_rates(r, "held-out")
+    assert "4 of 5 held-out samples" in lines[0] and sum("DEFECT" in line for line in lines) == 2
+    quiet = crossval.flag_rates([pred(0.1, 1, 0.0, "")] * 25 + [pred(0.1, 1, 0.0, "retic_abnormal_distribution")])
+    assert quiet["defects"] == [] and quiet["flags"]["retic_abnormal_distribution"]["rate"] == pytest.approx(1 / 26, abs=1e-4)
+
+
+def test_train_reports_flag_rates_in_its_output_and_model_card(trained):
+    out, result, _, _ = trained
+    card = Bundle.load(out).manifest["model_card"]
+    rates = card["crossval"]["flag_rates"]
+    report = json.loads((out / "crossval.json").read_text())
+    from export.training import crossval
+
+    preds = [crossval.Prediction(**{k: p[k] for k in crossval.Prediction.__dataclass_fields__}) for p in report["predictions"]]
+    assert rates == crossval.flag_rates(preds)
+    # The report says each flag's rate, or that no held-out sample met its reference (a tiny model).
+    for line in crossval.format_flag_rates(rates, "held-out"):
+        assert line in result.stdout
+    assert card["flag_defects"] == sorted(set(rates["defects"]) | set(card["final_model_checks"][-1]["flag_rates"]["defects"]))
+    assert ("DEFECT" in result.stdout) == bool(card["flag_defects"])
+    info = runner.invoke(app, ["info", str(out)])
+    assert "  flags: " in info.stdout
+
+
+def test_limits_are_fitted_on_samples_spread_over_the_whole_training_set():
+    from export.training.run import LIMIT_SAMPLES, limit_samples
+
+    assert limit_samples(9) == list(range(9))
+    spread = limit_samples(100)
+    assert len(spread) == LIMIT_SAMPLES and spread[0] == 0 and spread[-1] == 99
+    assert max(b - a for a, b in zip(spread, spread[1:])) <= 3  # not the first 40 files only

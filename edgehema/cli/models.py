@@ -197,6 +197,10 @@ def info(bundle: Optional[str] = typer.Argument(None, help="Bundle directory or 
                      if cv.get(k, {}).get("n")]
             r2 = f", R^2 PLT:RBC {cv['plt_rbc_r2']:.4f}" if cv.get("plt_rbc_r2") is not None else ""
             out.print(f"  cross-validation ({cv['folds']} folds, {cv['samples']} samples): {'; '.join(parts) or 'no values'}{r2}")
+        if "flag_defects" in card:
+            out.print("  flags: " + (f"DEFECT {', '.join(card['flag_defects'])}: fire on more than 5 % of the samples "
+                                     "whose counts meet their reference" if card["flag_defects"] else
+                                     "none fires on more than 5 % of the samples whose counts meet their reference"))
         checks = card.get("final_model_checks") or []
         if checks:
             kept = checks[-1]

@@ -105,12 +105,62 @@ def summarize(preds: list[Prediction]) -> dict:
         if key in TARGETS:
             out[key]["target_p95"] = TARGETS[key]
             out[key]["met"] = bool(out[key]["p95_abs"] <= TARGETS[key])
+    out["flag_rates"] = flag_rates(preds)
     pairs = np.array([(p.ref_plt_rbc, p.plt_rbc) for p in preds if p.ref_plt_rbc is not None and p.plt_rbc is not None])
     if len(pairs) >= 3:
         y, yhat = pairs[:, 0], pairs[:, 1]
         ss_tot = float(((y - y.mean()) ** 2).sum())
         out["plt_rbc_r2"] = 1.0 - float(((y - yhat) ** 2).sum()) / ss_tot if ss_tot > 0 else None
     return out
+
+
+#: A flag that fires on more than this share of the samples whose counts meet their reference is a
+#: defect of its limit for this model (issue 37): it tells the user nothing.
+FLAG_DEFECT_RATE = 0.05
+#: Flags that declare rather than check the data: not judged.
+DECLARATIONS = ("species_not_validated",)
+
+
+def meets_reference(p: Prediction) -> bool | None:
+    """Whether a prediction is within the acceptance limits of its reference (the stress suite's:
+    RBC 4 %, PLT 25 % or 10 x10^3/uL below 40 x10^3/uL, RET 1 point); None without a reference."""
+    from edgehema.evaluation.stress import judge
+
+    e = p.errors()
+    if all(e[k] is None for k in ("rbc_err_pct", "plt_err_pct", "retic_err_pt", "plt_rbc_err_pct")):
+        return None
+    plt_pct = e["plt_err_pct"] if e["plt_err_pct"] is not None else e["plt_rbc_err_pct"]
+    plt_true = p.ref_plt_per_ul if p.ref_plt_per_ul is not None else float("inf")
+    plt_abs = (p.plt_per_ul - p.ref_plt_per_ul) if p.plt_per_ul is not None and p.ref_plt_per_ul is not None else 0.0
+    return not judge(e["rbc_err_pct"] or 0.0, plt_pct or 0.0, plt_abs, plt_true, e["retic_err_pt"] or 0.0)
+
+
+def flag_rates(preds: list[Prediction]) -> dict:
+    """Each flag's rate on the samples whose counts meet their reference: there a flag is a false
+    alarm, and one that fires on more than FLAG_DEFECT_RATE of them is a defect of its limit."""
+    good = [p for p in preds if meets_reference(p)]
+    fired: dict[str, int] = {}
+    for p in good:
+        for code in set(p.flags.split()) - set(DECLARATIONS):
+            fired[code] = fired.get(code, 0) + 1
+    n = len(good)
+    rates = {code: {"fired": k, "rate": round(k / n, 4)} for code, k in sorted(fired.items())} if n else {}
+    return {"samples_meeting_reference": n, "of": sum(meets_reference(p) is not None for p in preds),
+            "flags": rates, "defect_rate": FLAG_DEFECT_RATE,
+            "defects": [code for code, r in rates.items() if r["rate"] > FLAG_DEFECT_RATE]}
+
+
+def format_flag_rates(rates: dict, where: str) -> list[str]:
+    n = rates["samples_meeting_reference"]
+    if not n:
+        return [f"  flags: no {where} sample meets its reference counts; no flag's false-alarm rate measured"]
+    fired = ", ".join(f"{c} {r['fired']}/{n}" for c, r in rates["flags"].items()) or "none"
+    lines = [f"  flags on the {n} of {rates['of']} {where} samples whose counts meet their reference: {fired}"]
+    for code in rates["defects"]:
+        r = rates["flags"][code]
+        lines.append(f"  DEFECT: {code} fires on {r['rate']:.0%} of them (more than {rates['defect_rate']:.0%}): "
+                     f"its limit does not fit this model, and the flag tells the user little")
+    return lines
 
 
 def score(summary: dict) -> float:
@@ -135,6 +185,8 @@ def format_summary(summary: dict, title: str) -> list[str]:
                      f"Bland-Altman bias {s['bias']:+.3f} {unit}, limits of agreement [{s['loa_low']:+.3f}, {s['loa_high']:+.3f}]{target}")
     if summary.get("plt_rbc_r2") is not None:
         lines.append(f"  R^2 of PLT:RBC {summary['plt_rbc_r2']:.4f}")
+    if summary.get("flag_rates"):
+        lines += format_flag_rates(summary["flag_rates"], "held-out")
     return lines
 
 

@@ -36,6 +36,19 @@ class TrainResult:
     history: dict
 
 
+#: The bundle's own check limits are fitted on at most this many of its training samples.
+LIMIT_SAMPLES = 40
+
+
+def limit_samples(n_files: int) -> list[int]:
+    """Training samples the limits are fitted on: evenly spread over all of them. (The first 40 of
+    files sorted by name can be one family of samples only: fitted on it, the stain check fired on
+    every sample of another family.)"""
+    if n_files <= LIMIT_SAMPLES:
+        return list(range(n_files))
+    return sorted({int(round(i)) for i in np.linspace(0, n_files - 1, LIMIT_SAMPLES)})
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainingError(f"{out}: exists and is not an empty folder; name a new folder for the model")
@@ -115,7 +128,7 @@ def train(
         manifest = save_bundle(
             fitted, run.prof, out, name or out.name, description or "Two-stage deep clustering (AE + IDEC, then VaDE) "
             "trained with edgehema train on an instrument's own event files and sample-level reference counts", training,
-            [run.store.events(i) for i in range(min(len(run.files), 40))], extra={"model_card": card},
+            [run.store.events(i) for i in limit_samples(len(run.files))], extra={"model_card": card},
             extra_files=extra_files, profile_file=_profile_file(run.prof), version=version)
     log(f"wrote {out} in {time.perf_counter() - t0:.1f} s (estimated {estimate:.0f} s before training; files read "
         f"from disk again: {run.store.reads})")
@@ -286,10 +299,13 @@ class _Run:
             final_checks.append({"seed": c.seed, "score_on_training_samples": in_score,
                                  "crossval_score": cv_score if math.isfinite(cv_score) else None,
                                  "limit": limit if math.isfinite(limit) else None, "passed": passed,
-                                 **restart_figures(in_summary)})
+                                 **restart_figures(in_summary), "flag_rates": in_summary.get("flag_rates")})
             self.log(f"final model (seed {c.seed}) on its {len(supervised)} training samples: score {in_score:.3f}"
                      + (f" (cross-validated {cv_score:.3f}, limit {limit:.3f})" if math.isfinite(limit) else "")
                      + (", " + restart_line(in_summary) if in_summary.get("samples") else ""))
+            if in_summary.get("flag_rates"):
+                for line in crossval.format_flag_rates(in_summary["flag_rates"], "training"):
+                    self.log(line.strip())
             if passed:
                 if verify_final and not math.isfinite(limit) and in_score > NO_CROSSVAL_WARN_SCORE:
                     # Nothing to hold it to, but a model that cannot count its own training samples
@@ -334,6 +350,10 @@ class _Run:
             "tuning": report.get("tuning"),
             "restarts": report.get("restarts"),
             "final_model_checks": report["final_model_checks"],
+            # Flags firing on more than 5 % of the samples whose counts meet their reference (held out,
+            # or the final model's own): defects of their limits for this model.
+            "flag_defects": sorted({d for s in [summary or {}] + list(report["final_model_checks"][-1:])
+                                    for d in ((s.get("flag_rates") or {}).get("defects") or [])}),
             "init": None if self.init_bundle is None else {"name": self.init_bundle.name, "version": self.init_bundle.version,
                                                            "sha256": self.init_bundle.sha256},
             "settings": settings_dict(cfg),
