@@ -568,3 +568,68 @@ def test_limits_are_fitted_on_samples_spread_over_the_whole_training_set():
     spread = limit_samples(100)
     assert len(spread) == LIMIT_SAMPLES and spread[0] == 0 and spread[-1] == 99
     assert max(b - a for a, b in zip(spread, spread[1:])) <= 3  # not the first 40 files only
+
+
+def test_a_trained_bundle_carries_its_own_unstained_platelet_limit(trained):
+    """The platelet stain check's limit is fitted on the training samples too (an instrument's own
+    dye and trigger set how many platelet-sized events take no stain in a plain sample)."""
+    from edgehema.counts import plausibility
+    from edgehema.profiles import get_profile
+
+    from export.training.fit import sample_check_limits
+    from edgehema.simulator import SampleSimulator
+
+    # Fitted where the model finds platelets: the shipped model on eight simulated samples.
+    events = [SampleSimulator(sp, seed=70 + k).generate(20_000).sample.events
+              for k, sp in enumerate(("human", "dog", "cat", "horse") * 2)]
+    t = sample_check_limits(Bundle.load("reference"), events)
+    q1, q3 = t["plt_unstained_share_training"]["quartiles"]
+    assert t["plt_unstained_share_training"]["samples"] == 8
+    assert t["plt_unstained_share_max"] == pytest.approx(q3 + 1.5 * (q3 - q1), abs=2e-4)
+    # A model that finds no platelets in its training samples (the tiny one) gets no limit: the
+    # fixed one of older bundles applies.
+    out, _, held, _ = trained
+    assert "plt_unstained_share_max" not in Bundle.load(out).manifest["thresholds"]
+    assert Bundle.load(out).settings.limits.plt_unstained_share_max is None
+    # The check itself: 10 % of platelet events unstained, against two limits.
+    prof = get_profile("optical-11")
+    events = np.ones((2000, 11))
+    labels = np.full(2000, 1)  # red cells
+    labels[:200] = 4  # platelets (classes.PLT)
+    fl = prof.index("fl_peak")
+    events[:, fl] = 100.0
+    events[:20, fl] = 1.0  # 20 of 200 platelet events without stain
+    unstained = plausibility.unstained_platelet_events(events, labels, prof)
+
+    def fires(limit):
+        found = plausibility.check(events, labels, np.eye(5)[labels], prof, {}, None, None, unstained,
+                                   max_unstained_share=limit)
+        return bool({"plt_interference_debris", "plt_interference_lipid"} & set(found))
+
+    assert fires(0.05) and not fires(0.15) and fires(None)  # None: the fixed 5 % of older bundles
+
+
+def test_stage1_is_fitted_again_when_it_misses_its_samples_shares(monkeypatch):
+    """A collapsed platelet cluster (stage 1 far from the samples' own shares) is fitted again from
+    another seed; the best attempt is kept, and which ones ran is in the history."""
+    from export.training import fit as F
+
+    errors = iter([0.6, 0.1, 0.05])
+    seeds = []
+
+    def fake_fit(cfg, data, progress, history, model=None):
+        seeds.append(cfg.seed)
+        history.append(cfg.seed)
+        return f"idec-{cfg.seed}"
+
+    monkeypatch.setattr(F, "fit_stage1", fake_fit)
+    monkeypatch.setattr(F, "stage1_share_error", lambda idec, data: next(errors))
+    history = {"stage1": []}
+    chosen = F._stage1_that_fits(F.FitSettings(seed=4), None, None, history, None)
+    assert seeds == [4, 4 + F.STAGE1_SEED_STEP] and chosen == f"idec-{4 + F.STAGE1_SEED_STEP}"
+    assert history["stage1"] == [4 + F.STAGE1_SEED_STEP]
+    assert [a["share_error"] for a in history["stage1_attempts"]] == [0.6, 0.1]
+    errors = iter([0.9, 0.5, 0.7])
+    seeds.clear()
+    chosen = F._stage1_that_fits(F.FitSettings(seed=4), None, None, {"stage1": []}, None)
+    assert len(seeds) == F.STAGE1_ATTEMPTS and chosen == f"idec-{4 + F.STAGE1_SEED_STEP}"  # none fits: the best

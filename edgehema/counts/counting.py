@@ -156,6 +156,7 @@ def count_sample(
     adaptation: dict | None = None,
     stage2_shift_limit: float | None = None,
     stain_skew_limit: float | None = None,
+    unstained_share_limit: float | None = None,
 ) -> Counts:
     """A sample's counts in four steps: coincidences decomposed and unstained platelet-sized events
     excluded, cells counted, quality figures, flags."""
@@ -173,7 +174,7 @@ def count_sample(
         conc = {"rbc_per_uL": cells["rbc"] * k, "plt_per_uL": cells["plt"] * k, "retic_per_uL": cells["retic"] * k}
     qc = _quality(probabilities, assigned, ev, cells, reading, hidden_plt, debris_stained, recon_err, recon_threshold)
     flags = _flags(events, assigned, probabilities, profile, qc, adaptation, elapsed_s, reading, stage2_shift_limit,
-                   stain_skew_limit, complete)
+                   stain_skew_limit, complete, unstained_share_limit)
     return Counts(ev, cells, retic_percent, conc, list(flags), flags, qc,
                   concentration_note(info.dilution, info.volume_ul))
 
@@ -252,7 +253,7 @@ def _quality(probabilities, assigned, ev, cells, reading: _Reading, hidden_plt, 
 
 
 def _flags(events, assigned, probabilities, profile, qc, adaptation, elapsed_s, reading: _Reading,
-           stage2_shift_limit, stain_skew_limit, complete) -> dict[str, str]:
+           stage2_shift_limit, stain_skew_limit, complete, unstained_share_limit=None) -> dict[str, str]:
     n = len(assigned)
     flags: dict[str, str] = {}
 
@@ -263,7 +264,7 @@ def _flags(events, assigned, probabilities, profile, qc, adaptation, elapsed_s, 
         flag("too_few_events", n, MIN_EVENTS)
     # The checks see the classes as the model assigned them, before the exclusion.
     checks = plausibility.check(events, assigned, probabilities, profile, qc, adaptation, elapsed_s, reading.unstained,
-                                stage2_shift_limit, reading.platelet_read, stain_skew_limit)
+                                stage2_shift_limit, reading.platelet_read, stain_skew_limit, unstained_share_limit)
     # Diluting helps only when the coincidences are what the concentration predicts.
     if qc["coincidence_fraction"] > MAX_COINCIDENCE_FRACTION and "coincidence_implausible" not in checks:
         flag("high_coincidence", qc["coincidence_fraction"], MAX_COINCIDENCE_FRACTION)

@@ -135,6 +135,7 @@ def result_from_inference(
             adaptation=inference.adaptation,
             stage2_shift_limit=settings.limits.stage2_shift_max,
             stain_skew_limit=settings.limits.rbc_stain_skew_max,
+            unstained_share_limit=settings.limits.plt_unstained_share_max,
         )
 
     inf, counts = judged_adaptation(inf, count(inf), classifier, count)

@@ -135,6 +135,7 @@ class Limits:
     recon_err_p999: float | None = None  # out-of-distribution score of the training events' 99.9th percentile
     stage2_shift_max: float | None = None  # how far adaptation may move the stage-2 means
     rbc_stain_skew_max: float | None = None  # red cells' stain asymmetry
+    plt_unstained_share_max: float | None = None  # platelet-sized events without platelet stain
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,8 @@ def parse_settings(mpath: Path, m: dict) -> Settings:
         tflite_file=tflite["file"] if tflite else None,
         tflite_outputs=dict(tflite.get("outputs") or {}) if tflite else {}, files=dict(files),
         limits=Limits(*(number(thresholds.get(k), f"thresholds.{k}")
-                        for k in ("recon_err_p999", "stage2_shift_max", "rbc_stain_skew_max"))),
+                        for k in ("recon_err_p999", "stage2_shift_max", "rbc_stain_skew_max",
+                                  "plt_unstained_share_max"))),
         selftest_agreement=number(selftest.get("agreement"), "selftest_thresholds.agreement"),
         selftest_class_shift_pct=number(selftest.get("class_shift_pct"), "selftest_thresholds.class_shift_pct"),
         area_features=names(counting.get("area_features"), "counting.area_features"),

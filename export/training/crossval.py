@@ -158,7 +158,7 @@ def format_flag_rates(rates: dict, where: str) -> list[str]:
     lines = [f"  flags on the {n} of {rates['of']} {where} samples whose counts meet their reference: {fired}"]
     for code in rates["defects"]:
         r = rates["flags"][code]
-        lines.append(f"  DEFECT: {code} fires on {r['rate']:.0%} of them (more than {rates['defect_rate']:.0%}): "
+        lines.append(f"  DEFECT: {code} fires on {r['rate']:.1%} of them (more than {rates['defect_rate']:.0%}): "
                      f"its limit does not fit this model, and the flag tells the user little")
     return lines
 

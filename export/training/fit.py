@@ -421,6 +421,56 @@ class Fitted:
     seconds: float
 
 
+#: Stage 1 is fitted again, from another seed, when its assignment misses the training samples' own
+#: shares by more than this (the median over the supervised samples of the worst relative error of
+#: a share): the platelet cluster can collapse into the red cells' (measured 2026-12-07, optical-b,
+#: 60 samples from scratch, seed 1: 355 of 4,934 platelet events called platelets, PLT -41.5 % on
+#: the model's own training samples, stage-1 share loss 0.039 where the folds' fits ended at 0.0005).
+STAGE1_SHARE_TOLERANCE = 0.25
+STAGE1_ATTEMPTS = 3
+STAGE1_SEED_STEP = 7919
+#: Shares this small are floors of absent classes, not targets to measure a relative error on.
+MIN_SHARE_TARGET = 1e-3
+
+
+def stage1_share_error(idec: IDEC, data: Bags) -> float:
+    """How far stage 1 misses the supervised samples' shares: per sample the worst relative error of
+    a share, then the median over samples (0 without supervision)."""
+    per_sample = []
+    with torch.no_grad():
+        for i in data.supervised(1):
+            m = idec(torch.from_numpy(data.x(i)[:5000]).to(data.device))[2].mean(0)
+            errs = [abs(float(m[list(sh.numerator)].sum()) / max(float(m[list(sh.denominator)].sum()), 1e-8) / sh.target - 1)
+                    for sh in data.targets[i].stage1 if sh.target >= MIN_SHARE_TARGET]
+            if errs:
+                per_sample.append(max(errs))
+    return float(np.median(per_sample)) if per_sample else 0.0
+
+
+def _stage1_that_fits(cfg: FitSettings, data: Bags, progress: Progress | None, history: dict,
+                      init: IDEC | None) -> IDEC:
+    """Stage 1, fitted again from other seeds (at most STAGE1_ATTEMPTS) while its shares miss the
+    samples' by more than STAGE1_SHARE_TOLERANCE; the best attempt is kept. Deterministic for a seed."""
+    tries = []
+    for attempt in range(STAGE1_ATTEMPTS):
+        c = replace(cfg, seed=cfg.seed + attempt * STAGE1_SEED_STEP)
+        torch.manual_seed(c.seed)
+        steps: list = []
+        idec = fit_stage1(c, data, progress, steps, None if init is None else _copy(init))
+        err = stage1_share_error(idec, data)
+        tries.append((err, attempt, idec, steps))
+        if err <= STAGE1_SHARE_TOLERANCE:
+            break
+        if attempt + 1 < STAGE1_ATTEMPTS:
+            _report(progress, f"stage 1 missed its samples' shares by {err:.0%} (seed {c.seed}), fitted again "
+                              f"from seed {cfg.seed + (attempt + 1) * STAGE1_SEED_STEP}", 1, 1, {})
+    err, attempt, idec, steps = min(tries, key=lambda t: (t[0], t[1]))
+    history["stage1"].extend(steps)
+    history["stage1_attempts"] = [{"seed": cfg.seed + a * STAGE1_SEED_STEP, "share_error": round(e, 4)}
+                                  for e, a, _, _ in tries]
+    return idec
+
+
 def fit(cfg: FitSettings, store: EventStore, indices: list[int], targets: list[Targets], pre: Preprocessing,
         init: tuple | None = None, progress: Progress | None = None) -> Fitted:
     """Train both stages on the samples ``indices``; ``init`` = (IDEC, VaDE) to fine-tune from."""
@@ -432,8 +482,8 @@ def fit(cfg: FitSettings, store: EventStore, indices: list[int], targets: list[T
         torch.use_deterministic_algorithms(True)
     data = Bags(store, indices, targets, pre, device)
     history: dict = {"stage1": [], "stage2": []}
-    idec0, vade0 = (None, None) if init is None else (_copy(init[0]), _copy(init[1]))
-    idec = fit_stage1(cfg, data, progress, history["stage1"], idec0)
+    vade0 = None if init is None else _copy(init[1])
+    idec = _stage1_that_fits(cfg, data, progress, history, None if init is None else init[0])
     vade = fit_stage2(cfg, data, idec, progress, history["stage2"], vade0)
     return Fitted(idec.cpu(), vade.cpu(), pre, cfg, history, time.perf_counter() - t0)
 
@@ -511,25 +561,34 @@ def _fence(values: list[float]) -> dict:
 
 def sample_check_limits(bundle: Bundle, training_events: list[np.ndarray]) -> dict:
     """A bundle's own limits of its sample-level checks, from the samples it was trained on (as the
-    device classifies them, with adaptation): how far its red-cell components move, and how
-    asymmetric the mature red cells' stain signal is. Both Tukey's fence, Q3 + 1.5 IQR."""
-    from edgehema.counts.plausibility import stain_skew
+    device classifies them, with adaptation): how far its red-cell components move, how
+    asymmetric the mature red cells' stain signal is, and what share of its platelet-class events
+    take no platelet stain. Each Tukey's fence, Q3 + 1.5 IQR."""
+    from edgehema.counts.plausibility import stain_skew, unstained_platelet_events
+    from edgehema.model import classes as C
 
     adapting = Classifier(bundle, backend="onnx", adapt=True, selftest=False)
     profile = bundle.profile()
-    shifts, skews = [], []
+    shifts, skews, unstained = [], [], []
     for e in training_events:
         inf = adapting.infer(e)
         shifts.append(inf.adaptation.get("stage2_mean_shift", 0.0))
         skew = stain_skew(e, inf.labels, profile)
         if skew is not None:
             skews.append(skew)
+        mask = unstained_platelet_events(e, inf.labels, profile)
+        n_plt = int((inf.labels == C.PLT).sum())
+        if mask is not None and n_plt >= 50:
+            unstained.append(float(mask.sum()) / n_plt)
     out = {}
     if bundle.kind == "two-stage-idec-vade":  # a softmax classifier has no components that move
         out = {"stage2_shift_max": round(shift_limit(shifts), 4), "stage2_shift_training": _fence(shifts)}
     if len(skews) >= 8:
         out["rbc_stain_skew_max"] = round(shift_limit(skews), 4)
         out["rbc_stain_skew_training"] = _fence(skews)
+    if len(unstained) >= 8:
+        out["plt_unstained_share_max"] = round(shift_limit(unstained), 4)
+        out["plt_unstained_share_training"] = _fence(unstained)
     return out
 
 

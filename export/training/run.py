@@ -36,17 +36,19 @@ class TrainResult:
     history: dict
 
 
-#: The bundle's own check limits are fitted on at most this many of its training samples.
+#: The bundle's own check limits are fitted on at most this many of its training samples (a fold's
+#: model, which only counts its held-out samples, on fewer).
 LIMIT_SAMPLES = 40
+FOLD_LIMIT_SAMPLES = 20
 
 
-def limit_samples(n_files: int) -> list[int]:
+def limit_samples(n_files: int, most: int = LIMIT_SAMPLES) -> list[int]:
     """Training samples the limits are fitted on: evenly spread over all of them. (The first 40 of
     files sorted by name can be one family of samples only: fitted on it, the stain check fired on
     every sample of another family.)"""
-    if n_files <= LIMIT_SAMPLES:
+    if n_files <= most:
         return list(range(n_files))
-    return sorted({int(round(i)) for i in np.linspace(0, n_files - 1, LIMIT_SAMPLES)})
+    return sorted({int(round(i)) for i in np.linspace(0, n_files - 1, most)})
 
 
 def _check_out(out: Path) -> None:
@@ -292,6 +294,10 @@ class _Run:
         for attempt, (cv_score, _, c, s_c, p_c) in enumerate(runs):
             fitted = fit(c, self.store, list(range(len(self.files))), self.targets, self.pre, self.init_pair,
                          _tagged(self.progress, "final model"))
+            attempts = fitted.history.get("stage1_attempts") or []
+            if len(attempts) > 1:
+                self.log("final model: stage 1 fitted " + str(len(attempts)) + " times (its shares missed the samples' by "
+                         + ", ".join(f"{a['share_error']:.0%} with seed {a['seed']}" for a in attempts) + "); the best kept")
             in_summary = _in_sample(fitted, self.prof, supervised, self.store, len(self.files))
             in_score = crossval.score(in_summary)
             limit = FINAL_SCORE_FACTOR * cv_score + FINAL_SCORE_MARGIN if math.isfinite(cv_score) else math.inf
@@ -399,7 +405,8 @@ def _count_with(fitted, prof, store, calibration_idx: list[int], files: list, fo
     adaptation on): the predictions next to their reference values."""
     with tempfile.TemporaryDirectory() as tmp:
         b = Path(tmp) / "model"
-        save_bundle(fitted, prof, b, name, description, {}, [store.events(i) for i in calibration_idx[:20]],
+        save_bundle(fitted, prof, b, name, description, {},
+                    [store.events(calibration_idx[j]) for j in limit_samples(len(calibration_idx), FOLD_LIMIT_SAMPLES)],
                     profile_file=_profile_file(prof))
         return crossval.predict(b, files, fold, prof)
 
