@@ -15,7 +15,6 @@ from edgehema.batch import BatchJob, classify_files
 from edgehema.cli._app import app, error, open_classifier, open_output, progress
 from edgehema.exceptions import ValidationPlanError
 from edgehema.sinks.text_table import Column, render
-from edgehema.stream.runner import replay_bytes
 from edgehema.validation import load_limits, read_plan, verify
 from edgehema.validation.report import tables, write_html
 
@@ -68,6 +67,10 @@ def _results(files: list[Path], clf, job: BatchJob, jobs: int) -> dict[Path, dic
     worker processes, stream archives (.ehw) replayed exactly as the stream computed them."""
     results: dict[Path, dict | None] = {}
     archives = [p for p in files if p.suffix.lower() == ARCHIVE_SUFFIX]
+    if archives:
+        # Only plans with archives need the stream's machinery (kept off every command's start-up,
+        # as edgehema replay does).
+        from edgehema.stream.runner import replay_bytes
     for path in archives:
         try:
             samples = replay_bytes(path.read_bytes(), clf)
