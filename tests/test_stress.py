@@ -149,7 +149,8 @@ def test_stress_suite_has_no_silent_failures_on_the_fixed_set():
     silent = [(r.scenario, r.index, r.failures) for r in default if r.silent]
     assert silent == []
     # The set is hard: many results are outside the limits, and the fixed gates fail silently on some.
-    assert sum(r.outside for r in default) >= 10
+    # (9 of 36 outside since red cells with a riding platelet are no longer read as clumps, 2026-12-08.)
+    assert sum(r.outside for r in default) >= 8
     assert sum(r.silent for r in rows if r.method == "fixed-gate") >= 3
     # Healthy humans and cats carry none of the new flags (no false alarms there).
     new = set(plausibility.FLAG_TEXT) | {stress.SPECIES_FLAG}

@@ -609,6 +609,64 @@ def test_a_trained_bundle_carries_its_own_unstained_platelet_limit(trained):
     assert fires(0.05) and not fires(0.15) and fires(None)  # None: the fixed 5 % of older bundles
 
 
+def test_a_trained_bundle_fits_its_background_coincidence_and_clump_limits(monkeypatch):
+    """The limits of the unstained background, the coincidence share and the clump share are
+    fitted on the training samples too; the coincidence and clump limits only widen the fixed ones,
+    and the unstained flag needs the background exceeded as well where a bundle knows it."""
+    from edgehema.counts import counting, plausibility
+    from edgehema.profiles import get_profile
+
+    from export.training.fit import sample_check_limits
+    from edgehema.simulator import SampleSimulator
+
+    events = [SampleSimulator(sp, seed=70 + k).generate(20_000).sample.events
+              for k, sp in enumerate(("human", "dog", "cat", "horse") * 2)]
+    t = sample_check_limits(Bundle.load("reference"), events)
+    for name in ("plt_unstained_per_rbc", "coincidence_fraction", "plt_clump_share"):
+        q1, q3 = t[f"{name}_training"]["quartiles"]
+        assert t[f"{name}_training"]["samples"] == 8, name
+        assert t[f"{name}_max"] == pytest.approx(q3 + 1.5 * (q3 - q1), abs=2e-4), name
+    assert counting.widened(0.08, 0.12) == 0.12 and counting.widened(0.08, 0.05) == 0.08
+    assert counting.widened(0.03, None) == 0.03
+    # The unstained check: 20 of 200 platelet events (10 %) unstained, 20 of 1,800 red cells (1.1 %).
+    prof = get_profile("optical-11")
+    events = np.ones((2000, 11))
+    labels = np.full(2000, 1)
+    labels[:200] = 4
+    fl = prof.index("fl_peak")
+    events[:, fl] = 100.0
+    events[:20, fl] = 1.0
+    unstained = plausibility.unstained_platelet_events(events, labels, prof)
+
+    def fires(background):
+        qc = {}
+        found = plausibility.check(events, labels, np.eye(5)[labels], prof, qc, None, None, unstained,
+                                   max_unstained_share=0.05, max_unstained_per_rbc=background)
+        assert qc["plt_unstained_per_rbc"] == pytest.approx(20 / 1800, abs=1e-6)
+        return bool({"plt_interference_debris", "plt_interference_lipid"} & set(found))
+
+    assert fires(None) and fires(0.005) and not fires(0.02)
+    # A sample whose coincidence share is above the fixed 8 % but inside the bundle's fence.
+    from dataclasses import replace
+
+    from edgehema.model import classes as C
+    from edgehema.model.classifier import Classifier
+
+    lim = Bundle.load("reference").settings.limits
+    sim = SampleSimulator("human", seed=5).generate(20_000)
+    inf = Classifier(Bundle.load("reference"), backend="onnx", selftest=False).infer(sim.sample.events)
+    frac = float(np.mean(inf.labels == C.COINCIDENCE))
+
+    def high(limits):
+        c = counting.count_sample(sim.sample.events, inf.probabilities, inf.labels, sim.sample.profile,
+                                  sim.sample.info, ["ext_area", "ssc_area", "fsc_hi_area"], limits=limits)
+        return "high_coincidence" in c.flags
+
+    assert frac > 0.0
+    monkeypatch.setattr(counting, "MAX_COINCIDENCE_FRACTION", frac / 2)
+    assert high(lim) and not high(replace(lim, coincidence_fraction_max=frac * 1.5))
+
+
 def test_stage1_is_fitted_again_when_it_misses_its_samples_shares(monkeypatch):
     """A collapsed platelet cluster (stage 1 far from the samples' own shares) is fitted again from
     another seed; the best attempt is kept, and which ones ran is in the history."""

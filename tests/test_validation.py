@@ -256,7 +256,9 @@ def test_validate_json_has_every_experiment_and_figure(validated):
         assert {"slope", "intercept", "bias", "loa_low", "loa_high", "slope_ci", "intercept_ci", "n"} <= set(i)
         assert i["n"] == 40 and i["loa_low"] < i["bias"] < i["loa_high"]
         pb = st.passing_bablok(i["reference"], i["values"])
-        assert i["slope"] == pytest.approx(pb.slope, rel=1e-5)
+        # The JSON's values are rounded to 6 significant digits: the slope of the rounded pairs is
+        # another pair's slope within about 1e-5.
+        assert i["slope"] == pytest.approx(pb.slope, rel=1e-4)
     # The shipped model counts the simulated instrument's red cells and platelets without bias.
     assert abs(by["RBC"]["bias"]) < 2 and 0.97 < by["RBC"]["slope"] < 1.03
     assert abs(by["PLT"]["bias"]) < 5

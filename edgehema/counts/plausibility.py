@@ -173,6 +173,7 @@ def check(
     platelet_read: np.ndarray | None = None,
     max_stain_skew: float | None = None,
     max_unstained_share: float | None = None,
+    max_unstained_per_rbc: float | None = None,
 ) -> dict[str, str]:
     """Named flags (code -> text) of the sample-level checks; adds their figures to ``qc``."""
     flags: dict[str, str] = {}
@@ -202,8 +203,15 @@ def check(
     if unstained is not None and n_plt:
         share = float(unstained.sum()) / n_plt
         qc["plt_unstained_share"] = round(share, 6)
+        # A share of few platelets says little: an instrument's background of unstained platelet-sized
+        # events (noise, debris of a plain sample) is a large share when platelets are scarce. A
+        # bundle that knows its instrument's background (per red-cell event, fitted on its training
+        # samples) flags only what rises above it as well.
+        background = float(unstained.sum()) / max(int((labels == C.RBC).sum()), 1)
+        qc["plt_unstained_per_rbc"] = round(background, 6)
+        above_background = max_unstained_per_rbc is None or background > max_unstained_per_rbc
         cols = _cols(profile, "ssc_peak", "ext_peak")
-        if share > (max_unstained_share or MAX_UNSTAINED_SHARE):
+        if share > (max_unstained_share or MAX_UNSTAINED_SHARE) and above_background:
             code = "plt_interference_debris"
             if cols is not None:
                 stained = plt & ~unstained

@@ -133,9 +133,7 @@ def result_from_inference(
             elapsed_s=elapsed_seconds(sample),
             complete=complete,
             adaptation=inference.adaptation,
-            stage2_shift_limit=settings.limits.stage2_shift_max,
-            stain_skew_limit=settings.limits.rbc_stain_skew_max,
-            unstained_share_limit=settings.limits.plt_unstained_share_max,
+            limits=settings.limits,
         )
 
     inf, counts = judged_adaptation(inf, count(inf), classifier, count)

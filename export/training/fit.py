@@ -24,7 +24,11 @@ from edgehema.model.bundle import FORMAT, MANIFEST, Bundle, amend, seal
 from edgehema.model.classes import EVENT_CLASSES
 from edgehema.model.classifier import Classifier
 from edgehema.profiles import Profile
+from edgehema.counts.counting import count_sample
+from edgehema.counts.plausibility import stain_skew, unstained_platelet_events
 from edgehema.counts.result import DEFAULT_AREA_FEATURES
+from edgehema.model import classes as C
+from edgehema.sample import SampleInfo
 from edgehema.model.selftest import attach_known_answer, known_answer_events, spread_events
 
 from export.event_model.network import IDEC, InferenceGraph, VaDE
@@ -562,33 +566,40 @@ def _fence(values: list[float]) -> dict:
 def sample_check_limits(bundle: Bundle, training_events: list[np.ndarray]) -> dict:
     """A bundle's own limits of its sample-level checks, from the samples it was trained on (as the
     device classifies them, with adaptation): how far its red-cell components move, how
-    asymmetric the mature red cells' stain signal is, and what share of its platelet-class events
-    take no platelet stain. Each Tukey's fence, Q3 + 1.5 IQR."""
-    from edgehema.counts.plausibility import stain_skew, unstained_platelet_events
-    from edgehema.model import classes as C
-
+    asymmetric the mature red cells' stain signal is, what share of its platelet-class events
+    take no platelet stain and how many such events a plain sample has against its red cells,
+    the coincidence events' share (an instrument that dilutes less has more) and the platelets
+    it reads in clumps. Each Tukey's fence, Q3 + 1.5 IQR."""
     adapting = Classifier(bundle, backend="onnx", adapt=True, selftest=False)
     profile = bundle.profile()
-    shifts, skews, unstained = [], [], []
+    area = list(bundle.settings.area_features or DEFAULT_AREA_FEATURES)
+    figures: dict[str, list[float]] = {k: [] for k in ("shift", "skew", "unstained", "background", "coincidence",
+                                                         "clumps")}
     for e in training_events:
         inf = adapting.infer(e)
-        shifts.append(inf.adaptation.get("stage2_mean_shift", 0.0))
+        figures["shift"].append(inf.adaptation.get("stage2_mean_shift", 0.0))
         skew = stain_skew(e, inf.labels, profile)
         if skew is not None:
-            skews.append(skew)
+            figures["skew"].append(skew)
         mask = unstained_platelet_events(e, inf.labels, profile)
         n_plt = int((inf.labels == C.PLT).sum())
         if mask is not None and n_plt >= 50:
-            unstained.append(float(mask.sum()) / n_plt)
+            figures["unstained"].append(float(mask.sum()) / n_plt)
+            figures["background"].append(float(mask.sum()) / max(int((inf.labels == C.RBC).sum()), 1))
+        qc = count_sample(e, inf.probabilities, inf.labels, profile, SampleInfo(), area).qc
+        figures["coincidence"].append(qc["coincidence_fraction"])
+        if n_plt >= 50:
+            figures["clumps"].append(qc["platelet_clump_share"])
     out = {}
     if bundle.kind == "two-stage-idec-vade":  # a softmax classifier has no components that move
-        out = {"stage2_shift_max": round(shift_limit(shifts), 4), "stage2_shift_training": _fence(shifts)}
-    if len(skews) >= 8:
-        out["rbc_stain_skew_max"] = round(shift_limit(skews), 4)
-        out["rbc_stain_skew_training"] = _fence(skews)
-    if len(unstained) >= 8:
-        out["plt_unstained_share_max"] = round(shift_limit(unstained), 4)
-        out["plt_unstained_share_training"] = _fence(unstained)
+        out = {"stage2_shift_max": round(shift_limit(figures["shift"]), 4),
+               "stage2_shift_training": _fence(figures["shift"])}
+    for figure, name in (("skew", "rbc_stain_skew"), ("unstained", "plt_unstained_share"),
+                         ("background", "plt_unstained_per_rbc"), ("coincidence", "coincidence_fraction"),
+                         ("clumps", "plt_clump_share")):
+        if len(figures[figure]) >= 8:
+            out[f"{name}_max"] = round(shift_limit(figures[figure]), 6 if figure == "background" else 4)
+            out[f"{name}_training"] = _fence(figures[figure])
     return out
 
 
