@@ -248,8 +248,10 @@ def test_a_slide_differential_goes_to_the_lis_with_the_manual_differential_loinc
     obx = {str(s[3]).split("^")[0]: (str(s[5]), str(s[6]).split("^")[0]) for s in msg.segments("OBX")}
     assert obx["26511-6"] == ("50.0", "%") and obx["26478-8"] == ("33.3", "%") and obx["30180-4"] == ("1.7", "%")
     assert obx["26485-3"][0] == "8.3" and obx["26450-7"][0] == "5.0"
-    assert obx["EHM-SMEAR-IG"][0] == "1.7" and obx["EHM-SMEAR-NRBC"] == ("3.3", "/100{WBCs}")
+    assert obx["38518-7"][0] == "1.7" and obx["19048-8"] == ("3.3", "/100{WBCs}")
+    assert "EHM-SMEAR-IG" not in obx and "EHM-SMEAR-NRBC" not in obx
     assert obx["EHM-SMEAR-LEUK-N"][0] == "60"
     assert "FLAG too_few_leukocytes" in build_oru(slide, "8")
     records = build_records(slide, "9")
-    assert any("^^^NEUT%^26511-6" in r for r in records) and any(r.startswith("R|") and "|50.0|%|" in r for r in records)
+    assert any("^^^NEUT%^26511-6" in r for r in records) and any("^^^IG%^38518-7" in r for r in records)
+    assert any("^^^NRBC^19048-8" in r for r in records) and any(r.startswith("R|") and "|50.0|%|" in r for r in records)

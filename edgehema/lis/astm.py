@@ -38,6 +38,7 @@ REPLY_TIMEOUT = 15.0
 
 SHORT = {"789-8": "RBC", "777-3": "PLT", "17849-1": "RET%", "60474-4": "RET#", "26511-6": "NEUT%",
          "26478-8": "LYMPH%", "26485-3": "MONO%", "26450-7": "EOS%", "30180-4": "BASO%",
+         "38518-7": "IG%", "19048-8": "NRBC",
          # red-cell morphology grades (LOINC erythrocyte morphology panel 58408-6)
          "702-1": "ANISO", "738-5": "MACRO", "741-9": "MICRO", "728-6": "HYPO", "779-9": "POIK", "802-9": "SPHER",
          "10381-2": "TARGET", "774-0": "OVAL", "11274-8": "ELLIPT", "10380-4": "STOMAT", "7791-7": "DACRO",

@@ -76,14 +76,17 @@ SMEAR_COUNTS = [("rbc", "EHM-SMEAR-RBC", "Red cells counted on the smear image")
 
 #: A slide's white-cell differential (edgehema.smear.slide): the OBR names LOINC's manual
 #: differential panel, 24318-8 "Manual differential panel - Blood"; each leukocyte type its member
-#: "/100 leukocytes in Blood" term (docs/lis.md cites them). Immature granulocytes and nucleated red
-#: cells go under local codes until their LOINC terms are checked; so do the cells counted.
+#: "/100 leukocytes in Blood" term (docs/lis.md cites them), immature granulocytes and nucleated red
+#: cells too: the panel's members are methodless terms, and these are the methodless ones (71695-1 and
+#: 58413-6 are the analyzers', "by Automated count"). The cells counted go under local codes.
 DIFFERENTIAL_PANEL = ("24318-8", "Manual differential panel - Blood", "LN")
 DIFFERENTIAL = [("neutrophil", "26511-6", "Neutrophils/100 leukocytes in Blood"),
                 ("lymphocyte", "26478-8", "Lymphocytes/100 leukocytes in Blood"),
                 ("monocyte", "26485-3", "Monocytes/100 leukocytes in Blood"),
                 ("eosinophil", "26450-7", "Eosinophils/100 leukocytes in Blood"),
                 ("basophil", "30180-4", "Basophils/100 leukocytes in Blood")]
+IMMATURE_GRANULOCYTES = ("38518-7", "Immature granulocytes/100 leukocytes in Blood")
+NUCLEATED_RED_CELLS = ("19048-8", "Nucleated erythrocytes/100 leukocytes in Blood")
 
 
 def _differential_observations(result: dict) -> list[tuple[str, str, str, str, str]]:
@@ -93,11 +96,9 @@ def _differential_observations(result: dict) -> list[tuple[str, str, str, str, s
         if (table.get(key) or {}).get("percent") is not None:
             out.append((code, name, "LN", f"{table[key]['percent']:.1f}", "%"))
     if (table.get("ig") or {}).get("percent") is not None:
-        out.append(("EHM-SMEAR-IG", "Immature granulocytes/100 leukocytes on the smear", LOCAL,
-                    f"{table['ig']['percent']:.1f}", "%"))
+        out.append((*IMMATURE_GRANULOCYTES, "LN", f"{table['ig']['percent']:.1f}", "%"))
     if (table.get("erythroblast") or {}).get("per_100_leukocytes") is not None:
-        out.append(("EHM-SMEAR-NRBC", "Nucleated red cells/100 leukocytes on the smear", LOCAL,
-                    f"{table['erythroblast']['per_100_leukocytes']:.1f}", "/100{WBCs}"))
+        out.append((*NUCLEATED_RED_CELLS, "LN", f"{table['erythroblast']['per_100_leukocytes']:.1f}", "/100{WBCs}"))
     out.append(("EHM-SMEAR-LEUK-N", "Leukocytes classified on the slide", LOCAL, str(int(result.get("leukocytes") or 0)),
                 "{cells}"))
     if table.get("unclassified") is not None:
