@@ -610,9 +610,9 @@ def test_a_trained_bundle_carries_its_own_unstained_platelet_limit(trained):
 
 
 def test_a_trained_bundle_fits_its_background_coincidence_and_clump_limits(monkeypatch):
-    """The limits of the unstained background, the coincidence share and the clump share are
-    fitted on the training samples too; the coincidence and clump limits only widen the fixed ones,
-    and the unstained flag needs the background exceeded as well where a bundle knows it."""
+    """The limits of the unstained background per red-cell event, the coincidence share and the
+    clump share are fitted on the training samples too; the coincidence and clump limits only widen
+    the fixed ones; the background holds back the lipid flag, never the debris flag."""
     from edgehema.counts import counting, plausibility
     from edgehema.profiles import get_profile
 
@@ -628,24 +628,29 @@ def test_a_trained_bundle_fits_its_background_coincidence_and_clump_limits(monke
         assert t[f"{name}_max"] == pytest.approx(q3 + 1.5 * (q3 - q1), abs=2e-4), name
     assert counting.widened(0.08, 0.12) == 0.12 and counting.widened(0.08, 0.05) == 0.08
     assert counting.widened(0.03, None) == 0.03
-    # The unstained check: 20 of 200 platelet events (10 %) unstained, 20 of 1,800 red cells (1.1 %).
+    # 20 of 200 platelet events (10 %) unstained, 20 of 1,800 red cells (1.1 %); side scatter for
+    # their size above the stained platelets' (lipid) or below (debris).
     prof = get_profile("optical-11")
-    events = np.ones((2000, 11))
     labels = np.full(2000, 1)
     labels[:200] = 4
-    fl = prof.index("fl_peak")
-    events[:, fl] = 100.0
-    events[:20, fl] = 1.0
-    unstained = plausibility.unstained_platelet_events(events, labels, prof)
 
-    def fires(background):
+    def found(scatter: float, background):
+        ev = np.ones((2000, 11))
+        ev[:, prof.index("fl_peak")] = 100.0
+        ev[:20, prof.index("fl_peak")] = 1.0
+        ev[:, prof.index("ext_peak")] = 100.0
+        ev[:, prof.index("ssc_peak")] = 100.0
+        ev[:20, prof.index("ssc_peak")] = scatter
+        unstained = plausibility.unstained_platelet_events(ev, labels, prof)
         qc = {}
-        found = plausibility.check(events, labels, np.eye(5)[labels], prof, qc, None, None, unstained,
-                                   max_unstained_share=0.05, max_unstained_per_rbc=background)
+        out = plausibility.check(ev, labels, np.eye(5)[labels], prof, qc, None, None, unstained,
+                                 max_unstained_share=0.05, max_unstained_per_rbc=background)
         assert qc["plt_unstained_per_rbc"] == pytest.approx(20 / 1800, abs=1e-6)
-        return bool({"plt_interference_debris", "plt_interference_lipid"} & set(found))
+        return {f for f in out if f.startswith("plt_interference")}
 
-    assert fires(None) and fires(0.005) and not fires(0.02)
+    assert found(400.0, None) == {"plt_interference_lipid"} == found(400.0, 0.005)
+    assert found(400.0, 0.02) == set()  # lipid within the instrument's background
+    assert found(20.0, 0.02) == {"plt_interference_debris"}  # debris: the share alone
     # A sample whose coincidence share is above the fixed 8 % but inside the bundle's fence.
     from dataclasses import replace
 

@@ -203,15 +203,10 @@ def check(
     if unstained is not None and n_plt:
         share = float(unstained.sum()) / n_plt
         qc["plt_unstained_share"] = round(share, 6)
-        # A share of few platelets says little: an instrument's background of unstained platelet-sized
-        # events (noise, debris of a plain sample) is a large share when platelets are scarce. A
-        # bundle that knows its instrument's background (per red-cell event, fitted on its training
-        # samples) flags only what rises above it as well.
         background = float(unstained.sum()) / max(int((labels == C.RBC).sum()), 1)
         qc["plt_unstained_per_rbc"] = round(background, 6)
-        above_background = max_unstained_per_rbc is None or background > max_unstained_per_rbc
         cols = _cols(profile, "ssc_peak", "ext_peak")
-        if share > (max_unstained_share or MAX_UNSTAINED_SHARE) and above_background:
+        if share > (max_unstained_share or MAX_UNSTAINED_SHARE):
             code = "plt_interference_debris"
             if cols is not None:
                 stained = plt & ~unstained
@@ -220,7 +215,13 @@ def check(
                 # Lipid droplets scatter more for their size than platelets; debris less.
                 if float(np.median(gran[unstained])) > ref:
                     code = "plt_interference_lipid"
-            flags[code] = FLAG_TEXT[code].format(value=share)
+            # Where platelets are few, an instrument's own background of strongly scattering unstained
+            # events (electronic noise, diluent particles) is a large share of them: lipid is flagged
+            # only above that background per red-cell event as well, where the bundle knows it (fitted
+            # on its training samples). Debris is not: stained fragments come with it and bias a low
+            # PLT count (docs/training.md, 2026-12-08).
+            if code == "plt_interference_debris" or max_unstained_per_rbc is None or background > max_unstained_per_rbc:
+                flags[code] = FLAG_TEXT[code].format(value=share)
     # Reticulocyte signal: mature red cells' stain is log-normal (symmetric in log); reticulocytes
     # the model calls mature make its upper tail longer than its lower one.
     skew = stain_skew(events, labels, profile)

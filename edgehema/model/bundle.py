@@ -136,7 +136,7 @@ class Limits:
     stage2_shift_max: float | None = None  # how far adaptation may move the stage-2 means
     rbc_stain_skew_max: float | None = None  # red cells' stain asymmetry
     plt_unstained_share_max: float | None = None  # platelet-sized events without platelet stain
-    plt_unstained_per_rbc_max: float | None = None  # the same events against the red cells (background)
+    plt_unstained_per_rbc_max: float | None = None  # the same events per red-cell event (lipid: background)
     coincidence_fraction_max: float | None = None  # coincidence events of all (widens the fixed 8 %)
     plt_clump_share_max: float | None = None  # platelets read in clumps (widens the fixed 3 %)
 
@@ -214,8 +214,8 @@ def parse_settings(mpath: Path, m: dict) -> Settings:
         tflite_outputs=dict(tflite.get("outputs") or {}) if tflite else {}, files=dict(files),
         limits=Limits(*(number(thresholds.get(k), f"thresholds.{k}")
                         for k in ("recon_err_p999", "stage2_shift_max", "rbc_stain_skew_max",
-                                  "plt_unstained_share_max", "plt_unstained_per_rbc_max",
-                                  "coincidence_fraction_max", "plt_clump_share_max"))),
+                                  "plt_unstained_share_max", "plt_unstained_per_rbc_max", "coincidence_fraction_max",
+                                  "plt_clump_share_max"))),
         selftest_agreement=number(selftest.get("agreement"), "selftest_thresholds.agreement"),
         selftest_class_shift_pct=number(selftest.get("class_shift_pct"), "selftest_thresholds.class_shift_pct"),
         area_features=names(counting.get("area_features"), "counting.area_features"),

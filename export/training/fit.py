@@ -567,8 +567,8 @@ def sample_check_limits(bundle: Bundle, training_events: list[np.ndarray]) -> di
     """A bundle's own limits of its sample-level checks, from the samples it was trained on (as the
     device classifies them, with adaptation): how far its red-cell components move, how
     asymmetric the mature red cells' stain signal is, what share of its platelet-class events
-    take no platelet stain and how many such events a plain sample has against its red cells,
-    the coincidence events' share (an instrument that dilutes less has more) and the platelets
+    take no platelet stain and how many such events a sample has per red-cell event (the
+    instrument's background, which the lipid flag must exceed), the coincidence events' share (an instrument that dilutes less has more) and the platelets
     it reads in clumps. Each Tukey's fence, Q3 + 1.5 IQR."""
     adapting = Classifier(bundle, backend="onnx", adapt=True, selftest=False)
     profile = bundle.profile()
